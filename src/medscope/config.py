@@ -1,0 +1,129 @@
+"""The run configuration: one validated object, loaded from YAML, overridable from the CLI,
+saved as ``config.yaml`` in every run directory so that any run can be reproduced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medscope.errors import MedscopeError
+
+
+class _Section(BaseModel):
+    # A misspelt key in a recipe must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    path: Path | None = Field(None, description="image folder (one sub-folder per class)")
+    format: Literal["auto", "folder"] = "auto"
+    img_size: int = Field(224, ge=8, le=4096, description="training resolution (square)")
+    in_chans: Literal[1, 3] = 3
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
+    augment: Literal["none", "flips"] = "flips"
+    strict: bool = Field(False, description="stop at the first bad image instead of skipping it")
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("test_fraction")
+    @classmethod
+    def _fractions_leave_training_data(cls, v: float, info) -> float:
+        if v + info.data.get("val_fraction", 0.0) >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% for training")
+        return v
+
+
+class ModelConfig(_Section):
+    name: str = "simple_cnn"
+    pretrained: str | None = Field(None, description="local weights file or hub id")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra factory arguments")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
+    early_stopping: int | None = Field(None, ge=1, description="patience in epochs; off if None")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
+    )
+    channels_last: bool | None = Field(None, description="None: on whenever bf16 is used")
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+
+
+class RunConfig(_Section):
+    out: Path = Path("runs/run")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file, then ``overrides`` (dotted keys such as ``train.lr``)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise MedscopeError(f"{where}invalid config: {_first_error(exc)}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MedscopeError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MedscopeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise MedscopeError(f"{path}: a config must be a mapping of sections")
+    return raw
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=0.01"`` -> ``("train.lr", 0.01)``; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise MedscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MedscopeError(f"cannot set {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"

@@ -1,0 +1,1 @@
+"""Data: sources -> splits -> decode-once cache -> dataset (+ transforms)."""

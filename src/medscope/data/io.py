@@ -1,0 +1,88 @@
+"""Reading one image file into a uint8 array of the size and channels a model wants."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+
+
+class BadImageError(Exception):
+    """A file that cannot be used as an image; ``str()`` is a one-line reason."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open, fully decode and orient ``path``; raise BadImageError with a one-line reason."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # PIL warns below its bomb limit; past 2x the limit it raises, which we report.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+        return ImageOps.exif_transpose(img)
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except UnidentifiedImageError:
+        raise BadImageError("not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"image too large, refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImageError(f"corrupt or truncated image ({exc})") from None
+
+
+def to_mode(img: Image.Image, in_chans: int) -> Image.Image:
+    """Grayscale, palette, RGBA, 16-bit… all become 'L' (1 channel) or 'RGB' (3 channels)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = np.percentile(arr, (0.5, 99.5))
+        arr = np.clip((arr - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent areas become white, the colour of an empty microscope field.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if in_chans == 1 else "RGB")
+
+
+def read_image(path: Path, size: int | None, in_chans: int) -> np.ndarray:
+    """``path`` as a ``size``x``size``x``in_chans`` uint8 array (squashed to a square, no crop)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(path) if path.stat().st_size else None
+            if probe is not None and size and probe.format == "JPEG":
+                # JPEG can decode at 1/2, 1/4, 1/8 scale: far cheaper than full decode + resize.
+                probe.draft("RGB" if in_chans == 3 else "L", (size, size))
+    except Exception:  # noqa: BLE001 - any failure is reported by open_image's full path below
+        probe = None
+    img = _load_checked(probe, path) if probe is not None else open_image(path)
+    img = to_mode(img, in_chans)
+    if size and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _load_checked(img: Image.Image, path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - re-open on the slow path for a precise reason
+        return open_image(path)

@@ -1,0 +1,104 @@
+"""RunDir: where each artefact of a run lives, and atomic writes so nothing is half-written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medscope.errors import MedscopeError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MedscopeError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise MedscopeError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+class RunDir:
+    """The directory of one run and the names of everything in it."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.yaml")
+    splits = property(lambda self: self.root / "splits.csv")
+    history = property(lambda self: self.root / "history.csv")
+    metrics = property(lambda self: self.root / "metrics.json")
+    bad_files = property(lambda self: self.root / "bad_files.csv")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    best = property(lambda self: self.root / "checkpoints" / "best")
+    last = property(lambda self: self.root / "checkpoints" / "last")
+    report = property(lambda self: self.root / "report.html")
+    learning_curves = property(lambda self: self.root / "learning_curves.png")
+    confusion_matrix = property(lambda self: self.root / "confusion_matrix.png")
+
+    def is_finished(self) -> bool:
+        return self.metrics.is_file() and (self.best.with_suffix(".safetensors")).is_file()
+
+    def has_partial_run(self) -> bool:
+        return self.last.with_suffix(".safetensors").is_file() and not self.is_finished()
+
+    def prepare_new(self, *, resume: bool = False) -> None:
+        """Create the directory for a new run; refuse to clobber a finished or partial one."""
+        if self.is_finished():
+            raise MedscopeError(
+                f"{self.root}: already holds a finished run; choose another --out "
+                "or delete it first"
+            )
+        if self.has_partial_run() and not resume:
+            raise MedscopeError(
+                f"{self.root}: holds an interrupted run; add --resume to continue it "
+                "or choose another --out"
+            )
+        if resume and not self.has_partial_run():
+            raise MedscopeError(f"{self.root}: nothing to resume (no checkpoints/last.safetensors)")
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def require_finished(self) -> None:
+        if not self.root.is_dir():
+            raise MedscopeError(f"{self.root}: run directory not found")
+        if not self.best.with_suffix(".safetensors").is_file():
+            raise MedscopeError(f"{self.root}: no checkpoints/best.safetensors (has training run?)")
