@@ -109,7 +109,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise MedscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-    return key.strip(), yaml.safe_load(value)
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        # YAML 1.1 reads '1e-4' as a string; users mean a number.
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return key.strip(), parsed
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,5 @@
+import sys
+
+from medscope.cli import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""The ``medscope`` command: parse arguments, build a config, call the API.
+
+A user mistake (``MedscopeError``) prints one line and exits 2; anything else is a bug and
+shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medscope.errors import MedscopeError
+
+log = logging.getLogger("medscope")
+
+# CLI flag -> config key; only flags the user actually gives override the YAML recipe.
+TRAIN_FLAGS = {
+    "data": "data.path", "img_size": "data.img_size", "in_chans": "data.in_chans",
+    "augment": "data.augment", "strict": "data.strict", "split_file": "data.split_file",
+    "workers": "data.num_workers", "model": "model.name", "pretrained": "model.pretrained",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
+    "device": "train.device", "early_stopping": "train.early_stopping", "out": "out",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    # Progress bars only on a terminal; logs and CI get one line per epoch instead.
+    args.progress = not args.quiet and sys.stderr.isatty()
+    try:
+        return args.func(args) or 0
+    except MedscopeError as exc:
+        print(f"medscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medscope: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medscope", description="Train, evaluate and use CNN classifiers for medical images.")
+    parser.add_argument("--version", action="version", version=_version())
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", parents=[common], help="generate the built-in micrograph dataset")
+    p.add_argument("--out", type=Path, required=True, help="folder to create")
+    p.add_argument("--per-class", type=int, default=40, help="slides per class (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=1000, help="slide side in pixels (>= 1000)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("patches", parents=[common],
+                       help="cut micrographs into patches, dropping artifact patches")
+    p.add_argument("src", type=Path, help="folder with one sub-folder of micrographs per class")
+    p.add_argument("dst", type=Path, help="folder for the patches and patches.csv")
+    p.add_argument("--size", type=int, default=500, help="patch side in pixels (default 500)")
+    p.add_argument("--stride", type=int, default=None, help="step between patches (default size)")
+    p.add_argument("--dark-level", type=int, default=40, help="luminance below which = dark")
+    p.add_argument("--max-dark", type=float, default=0.4, help="max share of dark pixels")
+    p.add_argument("--tissue-delta", type=float, default=30.0,
+                   help="colour distance from background that counts as specimen")
+    p.add_argument("--min-tissue", type=float, default=0.015, help="min share of specimen")
+    p.add_argument("--noise-corr", type=float, default=0.35,
+                   help="neighbour correlation below which a varied patch is noise")
+    p.add_argument("--save-dropped", action="store_true",
+                   help="also write dropped patches to DST/_dropped/<reason>/")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing patches.csv")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    p.set_defaults(func=cmd_patches)
+
+    p = sub.add_parser("train", parents=[common], help="train a classifier; writes a run dir")
+    _add_train_args(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common],
+                       help="metrics of a run on its test split or on another folder")
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--data", type=Path, default=None, help="folder with the same classes")
+    p.add_argument("--out", type=Path, default=None, help="where metrics.json goes")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="classify images; writes a CSV")
+    p.add_argument("run", type=Path, help="run directory or checkpoint")
+    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default: print)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", parents=[common], help="rebuild report.html of a run")
+    p.add_argument("run", type=Path)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", parents=[common],
+                       help="synth -> patches -> train -> evaluate -> report, end to end")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--per-class", type=int, default=40, help="synthetic slides per class")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--img-size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    # Defaults are None so that only flags given on the command line override the recipe.
+    p.add_argument("--config", type=Path, help="YAML recipe (see recipes/)")
+    p.add_argument("--data", type=Path, help="image folder, one sub-folder per class")
+    p.add_argument("--out", type=Path, help="run directory to create")
+    p.add_argument("--model", help="architecture name (`medscope models` lists them)")
+    p.add_argument("--pretrained", help="local weights file or hub id")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--img-size", type=int, help="training resolution")
+    p.add_argument("--in-chans", type=int, choices=[1, 3])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--augment", help="augmentation preset")
+    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--workers", type=int, help="data loader worker processes")
+    p.add_argument("--split-file", type=Path, help="re-use the split of an earlier run")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="stop at the first unreadable image instead of skipping it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set train.weight_decay=0.01 (repeatable)")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_synth(args) -> None:
+    from medscope.data.synth import make_dataset
+
+    if args.size < 1000:
+        raise MedscopeError(f"--size {args.size}: slides must be at least 1000 px")
+    if args.per_class < 1:
+        raise MedscopeError("--per-class must be at least 1")
+    out = make_dataset(args.out, args.per_class, args.seed, args.size, progress=args.progress)
+    print(f"wrote {args.per_class * 5} slides to {out}")
+
+
+def cmd_patches(args) -> None:
+    from medscope.data.patches import PatchFilter, extract_patches
+
+    flt = PatchFilter(dark_level=args.dark_level, max_dark=args.max_dark,
+                      tissue_delta=args.tissue_delta, min_tissue=args.min_tissue,
+                      noise_corr=args.noise_corr)
+    counts = extract_patches(args.src, args.dst, args.size, args.stride, flt,
+                             save_dropped=args.save_dropped, overwrite=args.overwrite,
+                             workers=args.workers, progress=args.progress)
+    kept = counts.get("ok", 0)
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok") or "none"
+    print(f"kept {kept} patches in {args.dst} (dropped: {dropped}); "
+          f"manifest {args.dst / 'patches.csv'}")
+
+
+def cmd_train(args) -> None:
+    from medscope.api import train
+
+    run = train(train_config(args), resume=args.resume, progress=args.progress)
+    print(f"run finished: {run.root}  (report: {run.report})")
+
+
+def cmd_evaluate(args) -> None:
+    from medscope.api import evaluate
+
+    m = evaluate(args.run, args.data, args.out, progress=args.progress)
+    print(f"accuracy {m['accuracy']:.4f}  F1 macro {m['f1_macro']:.4f}  "
+          f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images")
+
+
+def cmd_predict(args) -> None:
+    from medscope.predict import predict_files
+
+    rows = predict_files(args.run, args.inputs, args.out, precision=args.precision,
+                         progress=args.progress)
+    if args.out:
+        print(f"wrote {len(rows)} predictions to {args.out}")
+        return
+    for r in rows:
+        print(f"{r['file']}\t{r['error'] or r['prediction']}\t"
+              f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}")
+
+
+def cmd_report(args) -> None:
+    from medscope.report.html import render_report
+    from medscope.run import RunDir
+
+    run = RunDir(args.run)
+    run.require_finished()
+    if not run.metrics.is_file():
+        raise MedscopeError(f"{run.root}: no metrics.json; run `medscope evaluate` first")
+    print(f"wrote {render_report(run)}")
+
+
+def cmd_demo(args) -> None:
+    """The main job end to end on the built-in dataset."""
+    from medscope.api import train
+    from medscope.config import load_config
+    from medscope.data.patches import extract_patches
+    from medscope.data.synth import make_dataset
+
+    out: Path = args.out
+    if out.exists():
+        if not args.force:
+            raise MedscopeError(f"{out}: exists; pass --force to replace the earlier demo")
+        shutil.rmtree(out)
+    quiet = args.quiet
+    t0 = time.perf_counter()
+    print(f"[1/3] synthesising {args.per_class} micrographs per class -> {out / 'slides'}")
+    make_dataset(out / "slides", args.per_class, args.seed, progress=args.progress)
+    print("[2/3] cutting 500x500 patches, dropping artifact patches -> "
+          f"{out / 'patches'}")
+    counts = extract_patches(out / "slides", out / "patches", 500, progress=args.progress)
+    print(f"      kept {counts.get('ok', 0)}, dropped "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok"))
+    print(f"[3/3] training simple_cnn at {args.img_size}px for {args.epochs} epochs, "
+          "then evaluating on the held-out test slides")
+    config = load_config(overrides={
+        "out": str(out / "run"), "data.path": str(out / "patches"),
+        "data.img_size": args.img_size, "model.name": "simple_cnn",
+        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 1e-3,
+        "train.batch_size": 32})
+    run = train(config, progress=args.progress)
+    from medscope.run import read_json
+
+    m = read_json(run.metrics)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
+          f"{m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f} on {m['n']} patches")
+    print(f"report: {run.report}")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def train_config(args):
+    from medscope.config import load_config, parse_override
+
+    overrides: dict[str, Any] = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
+                                 if getattr(args, flag, None) is not None}
+    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    overrides.update(parse_override(item) for item in args.set)
+    return load_config(args.config, overrides)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _version() -> str:
+    from medscope import __version__
+
+    return f"medscope {__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

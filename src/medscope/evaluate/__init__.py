@@ -1,0 +1,1 @@
+"""Evaluation: metrics, and (later) calibration, cross-validation and comparison."""

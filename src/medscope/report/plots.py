@@ -1,0 +1,82 @@
+"""Matplotlib figures of a run, written as PNG (headless: the Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medscope.run import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_learning_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch, train vs validation."""
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, [_num(r[f"train_{metric}"]) for r in history], "o-", label="train")
+        val = [_num(r.get(f"val_{metric}")) for r in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, val, "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("Loss")
+    axes[1].set_title("Accuracy")
+    _save(fig, path)
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
+                          title: str = "Confusion matrix (test)") -> None:
+    """Counts, with each row's share (recall) as the cell colour."""
+    cm = np.asarray(cm)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.7 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=9)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_examples(pixels: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8) -> None:
+    """A grid of sample images (N x H x W x C uint8)."""
+    n = len(pixels)
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.55))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, img, title in zip(np.atleast_1d(axes).ravel(), pixels, titles, strict=False):
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
+                  cmap="gray" if img.shape[-1] == 1 else None)
+        ax.set_title(title, fontsize=7)
+    _save(fig, path)
+
+
+def _num(value: Any) -> float | None:
+    if value in (None, ""):
+        return None
+    return float(value)

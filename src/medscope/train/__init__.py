@@ -1,0 +1,1 @@
+"""Training: the loop (engine), checkpoints, and (later) distributed training."""

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny image folders and a tiny trained run, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_image_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class: int = 12,
+                      size: int = 40, seed: int = 0) -> Path:
+    """Class-specific stripe patterns (horizontal, vertical, diagonal) in random colours:
+    learnable in a couple of epochs by any CNN."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    patterns = [yy, xx, xx + yy]
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            period = rng.integers(4, 8)
+            stripes = (patterns[label % 3] // (period // 2)) % 2
+            fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            img = np.where(stripes[..., None] == 1, fg, bg).astype(np.uint8)
+            img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f"{name}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data") / "stripes")
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    from medscope.config import load_config
+
+    values = {"data.path": str(data), "out": str(out), "data.img_size": 32,
+              "model.name": "simple_cnn", "train.epochs": 2, "train.batch_size": 8,
+              "train.lr": 1e-3, "data.val_fraction": 0.2, "data.test_fraction": 0.25}
+    values.update(overrides)
+    return load_config(overrides=values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(image_folder, tmp_path_factory):
+    """A finished 2-epoch run on the stripes folder (read-only for the tests that use it)."""
+    from medscope.api import train
+
+    return train(tiny_config(image_folder, tmp_path_factory.mktemp("runs") / "tiny"),
+                 progress=False)

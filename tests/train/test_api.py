@@ -1,0 +1,121 @@
+"""End-to-end: a tiny run writes every artefact; checkpoints, evaluate and predict agree."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medscope.api import evaluate, train
+from medscope.errors import MedscopeError
+from medscope.predict import Predictor, predict_files
+from medscope.run import RunDir
+from medscope.train.checkpoint import load_checkpoint, model_state
+from tests.conftest import tiny_config
+
+RUN_FILES = ["config.yaml", "splits.csv", "history.csv", "checkpoints/best.safetensors",
+             "checkpoints/best.json", "checkpoints/last.safetensors", "metrics.json",
+             "learning_curves.png", "confusion_matrix.png", "report.html"]
+
+
+def test_run_dir_holds_every_artefact(trained_run):
+    for name in RUN_FILES:
+        assert (trained_run.root / name).is_file(), name
+    history = list(csv.DictReader(trained_run.history.open()))
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert all(float(r["train_loss"]) > 0 and r["val_accuracy"] for r in history)
+    meta = json.loads(trained_run.best.with_suffix(".json").read_text())
+    assert meta["classes"] == ["alpha", "beta", "gamma"]
+    assert meta["img_size"] == 32 and meta["in_chans"] == 3 and len(meta["mean"]) == 3
+    assert meta["versions"]["torch"] == torch.__version__
+    metrics = json.loads(trained_run.metrics.read_text())
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_micro",
+                "recall_micro", "f1_micro", "per_class", "confusion_matrix"):
+        assert key in metrics
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n"] == 9
+    report = trained_run.report.read_text()
+    assert "data:image/png;base64," in report and "gamma" in report
+
+
+def test_splits_are_saved_and_disjoint(trained_run):
+    rows = list(csv.DictReader(trained_run.splits.open()))
+    assert len(rows) == 36 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert len({r["path"] for r in rows}) == 36
+
+
+def test_checkpoint_reloads_to_identical_logits(trained_run):
+    tensors, meta = load_checkpoint(trained_run.best)
+    from medscope.models import create_model
+
+    a = create_model("simple_cnn", 3, img_size=32).eval()
+    a.load_state_dict(model_state(tensors))
+    b = Predictor.load(trained_run.root, precision="fp32").model
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+
+
+def test_predict_matches_evaluate(trained_run, tmp_path):
+    metrics = evaluate(trained_run.root, out=tmp_path / "ev", progress=False)
+    rows = list(csv.DictReader(trained_run.splits.open()))
+    from medscope.config import load_config
+
+    data_root = load_config(trained_run.config).data.path
+    test = [data_root / r["path"] for r in rows if r["split"] == "test"]
+    preds = predict_files(trained_run.root, test, tmp_path / "p.csv", progress=False)
+    classes = metrics["classes"]
+    truth = [r["label"] for r in rows if r["split"] == "test"]
+    by_file = {p["file"]: p for p in preds}
+    predicted = [by_file[str(f)]["prediction"] for f in test]
+    cm = np.zeros((3, 3), int)
+    for t, p in zip(truth, predicted, strict=True):
+        cm[classes.index(t), classes.index(p)] += 1
+    assert cm.tolist() == metrics["confusion_matrix"]
+    written = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(written) == len(test)
+    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in written])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_finished_run_is_not_overwritten(trained_run, image_folder):
+    before = trained_run.metrics.read_bytes()
+    with pytest.raises(MedscopeError, match="already holds a finished run"):
+        train(tiny_config(image_folder, trained_run.root), progress=False)
+    assert trained_run.metrics.read_bytes() == before
+
+
+def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
+    out = tmp_path / "r"
+    full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
+                 progress=False)
+    # Simulate an interruption after epoch 2: keep the state of a 3-epoch run cut at 2.
+    part_cfg = tiny_config(image_folder, out, **{"train.epochs": 3})
+    import medscope.train.engine as engine
+
+    real_fit = engine.fit
+
+    def stop_after_two(*a, **kw):
+        kw["cfg"] = kw["cfg"].model_copy(update={"epochs": 2})
+        real_fit(*a, **kw)
+        raise KeyboardInterrupt
+
+    import medscope.api as api
+
+    api.fit = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(part_cfg, progress=False)
+    finally:
+        api.fit = real_fit
+    run = RunDir(out)
+    assert run.has_partial_run() and not run.is_finished()
+    with pytest.raises(MedscopeError, match="--resume"):
+        train(part_cfg, progress=False)
+    train(part_cfg, resume=True, progress=False)
+    full_hist = list(csv.DictReader(full.history.open()))
+    resumed = list(csv.DictReader(run.history.open()))
+    assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
+    # Same seed, same split, per-epoch seeding: the resumed run matches the uninterrupted one.
+    for a, b in zip(full_hist, resumed, strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
