@@ -221,7 +221,6 @@ def cmd_demo(args) -> None:
         if not args.force:
             raise MedscopeError(f"{out}: exists; pass --force to replace the earlier demo")
         shutil.rmtree(out)
-    quiet = args.quiet
     t0 = time.perf_counter()
     print(f"[1/3] synthesising {args.per_class} micrographs per class -> {out / 'slides'}")
     make_dataset(out / "slides", args.per_class, args.seed, progress=args.progress)

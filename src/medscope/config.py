@@ -4,6 +4,7 @@ saved as ``config.yaml`` in every run directory so that any run can be reproduce
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,10 +113,8 @@ def parse_override(item: str) -> tuple[str, Any]:
     parsed = yaml.safe_load(value)
     if isinstance(parsed, str):
         # YAML 1.1 reads '1e-4' as a string; users mean a number.
-        try:
+        with contextlib.suppress(ValueError):
             parsed = float(parsed)
-        except ValueError:
-            pass
     return key.strip(), parsed
 
 
