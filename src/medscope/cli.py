@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synth -> patches -> train -> evaluate -> report, end to end")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--per-class", type=int, default=40, help="synthetic slides per class")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
@@ -224,9 +224,11 @@ def cmd_demo(args) -> None:
     t0 = time.perf_counter()
     print(f"[1/3] synthesising {args.per_class} micrographs per class -> {out / 'slides'}")
     make_dataset(out / "slides", args.per_class, args.seed, progress=args.progress)
-    print("[2/3] cutting 500x500 patches, dropping artifact patches -> "
+    print("[2/3] cutting 500x500 patches (stride 250), dropping artifact patches -> "
           f"{out / 'patches'}")
-    counts = extract_patches(out / "slides", out / "patches", 500, progress=args.progress)
+    # Overlapping patches (stride 250) give ~9 per slide; the split keeps a slide's together.
+    counts = extract_patches(out / "slides", out / "patches", 500, stride=250,
+                             progress=args.progress)
     print(f"      kept {counts.get('ok', 0)}, dropped "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok"))
     print(f"[3/3] training simple_cnn at {args.img_size}px for {args.epochs} epochs, "
@@ -234,8 +236,8 @@ def cmd_demo(args) -> None:
     config = load_config(overrides={
         "out": str(out / "run"), "data.path": str(out / "patches"),
         "data.img_size": args.img_size, "model.name": "simple_cnn",
-        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 1e-3,
-        "train.batch_size": 32})
+        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 3e-4,
+        "train.warmup_epochs": 1, "train.batch_size": 32})
     run = train(config, progress=args.progress)
     from medscope.run import read_json
 

@@ -50,11 +50,11 @@ class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-4, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "none"] = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up; steadies big FC heads")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs; off if None")

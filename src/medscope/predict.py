@@ -74,6 +74,8 @@ def checkpoint_stem(source: Path | str) -> Path:
         return source.with_suffix("")
     if source.with_suffix(".safetensors").is_file():
         return source
+    if not source.exists():
+        raise MedscopeError(f"{source}: run directory not found")
     raise MedscopeError(f"{source}: neither a run directory nor a checkpoint")
 
 

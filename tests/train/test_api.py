@@ -85,37 +85,33 @@ def test_finished_run_is_not_overwritten(trained_run, image_folder):
     assert trained_run.metrics.read_bytes() == before
 
 
-def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path):
-    out = tmp_path / "r"
-    full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
-                 progress=False)
-    # Simulate an interruption after epoch 2: keep the state of a 3-epoch run cut at 2.
-    part_cfg = tiny_config(image_folder, out, **{"train.epochs": 3})
+def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkeypatch):
     import medscope.train.engine as engine
 
-    real_fit = engine.fit
+    full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
+                 progress=False)
+    cfg = tiny_config(image_folder, tmp_path / "r", **{"train.epochs": 3})
+    real_write = engine._write_history
 
-    def stop_after_two(*a, **kw):
-        kw["cfg"] = kw["cfg"].model_copy(update={"epochs": 2})
-        real_fit(*a, **kw)
-        raise KeyboardInterrupt
+    def interrupt_after_epoch_two(run, history):
+        real_write(run, history)
+        if len(history) == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
 
-    import medscope.api as api
-
-    api.fit = stop_after_two
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(part_cfg, progress=False)
-    finally:
-        api.fit = real_fit
-    run = RunDir(out)
+    monkeypatch.setattr(engine, "_write_history", interrupt_after_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(engine, "_write_history", real_write)
+    run = RunDir(cfg.out)
     assert run.has_partial_run() and not run.is_finished()
     with pytest.raises(MedscopeError, match="--resume"):
-        train(part_cfg, progress=False)
-    train(part_cfg, resume=True, progress=False)
+        train(cfg, progress=False)
+    train(cfg, resume=True, progress=False)
+    assert run.is_finished()
     full_hist = list(csv.DictReader(full.history.open()))
     resumed = list(csv.DictReader(run.history.open()))
     assert [r["epoch"] for r in resumed] == ["1", "2", "3"]
     # Same seed, same split, per-epoch seeding: the resumed run matches the uninterrupted one.
     for a, b in zip(full_hist, resumed, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
+        assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)

@@ -12,9 +12,7 @@ Each patch is measured three ways:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 from medscope.data.io import BadImageError, is_image_file, open_image
 from medscope.data.sources import PATCH_MANIFEST
 from medscope.errors import MedscopeError
+from medscope.parallel import process_map
 from medscope.run import atomic_write_csv
 
 MANIFEST_COLUMNS = ["patch", "source", "class", "x", "y", "size", "kept", "reason",
@@ -123,11 +122,9 @@ def extract_patches(
     dst.mkdir(parents=True, exist_ok=True)
     args = [(src, dst, rel, cls, size, stride, flt, save_dropped, quality) for rel, cls in jobs]
     rows: list[list] = []
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
-        for result in tqdm(pool.map(_patch_one, args, chunksize=4), total=len(args),
-                           desc="patches", disable=not progress, unit="image"):
-            rows += result
+    for result in tqdm(process_map(_patch_one, args, workers), total=len(args),
+                       desc="patches", disable=not progress, unit="image"):
+        rows += result
     atomic_write_csv(dst / PATCH_MANIFEST, MANIFEST_COLUMNS, rows)
     counts: dict[str, int] = {}
     for row in rows:
@@ -180,17 +177,3 @@ def _patch_one(args) -> list[list]:
                      reason, f"{s['dark_fraction']:.4f}", f"{s['tissue_fraction']:.4f}",
                      f"{s['neighbour_corr']:.4f}"])
     return rows
-
-
-class _Serial:
-    """Stands in for a process pool when one worker is asked for (tests, debugging)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def map(fn, items, chunksize: int = 1):
-        return map(fn, items)

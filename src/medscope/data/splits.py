@@ -55,7 +55,13 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     """A boolean mask of about ``fraction`` of the samples, stratified, whole groups only."""
     n_unique_groups = len(set(groups.tolist()))
     if n_unique_groups == len(labels):
-        _, held = train_test_split(np.arange(len(labels)), test_size=fraction,
+        n_classes = len(set(labels.tolist()))
+        # Stratification needs one image of every class on each side.
+        n_held = max(n_classes, round(fraction * len(labels)))
+        if len(labels) - n_held < n_classes:
+            raise MedscopeError(f"{len(labels)} images are too few to hold out {fraction:.0%} "
+                                f"with all {n_classes} classes on both sides")
+        _, held = train_test_split(np.arange(len(labels)), test_size=n_held,
                                    stratify=labels, random_state=seed)
         mask = np.zeros(len(labels), dtype=bool)
         mask[held] = True

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from medscope.parallel import process_map
 from medscope.run import atomic_write_text
 
 CLASSES = ("septate_hyphae", "budding_yeast", "conidia_chains", "spherules", "pseudohyphae")
@@ -27,6 +28,10 @@ CLASSES = ("septate_hyphae", "budding_yeast", "conidia_chains", "spherules", "ps
 # shared by all classes.
 STAINS = np.array([[40, 60, 160], [150, 40, 120], [120, 80, 40], [60, 110, 120],
                    [90, 50, 150]], dtype=np.float32)
+
+# Organism size relative to a 1000 px slide: large enough that a 500 px patch shown to a
+# network at 96-128 px still resolves spores and cell walls, as real 500x500 DeFungi patches do.
+S = 1.8
 
 Draw = Callable[[ImageDraw.ImageDraw, ImageDraw.ImageDraw, np.random.Generator, tuple], None]
 
@@ -38,7 +43,7 @@ def make_slide(label: int, rng: np.random.Generator, size: int = 1000) -> np.nda
     draw_body, draw_wall = ImageDraw.Draw(body), ImageDraw.Draw(wall)
     # Organisms cluster around a few centres, leaving empty background elsewhere.
     centres = rng.uniform(0.15, 0.85, size=(rng.integers(1, 4), 2)) * size
-    spread = rng.uniform(0.12, 0.35) * size
+    spread = rng.uniform(0.2, 0.4) * size
     count = int(rng.integers(*_DENSITY[label]))
     for _ in range(count):
         c = centres[rng.integers(len(centres))]
@@ -49,20 +54,26 @@ def make_slide(label: int, rng: np.random.Generator, size: int = 1000) -> np.nda
 
 
 def make_dataset(out: Path | str, per_class: int = 40, seed: int = 0, size: int = 1000,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, workers: int | None = None) -> Path:
     """Write ``per_class`` slides per class as ``out/<class>/slide_XXXX.jpg``."""
     out = Path(out)
-    jobs = [(label, i) for label in range(len(CLASSES)) for i in range(per_class)]
-    for label, i in tqdm(jobs, desc="synth slides", disable=not progress, unit="slide"):
-        rng = np.random.default_rng([seed, label, i])
-        folder = out / CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(make_slide(label, rng, size)).save(folder / f"slide_{i:04d}.jpg",
-                                                            quality=92)
+    for name in CLASSES:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, label, i, seed, size) for label in range(len(CLASSES))
+            for i in range(per_class)]
+    for _ in tqdm(process_map(_write_slide, jobs, workers), total=len(jobs),
+                  desc="synth slides", disable=not progress, unit="slide"):
+        pass
     atomic_write_text(out / "synth.json", json.dumps(
         {"generator": "medscope.data.synth", "seed": seed, "per_class": per_class,
          "slide_size": size, "classes": list(CLASSES)}, indent=2))
     return out
+
+
+def _write_slide(job) -> None:
+    out, label, i, seed, size = job
+    slide = make_slide(label, np.random.default_rng([seed, label, i]), size)
+    Image.fromarray(slide).save(out / CLASSES[label] / f"slide_{i:04d}.jpg", quality=92)
 
 
 # ---------------------------------------------------------------- morphologies
@@ -70,14 +81,14 @@ def make_dataset(out: Path | str, per_class: int = 40, seed: int = 0, size: int 
 
 def _septate_hyphae(body, wall, rng, xy) -> None:
     """Long tubes of constant width with cross-walls (septa) and acute-angle branches."""
-    width = rng.uniform(7, 12)
+    width = rng.uniform(7, 12) * S
     _hypha(body, wall, rng, xy, rng.uniform(0, 2 * math.pi), width, int(rng.integers(8, 16)),
            depth=0)
 
 
 def _hypha(body, wall, rng, xy, angle, width, steps, depth) -> None:
     x, y = xy
-    seg = rng.uniform(22, 32)
+    seg = rng.uniform(22, 32) * S
     for step in range(steps):
         angle += rng.normal(0, 0.12)
         nx, ny = x + seg * math.cos(angle), y + seg * math.sin(angle)
@@ -85,7 +96,7 @@ def _hypha(body, wall, rng, xy, angle, width, steps, depth) -> None:
         _tube_walls(wall, (x, y), (nx, ny), width)
         if step % 2 == 1:  # septum across the tube
             px, py = -math.sin(angle) * width / 2, math.cos(angle) * width / 2
-            wall.line([(nx - px, ny - py), (nx + px, ny + py)], fill=255, width=2)
+            wall.line([(nx - px, ny - py), (nx + px, ny + py)], fill=255, width=3)
         if depth < 2 and rng.random() < 0.12:  # dichotomous branch at ~45 degrees
             side = rng.choice([-1, 1])
             _hypha(body, wall, rng, (nx, ny), angle + side * rng.uniform(0.6, 0.9),
@@ -98,14 +109,14 @@ def _tube_walls(wall, a, b, width) -> None:
     px, py = -math.sin(ang) * width / 2, math.cos(ang) * width / 2
     for s in (-1, 1):
         wall.line([(a[0] + s * px, a[1] + s * py), (b[0] + s * px, b[1] + s * py)], fill=255,
-                  width=2)
+                  width=3)
 
 
 def _budding_yeast(body, wall, rng, xy) -> None:
     """Small oval cells, often with a smaller daughter bud at one pole."""
     for _ in range(int(rng.integers(1, 4))):
-        cx, cy = np.asarray(xy) + rng.normal(0, 18, 2)
-        rx, ry = rng.uniform(9, 14), rng.uniform(7, 11)
+        cx, cy = np.asarray(xy) + rng.normal(0, 18 * S, 2)
+        rx, ry = rng.uniform(9, 14) * S, rng.uniform(7, 11) * S
         _ellipse(body, wall, cx, cy, rx, ry)
         if rng.random() < 0.7:
             a = rng.uniform(0, 2 * math.pi)
@@ -118,7 +129,7 @@ def _conidia_chains(body, wall, rng, xy) -> None:
     """Chains of small round spores in gently curving rows."""
     x, y = xy
     angle = rng.uniform(0, 2 * math.pi)
-    r = rng.uniform(4.5, 6.5)
+    r = rng.uniform(4.5, 6.5) * S
     for _ in range(int(rng.integers(6, 15))):
         _ellipse(body, wall, x, y, r, r)
         angle += rng.normal(0, 0.18)
@@ -128,12 +139,12 @@ def _conidia_chains(body, wall, rng, xy) -> None:
 def _spherules(body, wall, rng, xy) -> None:
     """Large thick-walled spheres filled with small endospores."""
     cx, cy = xy
-    r = rng.uniform(30, 55)
+    r = rng.uniform(30, 55) * S
     body.ellipse([cx - r, cy - r, cx + r, cy + r], fill=110)
     wall.ellipse([cx - r, cy - r, cx + r, cy + r], outline=255, width=int(rng.integers(4, 7)))
     for _ in range(int(rng.integers(8, 25))):
         a, d = rng.uniform(0, 2 * math.pi), r * 0.75 * math.sqrt(rng.random())
-        e = rng.uniform(2.5, 4.5)
+        e = rng.uniform(2.5, 4.5) * S
         x, y = cx + d * math.cos(a), cy + d * math.sin(a)
         wall.ellipse([x - e, y - e, x + e, y + e], fill=200)
 
@@ -142,7 +153,7 @@ def _pseudohyphae(body, wall, rng, xy) -> None:
     """Chains of elongated cells pinched at each junction (no true septa), sometimes branching."""
     x, y = xy
     angle = rng.uniform(0, 2 * math.pi)
-    length, thick = rng.uniform(20, 30), rng.uniform(6, 9)
+    length, thick = rng.uniform(20, 30) * S, rng.uniform(6, 9) * S
     for _ in range(int(rng.integers(4, 9))):
         angle += rng.normal(0, 0.3)
         cx, cy = x + length / 2 * math.cos(angle), y + length / 2 * math.sin(angle)
@@ -156,7 +167,7 @@ def _pseudohyphae(body, wall, rng, xy) -> None:
 
 def _ellipse(body, wall, cx, cy, rx, ry) -> None:
     body.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
-    wall.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=255, width=2)
+    wall.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], outline=255, width=3)
 
 
 def _rotated_ellipse(body, wall, cx, cy, a, b, angle, n: int = 20) -> None:
@@ -165,13 +176,13 @@ def _rotated_ellipse(body, wall, cx, cy, a, b, angle, n: int = 20) -> None:
     ys = cy + a * np.cos(t) * math.sin(angle) + b * np.sin(t) * math.cos(angle)
     pts = list(zip(xs.tolist(), ys.tolist(), strict=True))
     body.polygon(pts, fill=255)
-    wall.polygon(pts, outline=255, width=2)
+    wall.polygon(pts, outline=255, width=3)
 
 
 _DRAWERS: dict[int, Draw] = {0: _septate_hyphae, 1: _budding_yeast, 2: _conidia_chains,
                              3: _spherules, 4: _pseudohyphae}
 # Organism counts per slide, chosen so every class covers a similar share of the slide.
-_DENSITY = {0: (6, 16), 1: (40, 110), 2: (25, 70), 3: (8, 22), 4: (25, 70)}
+_DENSITY = {0: (5, 10), 1: (25, 60), 2: (16, 40), 3: (8, 18), 4: (16, 40)}
 
 
 # ---------------------------------------------------------------- artifacts and rendering

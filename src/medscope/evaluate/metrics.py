@@ -38,7 +38,7 @@ def classification_metrics(
         for i, name in enumerate(classes)
     }
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    out["log_loss"] = float(log_loss(y_true, np.clip(probs, 1e-7, 1), labels=labels))
+    out["log_loss"] = float(log_loss(y_true, probs / probs.sum(1, keepdims=True), labels=labels))
     out["roc_auc_macro"] = _roc_auc(y_true, probs, labels)
     out["classes"] = list(classes)
     return out
