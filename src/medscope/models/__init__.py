@@ -1,5 +1,41 @@
-"""Model zoo: ``create_model`` builds any registered or timm architecture."""
+"""Model zoo: ``create_model`` builds any registered or timm architecture.
 
-from medscope.models.registry import create_model, is_known_model, list_models, register_model
+Transfer learning (pretrained weights, freezing, discriminative LRs) lives in
+:mod:`medscope.models.transfer`; its engine-facing functions are re-exported here.
+"""
 
-__all__ = ["create_model", "is_known_model", "list_models", "register_model"]
+from medscope.models.profile import count_params, gmacs
+from medscope.models.registry import (
+    create_model,
+    default_size,
+    is_known_model,
+    list_models,
+    min_size,
+    register_model,
+)
+from medscope.models.transfer import (
+    apply_freeze,
+    load_pretrained,
+    param_groups,
+    set_frozen_bn_eval,
+    unfreeze,
+)
+from medscope.models.zoo import CLASSIC_TIMM, zoo_table
+
+__all__ = [
+    "CLASSIC_TIMM",
+    "apply_freeze",
+    "count_params",
+    "create_model",
+    "default_size",
+    "gmacs",
+    "is_known_model",
+    "list_models",
+    "load_pretrained",
+    "min_size",
+    "param_groups",
+    "register_model",
+    "set_frozen_bn_eval",
+    "unfreeze",
+    "zoo_table",
+]

@@ -7,6 +7,7 @@ here by name; any other name is handed to timm, so every timm architecture works
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,22 +77,29 @@ def create_model(
     """Build ``name`` with a ``num_classes`` head for ``in_chans``-channel input.
 
     ``img_size`` matters to architectures whose layer shapes depend on it (simple_cnn's flatten,
-    ViT's position embedding). ``pretrained`` is a local weights file or a hub id; loading is done
-    by :mod:`medscope.models.transfer`.
+    ViT's position embedding) and is checked against the model's smallest sensible size
+    (:func:`min_size`). ``pretrained`` is a local weights file or a hub id; loading is done by
+    :func:`medscope.models.transfer.load_pretrained`. ``head_pool=n`` (ResNet family only)
+    pools the last feature map to n x n before the classifier.
     """
     if num_classes < 2:
         raise MedscopeError(f"num_classes must be at least 2, got {num_classes}")
     if in_chans not in (1, 3):
         raise MedscopeError(f"in_chans must be 1 or 3, got {in_chans}")
+    head_pool = kwargs.pop("head_pool", None)
+    if img_size is not None and img_size < min_size(name):
+        raise MedscopeError(f"model {name!r} needs images of at least {min_size(name)} px, "
+                            f"got {img_size}")
     entry = own_models().get(name)
     if entry is not None:
         size = img_size or entry.default_size
-        if size < entry.min_size:
-            raise MedscopeError(f"model {name!r} needs images of at least {entry.min_size} px, "
-                                f"got {size}")
         model = entry.factory(num_classes=num_classes, in_chans=in_chans, img_size=size, **kwargs)
     else:
-        model = _create_timm(name, num_classes, in_chans, **kwargs)
+        model = _create_timm(name, num_classes, in_chans, img_size, **kwargs)
+    if head_pool is not None:
+        from medscope.models.plain_resnet import set_head_pool
+
+        set_head_pool(model, int(head_pool))
     if pretrained:
         from medscope.models.transfer import load_pretrained
 
@@ -99,8 +107,39 @@ def create_model(
     return model
 
 
-def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Module:
+def default_size(name: str) -> int:
+    """The input size the architecture was designed (and usually pretrained) for."""
+    entry = own_models().get(name)
+    if entry is not None:
+        return entry.default_size
+    return int(_timm_cfg(name).input_size[-1])
+
+
+def min_size(name: str) -> int:
+    """Smallest sensible square input: below it a layer would get an empty feature map.
+
+    Own models store it in their registry entry. For timm: 75 for Inception-v3 (its stem and
+    stride-2 reductions), the patch size for fixed-size transformers (their position embedding
+    is built for the requested size), 32 (the usual output stride) for everything else.
+    """
+    entry = own_models().get(name)
+    if entry is not None:
+        return entry.min_size
+    cfg = _timm_cfg(name)
+    declared = getattr(cfg, "min_input_size", None)
+    if declared:
+        return int(declared[-1])
+    if name.startswith("inception"):
+        return 75
+    if cfg.fixed_input_size:
+        patch = re.search(r"patch(\d+)", name)
+        return int(patch.group(1)) if patch else 32
+    return 32
+
+
+def _timm_cfg(name: str):
     import timm
+    from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:5]
@@ -108,10 +147,25 @@ def _create_timm(name: str, num_classes: int, in_chans: int, **kwargs) -> nn.Mod
         raise MedscopeError(
             f"unknown model {name!r}{hint}; `medscope models` lists the names"
         )
-    return timm.create_model(name, pretrained=False, num_classes=num_classes,
-                             in_chans=in_chans, **kwargs)
+    return get_pretrained_cfg(name)
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int | None,
+                 **kwargs) -> nn.Module:
+    import timm
+
+    cfg = _timm_cfg(name)
+    # Only fixed-size architectures (ViTs...) take img_size; convnets are size-agnostic and
+    # would reject the argument.
+    if img_size is not None and cfg.fixed_input_size:
+        kwargs.setdefault("img_size", img_size)
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                 in_chans=in_chans, **kwargs)
+    except TypeError as e:
+        raise MedscopeError(f"model {name!r} does not accept these options: {e}") from e
 
 
 def _load_builtin() -> None:
     # Importing the definition modules runs their @register_model decorators.
-    from medscope.models import classic  # noqa: F401
+    from medscope.models import classic, plain_resnet, vit  # noqa: F401

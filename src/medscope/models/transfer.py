@@ -1,0 +1,402 @@
+"""Transfer learning: pretrained weights, grayscale input, freezing, discriminative LRs.
+
+What the training engine calls::
+
+    model = create_model(name, num_classes, in_chans, pretrained=source, img_size=size)
+    apply_freeze(model, spec)                      # spec: "none" | "backbone" | "stages:N"
+    optimizer = AdamW(param_groups(model, base_lr, head_lr_mult))
+    for epoch in ...:
+        if epoch == unfreeze_at:
+            unfreeze(model)                        # same optimizer: see param_groups
+        model.train()
+        set_frozen_bn_eval(model)                  # after *every* model.train()
+
+Signatures:
+
+- ``load_pretrained(model, source, in_chans=3) -> LoadReport``: ``source`` is a local file
+  (``.safetensors``, or a ``.pth/.pt/.bin`` state dict read with ``weights_only=True``) or a hub
+  id (``timm/resnet18.a1_in1k``, ``hf-hub:org/repo``, ``resnet18.a1_in1k``, or ``imagenet`` for
+  the model's default timm weights). Hub ids need the internet; offline they fail with a
+  MedscopeError naming the local-file alternative.
+- ``apply_freeze(model, spec) -> FreezeReport``; ``unfreeze(model) -> None``.
+- ``set_frozen_bn_eval(model) -> int`` (number of BatchNorm layers put in eval mode).
+- ``param_groups(model, lr, head_lr_mult=1.0) -> list[dict]`` ("backbone" and "head" groups).
+- ``adapt_first_conv(weight, in_chans) -> Tensor`` (RGB kernels summed for 1 channel).
+- ``head_param_names(model)``, ``stage_param_names(model)``: what the freeze specs act on.
+
+"Frozen" is just ``requires_grad=False``, so the state lives in the model itself: no registry of
+frozen modules to keep in sync, and ``unfreeze`` is trivially complete.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from medscope.errors import MedscopeError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema", "module")
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
+_SHOW = 5  # how many offending keys an error message lists
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)  # 'key (shape) -> (model shape)'
+    adapted: list[str] = field(default_factory=list)  # first-conv keys adapted to in_chans
+
+
+@dataclass
+class FreezeReport:
+    spec: str
+    frozen: int  # parameter tensors with requires_grad=False
+    trainable: int
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike, in_chans: int = 3) -> LoadReport:
+    """Load ``source`` into ``model`` in place (see module docstring for accepted sources).
+
+    Classifier weights whose shape does not fit (other num_classes, head_pool) are dropped and
+    the model keeps its freshly initialised head; a 3-channel first conv is adapted to
+    ``in_chans``. Any other missing, unexpected or mis-shaped key is a MedscopeError.
+    """
+    path = _resolve_source(str(source), model)
+    state = read_state_dict(path)
+    state = _strip_prefixes(state, model)
+    state = _apply_timm_filter(state, model)
+    report = LoadReport(source=str(source))
+    target = model.state_dict()
+
+    first = _first_conv_weight_key(model)
+    if first and first in state and first in target:
+        have, want = state[first], target[first]
+        if have.ndim == 4 and have.shape[1] != want.shape[1]:
+            state[first] = adapt_first_conv(have, want.shape[1])
+            report.adapted.append(first)
+            log.info("adapted %s from %d to %d input channels", first, have.shape[1],
+                     want.shape[1])
+
+    head = tuple(head_module_names(model))
+    for key in list(state):
+        if _under(key, head) and (key not in target or state[key].shape != target[key].shape):
+            want = tuple(target[key].shape) if key in target else "none"
+            report.dropped.append(f"{key} {tuple(state.pop(key).shape)} -> {want}")
+    if report.dropped:
+        log.warning("classifier weights do not fit the model (%s): dropped, the new head is "
+                    "freshly initialised", ", ".join(report.dropped))
+
+    missing = [k for k in target if k not in state
+               and not _under(k, head) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in state if k in target and state[k].shape != target[k].shape]
+    problems = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected),
+                       ("wrong shape", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+            problems.append(f"{len(keys)} {what}: {', '.join(keys[:_SHOW])}{more}")
+    if problems:
+        arch = _architecture(model)
+        raise MedscopeError(f"weights {source} do not fit {arch}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    report.loaded = len(state)
+    return report
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` from a .safetensors or a (weights_only) torch file."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MedscopeError(f"cannot read weights {path}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}") from e
+    # Training checkpoints wrap the weights: {"state_dict": ...}, {"model": ...}, ...
+    for _ in range(3):
+        if isinstance(obj, dict) and not _is_flat(obj):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict) or not _is_flat(obj):
+        raise MedscopeError(f"{path} is not a state dict of tensors (a whole pickled model "
+                            "cannot be loaded safely; save model.state_dict() instead)")
+    return dict(obj)
+
+
+def _is_flat(obj: dict) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    # DataParallel ("module."), torch.compile ("_orig_mod.") and Lightning ("model.") wrappers.
+    own = set(model.state_dict())
+    for prefix in _STRIP_PREFIXES:
+        if all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in own):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _apply_timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """Let timm convert foreign layouts (torchvision VGG/DenseNet, ViT position embeddings at
+    another size...) with the filter its model module defines, when the keys do not fit as-is.
+
+    torchvision and timm ResNets need nothing here: both use conv1/bn1/layer1..4/fc with the
+    same shapes, so their checkpoints load directly.
+    """
+    target = model.state_dict()
+    fits = set(state) <= set(target) and all(
+        state[k].shape == target[k].shape for k in state)
+    if fits:
+        return state
+    module = sys.modules.get(type(model).__module__)
+    for fn_name in ("checkpoint_filter_fn", "_filter_fn", "_filter_torchvision_pretrained"):
+        fn = getattr(module, fn_name, None)
+        if fn is None:
+            continue
+        try:
+            takes_model = len(inspect.signature(fn).parameters) >= 2
+            out = fn(state, model) if takes_model else fn(state)
+        except Exception as e:  # noqa: BLE001 - fall back to reporting the raw mismatch
+            log.debug("timm filter %s failed: %s", fn_name, e)
+            return state
+        return dict(out)
+    return state
+
+
+def _resolve_source(source: str, model: nn.Module) -> Path:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    looks_local = (path.suffix in WEIGHT_SUFFIXES or source.startswith((".", "/", "~"))
+                   or os.sep in source.rstrip(os.sep) and source.count("/") > 1)
+    if looks_local and not source.startswith("hf-hub:"):
+        raise MedscopeError(f"weights file not found: {source}")
+    return _download(_hub_repo(source, model), source)
+
+
+def _hub_repo(source: str, model: nn.Module) -> str:
+    if source.startswith(("hf-hub:", "hf_hub:")):
+        return source.split(":", 1)[1]
+    if source in ("imagenet", "default", "timm"):
+        repo = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
+        if not repo:
+            raise MedscopeError(f"{_architecture(model)} has no default pretrained weights; "
+                                "pass a local file: --pretrained path/to/weights.safetensors")
+        return repo
+    if "/" in source:
+        return source  # org/repo
+    return f"timm/{source}"  # a timm tag such as resnet18.a1_in1k
+
+
+def _download(repo: str, source: str) -> Path:
+    message = (f"cannot download weights {source!r} (offline?); download them once and pass the "
+               "local file: --pretrained path/to/weights.safetensors")
+    # Without this check huggingface_hub retries for ~25 s before giving up.
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not _online("huggingface.co"):
+        raise MedscopeError(message)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(repo, "model.safetensors"))
+        except Exception:  # noqa: BLE001 - older repos only have the pickle-free .bin
+            return Path(hf_hub_download(repo, "pytorch_model.bin"))
+    except Exception as e:
+        raise MedscopeError(f"{message} [{type(e).__name__}]") from e
+
+
+def _online(host: str) -> bool:
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True  # name resolution happens at the proxy
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+# --------------------------------------------------------------------------- grayscale
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """RGB kernels -> ``in_chans`` kernels. For 1 channel the three kernels are summed, so a
+    grey image gives exactly the response the RGB network gives to that image replicated
+    (the fungi study's grayscale ResNet). Other counts use timm's repeat-and-rescale."""
+    from timm.models import adapt_input_conv
+
+    dtype = weight.dtype
+    return adapt_input_conv(in_chans, weight).to(dtype)
+
+
+def _first_conv_weight_key(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first = cfg.get("first_conv")
+    if isinstance(first, (tuple, list)):
+        first = first[0]
+    if first:
+        return f"{first}.weight"
+    for name, module in model.named_modules():  # no cfg: the first conv registered
+        if isinstance(module, nn.Conv2d):
+            return f"{name}.weight"
+    return None
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the classifier module(s): ``pretrained_cfg['classifier']`` (timm and our own
+    models), else whatever ``get_classifier()`` returns."""
+    modules = dict(model.named_modules())
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    names = [names] if isinstance(names, str) else list(names)
+    names = [n for n in names if n in modules]
+    if not names and hasattr(model, "get_classifier"):
+        clf = model.get_classifier()
+        names = [n for n, m in modules.items() if m is clf and n]
+    if not names:
+        raise MedscopeError(f"cannot tell the classifier of {_architecture(model)}")
+    return names
+
+
+def head_param_names(model: nn.Module) -> list[str]:
+    head = tuple(head_module_names(model))
+    return [n for n, _ in model.named_parameters() if _under(n, head)]
+
+
+def stage_param_names(model: nn.Module) -> list[list[str]]:
+    """Parameter names per stage, in order. Stages are timm's ``feature_info`` entries (for
+    ResNets: stem conv1/bn1, layer1..layer4; EfficientNet: stem+blocks.0, blocks.1, 2, 3-4,
+    5-6; ViT: one per block, the patch/position embeddings with the first). Stage k holds every
+    parameter registered after stage k-1's module and up to the end of stage k's module;
+    what comes after the last stage (final norm, pre-logits, head) belongs to no stage.
+    """
+    info = getattr(model, "feature_info", None)
+    if hasattr(info, "get_dicts"):
+        info = info.get_dicts()
+    if not info:
+        raise MedscopeError(f"{_architecture(model)} does not define stages; "
+                            "use --freeze backbone instead")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    ends = []
+    for entry in info:
+        root = entry["module"]
+        ends.append(max(i for n, i in order.items() if n == root or n.startswith(root + ".")))
+    stages: list[list[str]] = [[] for _ in ends]
+    for pname, _ in model.named_parameters():
+        owner = pname.rsplit(".", 1)[0] if "." in pname else ""
+        pos = order[owner]
+        k = next((k for k, end in enumerate(ends) if pos <= end), None)
+        if k is not None:
+            stages[k].append(pname)
+    return stages
+
+
+def parse_freeze(spec: str | None) -> tuple[str, int]:
+    """'none' | 'backbone' | 'stages:N' -> (kind, N)."""
+    spec = (spec or "none").strip().lower()
+    if spec in ("none", "backbone"):
+        return spec, 0
+    if spec.startswith("stages:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = -1
+        if n >= 1:
+            return "stages", n
+    raise MedscopeError(f"--freeze must be none, backbone or stages:N (N >= 1), got {spec!r}")
+
+
+def apply_freeze(model: nn.Module, spec: str | None) -> FreezeReport:
+    """Set ``requires_grad`` per ``spec`` and put the frozen BatchNorm layers in eval mode.
+
+    ``none``: everything trains. ``backbone``: only the classifier trains. ``stages:N``: the
+    first N stages (see :func:`stage_param_names`) are frozen, the rest trains.
+    """
+    kind, n = parse_freeze(spec)
+    frozen: set[str] = set()
+    if kind == "backbone":
+        head = set(head_param_names(model))
+        frozen = {name for name, _ in model.named_parameters() if name not in head}
+    elif kind == "stages":
+        stages = stage_param_names(model)
+        if n > len(stages):
+            raise MedscopeError(f"{_architecture(model)} has {len(stages)} stages; "
+                                f"cannot freeze {n}")
+        frozen = {name for stage in stages[:n] for name in stage}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    set_frozen_bn_eval(model)
+    total = sum(1 for _ in model.parameters())
+    return FreezeReport(spec=spec or "none", frozen=len(frozen), trainable=total - len(frozen))
+
+
+def unfreeze(model: nn.Module) -> None:
+    """Second phase of two-phase fine-tuning: everything trains again (call model.train()
+    afterwards so the formerly frozen BatchNorm layers update their statistics again)."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+
+def set_frozen_bn_eval(model: nn.Module) -> int:
+    """Put every BatchNorm whose affine parameters are all frozen in eval mode, so a frozen
+    stage also keeps its running statistics. Call after every ``model.train()``."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+                count += 1
+    return count
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
+    """Two optimizer groups: ``backbone`` at ``lr`` and ``head`` at ``lr * head_lr_mult``.
+
+    Frozen parameters are included on purpose: PyTorch optimizers skip parameters whose grad
+    is None, so they stay untouched while frozen, and ``unfreeze`` needs no new optimizer.
+    """
+    head = set(head_param_names(model))
+    groups = [
+        {"name": "backbone", "params": [p for n, p in model.named_parameters() if n not in head],
+         "lr": lr},
+        {"name": "head", "params": [p for n, p in model.named_parameters() if n in head],
+         "lr": lr * head_lr_mult},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
