@@ -25,6 +25,7 @@ from medscope.data.transforms import Normalize, augmentation, channel_stats
 from medscope.errors import MedscopeError
 from medscope.evaluate.metrics import classification_metrics
 from medscope.models import create_model, is_known_model
+from medscope.models.transfer import apply_freeze
 from medscope.predict import Predictor, predict_files
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_examples, plot_learning_curves
@@ -68,6 +69,12 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
     model = create_model(config.model.name, num_classes=len(classes),
                          in_chans=config.data.in_chans, pretrained=config.model.pretrained,
                          img_size=config.data.img_size, **config.model.kwargs)
+    freeze = apply_freeze(model, config.train.freeze)
+    if config.train.freeze != "none":
+        log.info("freeze %s: %d parameter tensors frozen, %d trainable%s", freeze.spec,
+                 freeze.frozen, freeze.trainable,
+                 f" (all trainable from epoch {config.train.unfreeze_at})"
+                 if config.train.unfreeze_at else "")
     mean, std = _normalisation(config, model, data.pixels["train"])
     meta = checkpoint_meta(config, classes, mean, std)
     runtime = select_runtime(config.train.device, config.train.precision,

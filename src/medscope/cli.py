@@ -27,6 +27,8 @@ TRAIN_FLAGS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
     "device": "train.device", "early_stopping": "train.early_stopping", "out": "out",
+    "freeze": "train.freeze", "head_lr_mult": "train.head_lr_mult",
+    "unfreeze_at": "train.unfreeze_at",
 }
 
 
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("models", parents=[common],
+                       help="list architectures with parameters and GMACs")
+    p.add_argument("--img-size", type=int, default=224, help="input size for GMACs")
+    p.add_argument("--filter", default="*", help="glob pattern, e.g. 'resnet*'")
+    p.add_argument("--in-chans", type=int, default=3, choices=[1, 3])
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("report", parents=[common], help="rebuild report.html of a run")
     p.add_argument("run", type=Path)
     p.set_defaults(func=cmd_report)
@@ -122,6 +131,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory to create")
     p.add_argument("--model", help="architecture name (`medscope models` lists them)")
     p.add_argument("--pretrained", help="local weights file or hub id")
+    p.add_argument("--freeze", help="none | backbone | stages:N (frozen layers get no gradient)")
+    p.add_argument("--head-lr-mult", type=float, help="classifier learning rate = lr x this")
+    p.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
+                   help="train everything from this epoch on (two-phase fine-tuning)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--img-size", type=int, help="training resolution")
     p.add_argument("--in-chans", type=int, choices=[1, 3])
@@ -196,6 +209,21 @@ def cmd_predict(args) -> None:
     for r in rows:
         print(f"{r['file']}\t{r['error'] or r['prediction']}\t"
               f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}")
+
+
+def cmd_models(args) -> None:
+    from medscope.models import zoo_table
+
+    rows = zoo_table(args.img_size, args.filter, in_chans=args.in_chans)
+    if not rows:
+        raise MedscopeError(f"no model matches {args.filter!r}")
+    print(f"{'name':<26}{'source':<10}{'params':>14}{'GMACs@' + str(args.img_size):>12}"
+          f"{'default':>9}{'min':>6}  note")
+    for r in rows:
+        params = f"{r['params']:,}" if r["params"] is not None else "-"
+        macs = f"{r['gmacs']:.3f}" if r["gmacs"] is not None else "-"
+        print(f"{r['name']:<26}{r['source']:<10}{params:>14}{macs:>12}"
+              f"{r['default_size'] or '-':>9}{r['min_size'] or '-':>6}  {r['note']}")
 
 
 def cmd_report(args) -> None:

@@ -56,6 +56,9 @@ class TrainConfig(_Section):
     scheduler: Literal["cosine", "none"] = "cosine"
     warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up; steadies big FC heads")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    freeze: str = Field("none", description="none | backbone | stages:N (transfer learning)")
+    head_lr_mult: float = Field(1.0, gt=0, description="classifier LR = lr x this")
+    unfreeze_at: int | None = Field(None, ge=1, description="epoch from which everything trains")
     monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs; off if None")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from medscope.api import train
+from medscope.config import TrainConfig
+from medscope.models import create_model
+from medscope.train.checkpoint import load_checkpoint, model_state
+from medscope.train.engine import build_optimizer, lr_factor
+from tests.conftest import tiny_config
+
+
+def test_warmup_then_cosine_to_zero():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(70, 100, 0, "none") == 1.0
+
+
+def test_optimizer_groups_head_lr_and_no_decay_on_norms():
+    model = create_model("simple_cnn", 3, img_size=32)
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, head_lr_mult=10, weight_decay=0.05))
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    head_weight = model.head[-1].weight
+    assert by_param[id(head_weight)]["lr"] == pytest.approx(1e-2)
+    assert by_param[id(head_weight)]["weight_decay"] == 0.05
+    conv, bn = model.features[0].weight, model.features[1].weight
+    assert by_param[id(conv)]["lr"] == pytest.approx(1e-3)
+    assert by_param[id(bn)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_frozen_backbone_is_bit_identical_after_training(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path / "frozen", **{"train.freeze": "backbone"})
+    run = train(cfg, progress=False)
+    torch.manual_seed(cfg.train.seed)  # the run built its model right after this seeding
+    initial = create_model("simple_cnn", 3, img_size=32).state_dict()
+    trained = model_state(load_checkpoint(run.last)[0])
+    for name, tensor in initial.items():
+        if name.startswith("features."):  # weights and BatchNorm running statistics
+            assert torch.equal(trained[name], tensor), name
+    assert not torch.equal(trained["head.4.weight"], initial["head.4.weight"])
+
+
+def test_unfreeze_at_trains_the_backbone_later(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path / "two-phase",
+                      **{"train.freeze": "backbone", "train.unfreeze_at": 2})
+    run = train(cfg, progress=False)
+    torch.manual_seed(cfg.train.seed)
+    initial = create_model("simple_cnn", 3, img_size=32).state_dict()
+    trained = model_state(load_checkpoint(run.last)[0])
+    assert not torch.equal(trained["features.0.weight"], initial["features.0.weight"])
