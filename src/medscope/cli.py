@@ -23,6 +23,8 @@ log = logging.getLogger("medscope")
 TRAIN_FLAGS = {
     "data": "data.path", "img_size": "data.img_size", "in_chans": "data.in_chans",
     "augment": "data.augment", "strict": "data.strict", "split_file": "data.split_file",
+    "format": "data.format", "balance": "data.balance", "cache_dir": "data.cache_dir",
+    "cache": "data.cache",
     "workers": "data.num_workers", "model": "model.name", "pretrained": "model.pretrained",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
@@ -99,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("data", parents=[common], help="inspect a dataset")
+    data_sub = p.add_subparsers(title="data commands", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser("info", parents=[common],
+                            help="counts per class and split, sizes, modes, duplicates, bad files")
+    q.add_argument("path", type=Path, help="image folder, CSV or .npz")
+    q.add_argument("--format", choices=["auto", "folder", "csv", "npz"], default="auto")
+    q.set_defaults(func=cmd_data_info)
+
     p = sub.add_parser("report", parents=[common], help="rebuild report.html of a run")
     p.add_argument("run", type=Path)
     p.set_defaults(func=cmd_report)
@@ -118,7 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that only flags given on the command line override the recipe.
     p.add_argument("--config", type=Path, help="YAML recipe (see recipes/)")
-    p.add_argument("--data", type=Path, help="image folder, one sub-folder per class")
+    p.add_argument("--data", type=Path,
+                   help="image folder (one sub-folder per class, or train/val/test/<class>), "
+                        "CSV or MedMNIST .npz")
+    p.add_argument("--format", choices=["auto", "folder", "csv", "npz"],
+                   help="data kind (default: detected)")
+    p.add_argument("--balance", choices=["none", "weights", "sampler"],
+                   help="class imbalance: loss weights or a weighted sampler")
+    p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default ~/.cache/medscope)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="decode images in memory only, no disk cache")
     p.add_argument("--out", type=Path, help="run directory to create")
     p.add_argument("--model", help="architecture name (`medscope models` lists them)")
     p.add_argument("--pretrained", help="local weights file or hub id")
@@ -128,7 +147,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--augment", help="augmentation preset")
+    p.add_argument("--augment", help="augmentation preset: none, flips, microscopy, "
+                   "keras-classic, randaugment")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
@@ -196,6 +216,12 @@ def cmd_predict(args) -> None:
     for r in rows:
         print(f"{r['file']}\t{r['error'] or r['prediction']}\t"
               f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}")
+
+
+def cmd_data_info(args) -> None:
+    from medscope.data.info import data_info, format_info
+
+    print(format_info(data_info(args.path, args.format, progress=args.progress)))
 
 
 def cmd_report(args) -> None:
