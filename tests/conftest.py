@@ -52,3 +52,17 @@ def trained_run(image_folder, tmp_path_factory):
 
     return train(tiny_config(image_folder, tmp_path_factory.mktemp("runs") / "tiny"),
                  progress=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Runs in tests cache decoded images in a temporary folder, never in ~/.cache."""
+    import os
+
+    old = os.environ.get("MEDSCOPE_CACHE")
+    os.environ["MEDSCOPE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("MEDSCOPE_CACHE", None)
+    else:
+        os.environ["MEDSCOPE_CACHE"] = old

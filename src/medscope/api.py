@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import logging
 import platform
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,19 @@ from torch.utils.data import DataLoader
 
 import medscope
 from medscope.config import RunConfig, config_to_yaml
-from medscope.data.cache import decode_images
+from medscope.data.balance import (
+    balanced_sampler,
+    class_counts,
+    class_weights,
+    distribution_line,
+)
+from medscope.data.cache import decode_images, default_cache_dir
 from medscope.data.dataset import PixelDataset
-from medscope.data.sources import DataSource, Sample, scan_folder
+from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
-from medscope.data.transforms import Normalize, augmentation, channel_stats
+from medscope.data.transforms import Normalize, augmentation, batch_mixing, channel_stats
 from medscope.errors import MedscopeError
-from medscope.evaluate.metrics import classification_metrics
+from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.models import create_model, is_known_model
 from medscope.models.transfer import apply_freeze
 from medscope.predict import Predictor, predict_files
@@ -62,9 +67,12 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
 
     data = prepare_data(config, run, progress=progress)
     classes = data.source.classes
+    multilabel = data.source.multilabel
+    per_split = {k: class_counts(_labels(data.samples[k]), len(classes)) for k in SPLITS}
     log.info("classes (train/val/test): %s", ", ".join(
-        f"{c} {'/'.join(str(Counter(s.label for s in data.samples[k])[i]) for k in SPLITS)}"
-        for i, c in enumerate(classes)))
+        f"{c} {'/'.join(str(per_split[k][i]) for k in SPLITS)}" for i, c in enumerate(classes)))
+    train_targets = _labels(data.samples["train"])
+    log.info("training class distribution: %s", distribution_line(train_targets, classes))
 
     model = create_model(config.model.name, num_classes=len(classes),
                          in_chans=config.data.in_chans, pretrained=config.model.pretrained,
@@ -76,7 +84,7 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
                  f" (all trainable from epoch {config.train.unfreeze_at})"
                  if config.train.unfreeze_at else "")
     mean, std = _normalisation(config, model, data.pixels["train"])
-    meta = checkpoint_meta(config, classes, mean, std)
+    meta = checkpoint_meta(config, classes, mean, std, multilabel=multilabel)
     runtime = select_runtime(config.train.device, config.train.precision,
                              config.train.channels_last)
     log.info("model %s: %.2fM parameters; device %s, %s%s", config.model.name,
@@ -85,14 +93,23 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
              ", channels_last" if runtime.channels_last else "")
 
     generator = torch.Generator().manual_seed(config.train.seed)
+    sampler_generator = (torch.Generator().manual_seed(config.train.seed)
+                         if config.data.balance == "sampler" else None)
+    sampler = (balanced_sampler(train_targets, len(classes), sampler_generator)
+               if sampler_generator is not None else None)
     train_loader = DataLoader(
-        PixelDataset(data.pixels["train"], _labels(data.samples["train"]),
-                     augmentation(config.data.augment)),
-        batch_size=config.train.batch_size, shuffle=True, drop_last=_drop_last(data, config),
-        generator=generator, num_workers=config.data.num_workers)
+        PixelDataset(data.pixels["train"], train_targets, augmentation(config.data.augment)),
+        batch_size=config.train.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=_drop_last(data, config), generator=generator,
+        num_workers=config.data.num_workers,
+        collate_fn=None if multilabel else batch_mixing(len(classes), config.data.mixup,
+                                                        config.data.cutmix))
     val_loader = _eval_loader(data, "val", config.train.batch_size)
     state = fit(model, train_loader, val_loader, cfg=config.train, normalize=Normalize(mean, std),
-                runtime=runtime, run=run, meta=meta, resume=resume, progress=progress)
+                runtime=runtime, run=run, meta=meta, loss_fn=_loss(config, train_targets, classes,
+                                                                   multilabel),
+                sampler_generator=sampler_generator, multilabel=multilabel, resume=resume,
+                progress=progress)
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
     plot_learning_curves(state.history, run.learning_curves)
     evaluate(run, progress=progress, data=data)
@@ -102,15 +119,18 @@ def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> 
 def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> PreparedData:
     """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
     dc = config.data
-    source = scan_folder(dc.path)
+    source = load_source(dc.path, dc.format)
     if dc.split_file is not None:
         assign = _splits_from_file(dc.split_file, source)
+    elif source.given_splits() is not None:
+        assign = _complete_given_splits(source, dc.val_fraction, config.train.seed)
     else:
-        assign = split_indices([s.label for s in source.samples],
-                               [s.group for s in source.samples], dc.val_fraction,
-                               dc.test_fraction, config.train.seed, source.classes)
+        assign = split_indices(source.targets(), [s.group for s in source.samples],
+                               dc.val_fraction, dc.test_fraction, config.train.seed,
+                               source.classes)
     decoded = decode_images(source.samples, dc.img_size, dc.in_chans, strict=dc.strict,
-                            max_bad_fraction=dc.max_bad_fraction, progress=progress)
+                            max_bad_fraction=dc.max_bad_fraction, progress=progress,
+                            cache_dir=cache_dir(config))
     _write_splits(run, source, assign)
     if decoded.bad:
         atomic_write_csv(run.bad_files, ["file", "reason"],
@@ -135,7 +155,7 @@ def evaluate(run: RunDir | Path | str, data_dir: Path | None = None, out: Path |
     if data is not None:
         samples, pixels = data.samples["test"], data.pixels["test"]
     else:
-        samples = (scan_folder(data_dir, classes=classes).samples if data_dir is not None
+        samples = (load_source(data_dir, classes=classes).samples if data_dir is not None
                    else _test_samples(run, classes))
         decoded = predictor.decode(samples, progress=progress, desc="evaluate")
         samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
@@ -143,21 +163,27 @@ def evaluate(run: RunDir | Path | str, data_dir: Path | None = None, out: Path |
         raise MedscopeError(f"{run.root}: no test images to evaluate (test_fraction was 0?)")
     probs = predictor.probs_from_pixels(pixels)
     labels = _labels(samples)
-    metrics = classification_metrics(labels, probs, classes)
+    multilabel = predictor.multilabel
+    metrics = (multilabel_metrics(labels, probs, classes) if multilabel
+               else classification_metrics(labels, probs, classes))
     target = Path(out) if out else (run.root if data_dir is None
                                     else run.root / f"eval-{Path(data_dir).name}")
     metrics["data"] = str(data_dir) if data_dir else "test split"
     atomic_write_json(target / "metrics.json", metrics)
-    plot_confusion_matrix(metrics["confusion_matrix"], classes, target / "confusion_matrix.png")
+    if not multilabel:  # a K x K confusion matrix only means something for one label per image
+        plot_confusion_matrix(metrics["confusion_matrix"], classes,
+                              target / "confusion_matrix.png")
     if data_dir is None and out is None:
-        _plot_examples(run, pixels, labels, probs, classes)
+        if not multilabel:
+            _plot_examples(run, pixels, labels, probs, classes)
         render_report(run)
     log.info("test accuracy %.4f, F1 macro %.4f on %d images -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], target / "metrics.json")
     return metrics
 
 
-def checkpoint_meta(config: RunConfig, classes: list[str], mean, std) -> dict[str, Any]:
+def checkpoint_meta(config: RunConfig, classes: list[str], mean, std, *,
+                    multilabel: bool = False) -> dict[str, Any]:
     """What any later consumer needs to rebuild the model and preprocess an image."""
     import timm
 
@@ -167,6 +193,7 @@ def checkpoint_meta(config: RunConfig, classes: list[str], mean, std) -> dict[st
         "model_kwargs": config.model.kwargs,
         "classes": classes,
         "num_classes": len(classes),
+        "multilabel": multilabel,  # sigmoid per class instead of softmax
         "img_size": config.data.img_size,
         "in_chans": config.data.in_chans,
         "resize": "squash",  # whole image resized to a square, no crop
@@ -192,8 +219,43 @@ def _normalisation(config: RunConfig, model, train_pixels: np.ndarray):
     return channel_stats(train_pixels)
 
 
+def cache_dir(config: RunConfig) -> Path | None:
+    """Where decoded images are cached; None when the cache is switched off."""
+    if not config.data.cache:
+        return None
+    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir \
+        else default_cache_dir()
+
+
 def _labels(samples: list[Sample]) -> np.ndarray:
+    """Class indices, or an N x K 0/1 matrix for multi-label samples."""
+    if samples and samples[0].labels is not None:
+        return np.array([s.labels for s in samples], dtype=np.int64)
     return np.array([s.label for s in samples], dtype=np.int64)
+
+
+def _loss(config: RunConfig, targets: np.ndarray, classes: list[str], multilabel: bool
+          ) -> torch.nn.Module:
+    weights = (class_weights(targets, len(classes)) if config.data.balance == "weights"
+               else None)
+    if multilabel:
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+    return torch.nn.CrossEntropyLoss(weight=weights,
+                                     label_smoothing=config.train.label_smoothing)
+
+
+def _complete_given_splits(source: DataSource, val_fraction: float, seed: int) -> np.ndarray:
+    """The data's own splits; a validation set is carved out of 'train' when none is given
+    (stratified, group-aware), since early stopping and model selection need one."""
+    assign = source.given_splits().copy()
+    if "val" in set(assign.tolist()) or val_fraction <= 0:
+        return assign
+    train_idx = np.flatnonzero(assign == "train")
+    targets = source.targets()[train_idx]
+    groups = [source.samples[i].group for i in train_idx]
+    inner = split_indices(targets, groups, 0.0, val_fraction, seed, source.classes)
+    assign[train_idx[inner == "test"]] = "val"
+    return assign
 
 
 def _drop_last(data: PreparedData, config: RunConfig) -> bool:
@@ -210,7 +272,7 @@ def _eval_loader(data: PreparedData, split: str, batch_size: int) -> DataLoader 
 
 
 def _write_splits(run: RunDir, source: DataSource, assign: np.ndarray) -> None:
-    rows = ((s.path.relative_to(source.root).as_posix(), source.classes[s.label], s.group or "", a)
+    rows = ((source.sample_id(s), source.label_name(s), s.group or "", a)
             for s, a in zip(source.samples, assign, strict=True))
     atomic_write_csv(run.splits, ["path", "label", "group", "split"], rows)
 
@@ -229,7 +291,7 @@ def _splits_from_file(path: Path, source: DataSource) -> np.ndarray:
     by_path = {r["path"]: r["split"] for r in _read_splits(path)}
     assign = []
     for s in source.samples:
-        rel = s.path.relative_to(source.root).as_posix()
+        rel = source.sample_id(s)
         if rel not in by_path:
             raise MedscopeError(f"{path}: has no split for {rel} (the data changed?)")
         assign.append(by_path[rel])
@@ -239,10 +301,10 @@ def _splits_from_file(path: Path, source: DataSource) -> np.ndarray:
 def _test_samples(run: RunDir, classes: list[str]) -> list[Sample]:
     from medscope.config import load_config
 
-    root = load_config(run.config).data.path
-    index = {c: i for i, c in enumerate(classes)}
-    return [Sample(Path(root) / r["path"], index[r["label"]], r["group"] or None)
-            for r in _read_splits(run.splits) if r["split"] == "test"]
+    dc = load_config(run.config).data
+    source = load_source(dc.path, dc.format, classes=classes)
+    test = {r["path"] for r in _read_splits(run.splits) if r["split"] == "test"}
+    return [s for s in source.samples if source.sample_id(s) in test]
 
 
 def _resumed_config(run: RunDir, config: RunConfig) -> RunConfig:

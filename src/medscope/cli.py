@@ -23,6 +23,8 @@ log = logging.getLogger("medscope")
 TRAIN_FLAGS = {
     "data": "data.path", "img_size": "data.img_size", "in_chans": "data.in_chans",
     "augment": "data.augment", "strict": "data.strict", "split_file": "data.split_file",
+    "format": "data.format", "balance": "data.balance", "cache_dir": "data.cache_dir",
+    "cache": "data.cache",
     "workers": "data.num_workers", "model": "model.name", "pretrained": "model.pretrained",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
@@ -108,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-chans", type=int, default=3, choices=[1, 3])
     p.set_defaults(func=cmd_models)
 
+    p = sub.add_parser("data", parents=[common], help="inspect a dataset")
+    data_sub = p.add_subparsers(title="data commands", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser("info", parents=[common],
+                            help="counts per class and split, sizes, modes, duplicates, bad files")
+    q.add_argument("path", type=Path, help="image folder, CSV or .npz")
+    q.add_argument("--format", choices=["auto", "folder", "csv", "npz"], default="auto")
+    q.set_defaults(func=cmd_data_info)
+
     p = sub.add_parser("report", parents=[common], help="rebuild report.html of a run")
     p.add_argument("run", type=Path)
     p.set_defaults(func=cmd_report)
@@ -127,7 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     # Defaults are None so that only flags given on the command line override the recipe.
     p.add_argument("--config", type=Path, help="YAML recipe (see recipes/)")
-    p.add_argument("--data", type=Path, help="image folder, one sub-folder per class")
+    p.add_argument("--data", type=Path,
+                   help="image folder (one sub-folder per class, or train/val/test/<class>), "
+                        "CSV or MedMNIST .npz")
+    p.add_argument("--format", choices=["auto", "folder", "csv", "npz"],
+                   help="data kind (default: detected)")
+    p.add_argument("--balance", choices=["none", "weights", "sampler"],
+                   help="class imbalance: loss weights or a weighted sampler")
+    p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default ~/.cache/medscope)")
+    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="decode images in memory only, no disk cache")
     p.add_argument("--out", type=Path, help="run directory to create")
     p.add_argument("--model", help="architecture name (`medscope models` lists them)")
     p.add_argument("--pretrained", help="local weights file or hub id")
@@ -141,7 +160,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--augment", help="augmentation preset")
+    p.add_argument("--augment", help="augmentation preset: none, flips, microscopy, "
+                   "keras-classic, randaugment")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
@@ -224,6 +244,11 @@ def cmd_models(args) -> None:
         macs = f"{r['gmacs']:.3f}" if r["gmacs"] is not None else "-"
         print(f"{r['name']:<26}{r['source']:<10}{params:>14}{macs:>12}"
               f"{r['default_size'] or '-':>9}{r['min_size'] or '-':>6}  {r['note']}")
+
+def cmd_data_info(args) -> None:
+    from medscope.data.info import data_info, format_info
+
+    print(format_info(data_info(args.path, args.format, progress=args.progress)))
 
 
 def cmd_report(args) -> None:

@@ -20,14 +20,22 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    path: Path | None = Field(None, description="image folder (one sub-folder per class)")
-    format: Literal["auto", "folder"] = "auto"
+    path: Path | None = Field(None, description="image folder (one sub-folder per class, or "
+                              "train/val/test/<class>), CSV file or MedMNIST .npz")
+    format: Literal["auto", "folder", "csv", "npz"] = "auto"
     img_size: int = Field(224, ge=8, le=4096, description="training resolution (square)")
     in_chans: Literal[1, 3] = 3
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
-    augment: Literal["none", "flips"] = "flips"
+    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment"] = "flips"
+    mixup: float = Field(0.0, ge=0, description="MixUp alpha; 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha; 0 = off")
+    balance: Literal["none", "weights", "sampler"] = Field(
+        "none", description="class imbalance: inverse-frequency loss weights or a weighted sampler")
+    cache: bool = Field(True, description="keep decoded images in a memory-mapped disk cache")
+    cache_dir: Path | None = Field(None, description="default $MEDSCOPE_CACHE or ~/.cache/medscope")
+    folds: int | None = Field(None, ge=2, description="k for k-fold cross-validation")
     strict: bool = Field(False, description="stop at the first bad image instead of skipping it")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     num_workers: int = Field(0, ge=0)

@@ -34,6 +34,7 @@ class Predictor:
     classes = property(lambda self: list(self.meta["classes"]))
     img_size = property(lambda self: int(self.meta["img_size"]))
     in_chans = property(lambda self: int(self.meta["in_chans"]))
+    multilabel = property(lambda self: bool(self.meta.get("multilabel", False)))
 
     @classmethod
     def load(cls, source: Path | str, precision: str = "auto", device: str = "auto"
@@ -54,11 +55,12 @@ class Predictor:
         return cls(model, meta, select_runtime(device, precision))
 
     def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for an N x S x S x C uint8 array."""
+        """Class probabilities for an N x S x S x C uint8 array (multi-label: independent
+        sigmoid per class; else softmax)."""
         loader = DataLoader(PixelDataset(pixels, np.zeros(len(pixels), dtype=np.int64)),
                             batch_size=batch_size)
         logits, _ = predict_logits(self.model, loader, self.normalize, self.runtime)
-        return torch.softmax(logits, 1).numpy()
+        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)).numpy()
 
     def decode(self, samples: Sequence[Sample], **kw) -> DecodedImages:
         return decode_images(samples, self.img_size, self.in_chans, **kw)
@@ -113,7 +115,10 @@ def predict_files(
     rows: list[dict[str, Any]] = []
     for row_probs, idx in zip(probs, decoded.kept, strict=True):
         best = int(row_probs.argmax())
-        rows.append({"file": str(paths[idx]), "prediction": classes[best],
+        # Multi-label: every class at or above 0.5, joined by '|' (may be none).
+        prediction = ("|".join(c for c, p in zip(classes, row_probs, strict=True) if p >= 0.5)
+                      if predictor.multilabel else classes[best])
+        rows.append({"file": str(paths[idx]), "prediction": prediction,
                      "probability": float(row_probs[best]), "error": "",
                      **{f"p_{c}": float(p) for c, p in zip(classes, row_probs, strict=True)}})
     for path, reason in decoded.bad:

@@ -1,9 +1,20 @@
 """Decode once: every image is decoded and resized a single time into one uint8 array
-(N x S x S x C) that all epochs read from; augmentation then runs on tensors."""
+(N x S x S x C) that all epochs read from; augmentation then runs on tensors.
+
+With a cache directory the array is a memory-mapped ``.npy`` on disk, reused by later runs:
+
+- ``<dataset key>.npy``: the pixels, one row per sample (zeros for a bad file);
+- ``<dataset key>.json``: per sample its stamp (file size and mtime_ns) and, for a bad file,
+  the reason. The dataset key hashes the sample list, target size and channels, so a changed
+  file keeps its dataset and only that row is decoded again.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,11 +23,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medscope.data.io import BadImageError, read_image
-from medscope.data.sources import Sample
+from medscope.data.io import BadImageError, read_array_image, read_image
+from medscope.data.sources import Sample, npz_array
 from medscope.errors import MedscopeError
+from medscope.run import atomic_write_json
 
 log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "medscope-cache/1"
 
 
 @dataclass
@@ -24,6 +38,13 @@ class DecodedImages:
     pixels: np.ndarray  # N x S x S x C uint8, only the good files
     kept: np.ndarray  # indices into the input samples of the rows of ``pixels``
     bad: list[tuple[Path, str]]  # (file, reason)
+    cache_file: Path | None = None  # the memmap the pixels came from, if cached
+
+
+def default_cache_dir() -> Path:
+    """``$MEDSCOPE_CACHE``, else ``~/.cache/medscope``."""
+    env = os.environ.get("MEDSCOPE_CACHE")
+    return Path(env).expanduser() if env else Path("~/.cache/medscope").expanduser()
 
 
 def decode_images(
@@ -36,39 +57,142 @@ def decode_images(
     workers: int = 4,
     progress: bool = True,
     desc: str = "decode",
+    cache_dir: Path | str | None = None,
 ) -> DecodedImages:
     """Decode the samples' images in parallel (PIL releases the GIL) into one array.
 
     A bad file is skipped and reported unless ``strict``; more than ``max_bad_fraction`` bad
     files stop with an error, since the dataset is then likely not what the user meant.
+    With ``cache_dir`` the pixels are read from (and written to) the disk cache.
     """
-    paths = [s.path for s in samples]
-    pixels = np.empty((len(paths), size, size, in_chans), dtype=np.uint8)
+    if cache_dir is not None and samples:
+        pixels, reasons, cache_file = _cached(samples, size, in_chans, Path(cache_dir),
+                                              workers, progress, desc)
+    else:
+        pixels = np.empty((len(samples), size, size, in_chans), dtype=np.uint8)
+        reasons = _decode_into(pixels, samples, range(len(samples)), size, in_chans, workers,
+                               progress, desc)
+        cache_file = None
     bad: list[tuple[Path, str]] = []
-
-    def load(i: int) -> tuple[int, str | None]:
-        try:
-            pixels[i] = read_image(paths[i], size, in_chans)
-            return i, None
-        except BadImageError as exc:
-            return i, str(exc)
-
-    ok = np.ones(len(paths), dtype=bool)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(load, range(len(paths)))
-        for i, reason in tqdm(results, total=len(paths), desc=desc, disable=not progress,
-                              leave=False, unit="img"):
-            if reason is None:
-                continue
-            if strict:
-                raise MedscopeError(f"{paths[i]}: {reason}")
-            log.warning("skipping %s: %s", paths[i], reason)
-            bad.append((Path(paths[i]), reason))
-            ok[i] = False
-    if paths and len(bad) > max_bad_fraction * len(paths):
+    ok = np.ones(len(samples), dtype=bool)
+    for i, reason in sorted(reasons.items()):
+        where = _where(samples[i])
+        if strict:
+            raise MedscopeError(f"{where}: {reason}")
+        log.warning("skipping %s: %s", where, reason)
+        bad.append((Path(where), reason))
+        ok[i] = False
+    if samples and len(bad) > max_bad_fraction * len(samples):
         raise MedscopeError(
-            f"{len(bad)} of {len(paths)} images are unreadable (more than "
+            f"{len(bad)} of {len(samples)} images are unreadable (more than "
             f"{max_bad_fraction:.0%}); first: {bad[0][0]}: {bad[0][1]}"
         )
     kept = np.flatnonzero(ok)
-    return DecodedImages(pixels[kept] if bad else pixels, kept, bad)
+    return DecodedImages(pixels[kept] if bad else pixels, kept, bad, cache_file)
+
+
+def read_sample(sample: Sample, size: int, in_chans: int) -> np.ndarray:
+    """One sample's pixels (a file, or a row of an npz array)."""
+    if sample.in_array:
+        return read_array_image(npz_array(sample.path, f"{sample.split}_images")[sample.index],
+                                size, in_chans)
+    return read_image(sample.path, size, in_chans)
+
+
+def _where(sample: Sample) -> str:
+    return f"{sample.path}:{sample.split}[{sample.index}]" if sample.in_array else str(sample.path)
+
+
+def _decode_into(pixels: np.ndarray, samples: Sequence[Sample], todo: Sequence[int], size: int,
+                 in_chans: int, workers: int, progress: bool, desc: str) -> dict[int, str]:
+    """Fill ``pixels[i]`` for each ``i`` in ``todo``; returns {i: reason} of the bad ones."""
+
+    def load(i: int) -> tuple[int, str | None]:
+        try:
+            pixels[i] = read_sample(samples[i], size, in_chans)
+            return i, None
+        except BadImageError as exc:
+            pixels[i] = 0
+            return i, str(exc)
+
+    reasons: dict[int, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, reason in tqdm(pool.map(load, todo), total=len(todo), desc=desc,
+                              disable=not progress, leave=False, unit="img"):
+            if reason is not None:
+                reasons[i] = reason
+    return reasons
+
+
+# ---------------------------------------------------------------- the disk cache
+
+
+def sample_stamp(sample: Sample) -> list[int]:
+    """(size, mtime_ns) of the file; a missing file stamps as (-1, -1)."""
+    try:
+        st = sample.path.stat()
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def dataset_key(samples: Sequence[Sample], size: int, in_chans: int) -> str:
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{in_chans}".encode())
+    for s in samples:
+        h.update(f"\0{Path(s.path).resolve()}|{s.split}|{s.index}".encode())
+    return h.hexdigest()[:32]
+
+
+def _cached(samples: Sequence[Sample], size: int, in_chans: int, cache_dir: Path,
+            workers: int, progress: bool, desc: str
+            ) -> tuple[np.ndarray, dict[int, str], Path]:
+    key = dataset_key(samples, size, in_chans)
+    npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    stamps = [sample_stamp(s) for s in samples]
+    shape = (len(samples), size, size, in_chans)
+    meta = _read_meta(meta_path, len(samples))
+    pixels = _open_existing(npy, shape) if meta is not None else None
+    if pixels is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        reasons = _decode_into(pixels, samples, range(len(samples)), size, in_chans, workers,
+                               progress, f"{desc} (caching)")
+        pixels.flush()
+        del pixels
+        os.replace(tmp, npy)
+        log.info("cached %d images in %s", len(samples), npy)
+    else:
+        old_stamps, reasons = meta
+        changed = [i for i, (a, b) in enumerate(zip(stamps, old_stamps, strict=True)) if a != b]
+        if changed:
+            pixels = np.load(npy, mmap_mode="r+")
+            for i in changed:
+                reasons.pop(i, None)
+            reasons |= _decode_into(pixels, samples, changed, size, in_chans, workers,
+                                    progress, f"{desc} (updating cache)")
+            pixels.flush()
+            del pixels
+            log.info("cache %s: re-decoded %d changed file(s)", npy.name, len(changed))
+    atomic_write_json(meta_path, {"format": CACHE_FORMAT, "size": size, "in_chans": in_chans,
+                                  "stamps": stamps,
+                                  "bad": {str(i): r for i, r in sorted(reasons.items())}})
+    return np.load(npy, mmap_mode="r"), reasons, npy
+
+
+def _read_meta(path: Path, n: int) -> tuple[list[list[int]], dict[int, str]] | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if meta.get("format") != CACHE_FORMAT or len(meta.get("stamps", [])) != n:
+        return None
+    return meta["stamps"], {int(k): v for k, v in meta.get("bad", {}).items()}
+
+
+def _open_existing(npy: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    try:
+        arr = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return arr if arr.shape == shape and arr.dtype == np.uint8 else None

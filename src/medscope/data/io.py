@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
 
 class BadImageError(Exception):
@@ -25,6 +26,8 @@ def open_image(path: Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise BadImageError("empty file (0 bytes)")
+        if is_dicom(path):
+            return read_dicom(path)
         with warnings.catch_warnings():
             # PIL warns below its bomb limit; past 2x the limit it raises, which we report.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -41,6 +44,80 @@ def open_image(path: Path) -> Image.Image:
         raise BadImageError(f"image too large, refused as a decompression bomb ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImageError(f"corrupt or truncated image ({exc})") from None
+
+
+def is_dicom(path: Path) -> bool:
+    """By extension, or by the 'DICM' magic at byte 128 (many PACS exports have no extension)."""
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dicom(path: Path) -> Image.Image:
+    """A DICOM's first frame as an 8-bit image: stored values -> modality units (rescale
+    slope/intercept) -> the window the file asks for (VOI LUT or centre/width), MONOCHROME1
+    inverted so that bright always means dense."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pragma: no cover - pydicom is a dependency
+        raise BadImageError("DICOM support needs pydicom (pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise BadImageError(f"not a readable DICOM ({str(exc).splitlines()[0]})") from None
+    if "PixelData" not in ds:
+        raise BadImageError("DICOM without pixel data")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - codec/compression errors of any kind
+        raise BadImageError(f"DICOM pixel data not decodable ({exc})") from None
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if arr.ndim == 3:  # colour (RGB/YBR already converted to RGB by pydicom)
+        return Image.fromarray(_to_uint8(arr.astype(np.float64)), mode="RGB")
+    values = apply_modality_lut(arr, ds)
+    values = apply_voi_lut(values, ds) if _has_window(ds) else values
+    out = _to_uint8(np.asarray(values, dtype=np.float64))
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return Image.fromarray(out, mode="L")
+
+
+def _has_window(ds) -> bool:
+    return "VOILUTSequence" in ds or "WindowCenter" in ds
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Min-max to 0-255: after windowing the range is the window; otherwise the full range."""
+    lo, hi = float(arr.min()), float(arr.max())
+    return np.clip((arr - lo) / max(hi - lo, 1e-9) * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """One image of an in-memory array (H x W, H x W x 1 or H x W x 3; any integer or float
+    dtype) as a PIL image, for npz datasets."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise BadImageError(f"array of shape {arr.shape} is not a 2-D image")
+    if arr.dtype != np.uint8:
+        arr = _to_uint8(arr.astype(np.float64)) if arr.dtype.kind in "iuf" else arr
+    return Image.fromarray(arr)
+
+
+def read_array_image(arr: np.ndarray, size: int | None, in_chans: int) -> np.ndarray:
+    return _finish(array_to_image(arr), size, in_chans)
 
 
 def to_mode(img: Image.Image, in_chans: int) -> Image.Image:
@@ -71,6 +148,10 @@ def read_image(path: Path, size: int | None, in_chans: int) -> np.ndarray:
     except Exception:  # noqa: BLE001 - any failure is reported by open_image's full path below
         probe = None
     img = _load_checked(probe, path) if probe is not None else open_image(path)
+    return _finish(img, size, in_chans)
+
+
+def _finish(img: Image.Image, size: int | None, in_chans: int) -> np.ndarray:
     img = to_mode(img, in_chans)
     if size and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)

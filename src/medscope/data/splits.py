@@ -1,5 +1,9 @@
-"""Stratified, group-aware train/val/test splits: no group (source micrograph, patient) is ever
-in two of the sets, so patches of one slide are never both trained and tested on."""
+"""Stratified, group-aware train/val/test splits and k folds: no group (source micrograph,
+patient) is ever in two of the sets, so patches of one slide are never both trained and tested on.
+
+Multi-class labels are stratified by scikit-learn; multi-label targets (an N x K 0/1 matrix) by
+iterative stratification (Sechidis, Tsoumakas & Vlahavas, 2011), which places the samples of the
+rarest label first so that every label keeps its share in every set."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from medscope.errors import MedscopeError
 
@@ -20,17 +24,16 @@ def split_indices(
     seed: int,
     class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """An array of 'train' / 'val' / 'test', one per sample."""
+    """An array of 'train' / 'val' / 'test', one per sample. ``labels``: N class indices, or an
+    N x K 0/1 matrix (multi-label)."""
     labels = np.asarray(labels)
     n_sets = 1 + (val_fraction > 0) + (test_fraction > 0)
-    for label, count in Counter(labels.tolist()).items():
-        if count < n_sets:
-            name = class_names[label] if class_names else label
-            raise MedscopeError(
-                f"class {name!r} has {count} image(s); a train/val/test split needs at least "
-                f"{n_sets}"
-            )
+    _require_per_class(labels, n_sets, "a train/val/test split", class_names)
     group_ids = _group_ids(groups, len(labels))
+    if labels.ndim == 2:
+        ratios = [1 - val_fraction - test_fraction, val_fraction, test_fraction]
+        folds = _grouped_iterative(labels, group_ids, ratios, seed)
+        return np.array(["train", "val", "test"], dtype=object)[folds]
     assign = np.full(len(labels), "train", dtype=object)
     rest = np.arange(len(labels))
     if test_fraction > 0:
@@ -72,3 +75,98 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
+
+
+def kfold_indices(
+    labels: Sequence[int] | np.ndarray,
+    groups: Sequence[str | None] | None,
+    k: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The fold (0 .. k-1) of every sample: stratified, and group-aware when groups are known
+    (every sample of a group lands in the same fold)."""
+    labels = np.asarray(labels)
+    if k < 2:
+        raise MedscopeError(f"--folds {k}: k-fold needs at least 2 folds")
+    _require_per_class(labels, k, f"{k}-fold cross-validation", class_names)
+    group_ids = _group_ids(groups, len(labels))
+    n_groups = len(set(group_ids.tolist()))
+    if n_groups < k:
+        raise MedscopeError(f"only {n_groups} group(s); {k} folds need at least {k}")
+    if labels.ndim == 2:
+        return _grouped_iterative(labels, group_ids, [1 / k] * k, seed)
+    folds = np.empty(len(labels), dtype=np.int64)
+    if groups is None or n_groups == len(labels):
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(labels)), labels)
+    else:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(labels)), labels, group_ids)
+    for fold, (_, held) in enumerate(parts):
+        folds[held] = fold
+    return folds
+
+
+def iterative_stratification(
+    targets: np.ndarray, ratios: Sequence[float], seed: int, sizes: np.ndarray | None = None
+) -> np.ndarray:
+    """The set (index into ``ratios``) of each item; ``targets`` holds per item the count of
+    each label (items may be groups of several samples, weighed by ``sizes``)."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets, dtype=np.float64)
+    n_items = len(targets)
+    sizes = np.ones(n_items) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    ratios = np.asarray(ratios, dtype=np.float64) / np.sum(ratios)
+    want_label = np.outer(ratios, targets.sum(0))  # sets x labels still wanted
+    want_size = ratios * sizes.sum()
+    assign = np.full(n_items, -1, dtype=np.int64)
+    left = np.ones(n_items, dtype=bool)
+    order = rng.permutation(n_items)  # random tie-breaking between otherwise equal items
+    while left.any():
+        remaining = targets[left].astype(bool).sum(0)
+        if not remaining.any():
+            break
+        # The rarest label still unplaced: its few samples decide most about balance.
+        label = int(np.argmin(np.where(remaining > 0, remaining, np.inf)))
+        for item in order[left[order] & (targets[order, label] > 0)]:
+            best = _best_set(want_label[:, label], want_size, rng)
+            assign[item], left[item] = best, False
+            want_label[best] -= targets[item]
+            want_size[best] -= sizes[item]
+    for item in order[left[order]]:  # items without any label: fill by size
+        best = _best_set(want_size, want_size, rng)
+        assign[item] = best
+        want_size[best] -= sizes[item]
+    return assign
+
+
+def _best_set(primary: np.ndarray, secondary: np.ndarray, rng: np.random.Generator) -> int:
+    """The set that most wants the label; ties by size wanted, then at random."""
+    cand = np.flatnonzero(primary == primary.max())
+    if len(cand) > 1:
+        cand = cand[secondary[cand] == secondary[cand].max()]
+    return int(rng.choice(cand))
+
+
+def _grouped_iterative(labels: np.ndarray, group_ids: np.ndarray, ratios: Sequence[float],
+                       seed: int) -> np.ndarray:
+    """Iterative stratification over groups: each group is one item carrying its samples'
+    label counts, so a group is never split."""
+    uniq, inverse = np.unique(group_ids.astype(str), return_inverse=True)
+    per_group = np.zeros((len(uniq), labels.shape[1]))
+    np.add.at(per_group, inverse, labels)
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    return iterative_stratification(per_group, ratios, seed, sizes)[inverse]
+
+
+def _require_per_class(labels: np.ndarray, n: int, what: str,
+                       class_names: Sequence[str] | None) -> None:
+    """A clear error before any training when a class is too small for the split or folds."""
+    counts = (dict(enumerate(labels.sum(0).tolist())) if labels.ndim == 2
+              else Counter(labels.tolist()))
+    for label, count in sorted(counts.items()):
+        if count < n:
+            name = class_names[label] if class_names else label
+            raise MedscopeError(f"class {name!r} has {count} image(s); {what} needs at "
+                                f"least {n}")

@@ -20,12 +20,51 @@ class RandomRot90(nn.Module):
         return torch.rot90(img, k, dims=(-2, -1)) if k else img
 
 
+PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment")
+
+
 def augmentation(preset: str) -> nn.Module:
+    """A per-image augmentation on uint8 CHW tensors (after the cache), by preset name."""
     if preset == "none":
         return nn.Identity()
     if preset == "flips":
         return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90()])
-    raise MedscopeError(f"unknown augmentation preset {preset!r}")
+    if preset == "microscopy":
+        # Orientation is meaningless under the microscope; stain, focus and magnification vary
+        # a little from slide to slide and lab to lab.
+        return v2.Compose([
+            v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90(),
+            v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+            v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, hue=0.03),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.0))], p=0.2),
+        ])
+    if preset == "keras-classic":
+        # ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True): Keras 2
+        # reads the shear in degrees and zooms within [1 - 0.2, 1 + 0.2].
+        return v2.Compose([v2.RandomAffine(degrees=0, shear=0.2, scale=(0.8, 1.2)),
+                           v2.RandomHorizontalFlip()])
+    if preset == "randaugment":
+        return v2.RandAugment()
+    raise MedscopeError(f"unknown augmentation preset {preset!r} (one of {', '.join(PRESETS)})")
+
+
+def batch_mixing(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0):
+    """A collate function that applies MixUp and/or CutMix to whole batches (labels become
+    soft, N x K), or None when both alphas are 0."""
+    from torch.utils.data import default_collate
+
+    mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
+             ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+    if not mixers:
+        return None
+    mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def collate(batch):
+        images, labels = default_collate(batch)
+        # MixUp/CutMix blend in float; the loop normalises uint8 or float alike.
+        return mix(images.float(), labels)
+
+    return collate
 
 
 class Normalize(nn.Module):

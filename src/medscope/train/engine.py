@@ -155,13 +155,18 @@ def fit(
     run: RunDir,
     meta: dict[str, Any],
     loss_fn: nn.Module | None = None,
+    sampler_generator: torch.Generator | None = None,
+    multilabel: bool = False,
     resume: bool = False,
     progress: bool = True,
 ) -> FitState:
-    """Train ``model``; checkpoints and ``history.csv`` go to ``run``. Returns the final state."""
+    """Train ``model``; checkpoints and ``history.csv`` go to ``run``. Returns the final state.
+
+    ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match."""
     model = runtime.prepare(model)
     normalize = normalize.to(runtime.device)
-    loss_fn = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
+        runtime.device)  # class weights live on the device
     optimizer = build_optimizer(model, cfg)
     state = _resume(run, model, optimizer) if resume else FitState()
     steps_per_epoch = len(train_loader)
@@ -177,6 +182,8 @@ def fit(
         torch.manual_seed(cfg.seed + epoch)
         if isinstance(train_loader.generator, torch.Generator):
             train_loader.generator.manual_seed(cfg.seed + epoch)
+        if sampler_generator is not None:  # a weighted sampler draws from its own generator
+            sampler_generator.manual_seed(cfg.seed + epoch)
         if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
             unfreeze(model)  # second phase of two-phase fine-tuning
         model.train()
@@ -185,8 +192,9 @@ def fit(
                              lambda step, e=epoch: set_lr(optimizer, lr_factor(
                                  e * steps_per_epoch + step, total_steps, warmup_steps,
                                  cfg.scheduler)),
-                             progress, desc=f"train {epoch + 1}/{cfg.epochs}")
-        val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime)
+                             progress, desc=f"train {epoch + 1}/{cfg.epochs}",
+                             multilabel=multilabel)
+        val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel)
                if val_loader is not None else {})
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
                "train_accuracy": train["accuracy"], "val_loss": val.get("loss"),
@@ -217,7 +225,7 @@ def fit(
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
-                 desc) -> dict[str, float]:
+                 desc, multilabel: bool = False) -> dict[str, float]:
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
@@ -233,10 +241,19 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += n_correct(logits.detach(), labels, multilabel)
         seen += len(labels)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}")
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+def n_correct(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> int:
+    """Multi-class: argmax hits (soft MixUp/CutMix targets count by their argmax);
+    multi-label: rows whose every label is right at threshold 0.5."""
+    if multilabel:
+        return int(((logits > 0) == (labels > 0.5)).all(1).sum().item())
+    hard = labels.argmax(1) if labels.ndim == 2 else labels
+    return int((logits.argmax(1) == hard).sum().item())
 
 
 @torch.no_grad()
@@ -253,14 +270,16 @@ def predict_logits(model: nn.Module, loader: DataLoader, normalize: Normalize,
     return torch.cat(outs), torch.cat(targets)
 
 
-def evaluate_loss(model, loader, loss_fn, normalize, runtime) -> dict[str, float]:
+def evaluate_loss(model, loader, loss_fn, normalize, runtime, multilabel: bool = False
+                  ) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     logits, labels = predict_logits(model, loader, normalize, runtime)
-    pred = logits.argmax(1)
-    return {"loss": float(loss_fn(logits, labels)),
-            "accuracy": float((pred == labels).float().mean()),
-            "f1_macro": float(f1_score(labels, pred, average="macro", zero_division=0))}
+    pred = (logits > 0).int() if multilabel else logits.argmax(1)
+    truth = labels.int() if multilabel else labels
+    return {"loss": float(loss_fn(logits.to(runtime.device), labels.to(runtime.device))),
+            "accuracy": n_correct(logits, labels, multilabel) / max(len(labels), 1),
+            "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0))}
 
 
 # ---------------------------------------------------------------- persistence

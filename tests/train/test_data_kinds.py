@@ -1,0 +1,86 @@
+"""Training end to end on each data kind: multi-label CSV, MedMNIST npz, pre-split folder."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medscope.api import train
+from medscope.predict import Predictor, predict_files
+from tests.conftest import make_image_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def multilabel_csv(tmp_path_factory):
+    """Stripes (label A) and/or a bright square (label B): four combinations, learnable."""
+    root = tmp_path_factory.mktemp("ml")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(48):
+        a, b = i % 2, (i // 2) % 2
+        img = rng.integers(60, 90, (24, 24, 3)).astype(np.uint8)
+        if a:
+            img[::4] = 20
+        if b:
+            img[8:16, 8:16] = 250
+        Image.fromarray(img).save(root / f"{i}.png")
+        labels = "|".join(n for n, on in (("A", a), ("B", b)) if on) or "No Finding"
+        rows.append((f"{i}.png", labels + ("|" if i == 3 else ""), f"p{i // 2}"))
+    with (root / "labels.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "label", "group"), *rows])
+    return root / "labels.csv"
+
+
+@pytest.mark.slow
+def test_multilabel_csv_trains_and_predicts_sigmoid(multilabel_csv, tmp_path):
+    cfg = tiny_config(multilabel_csv, tmp_path / "run", **{
+        "data.img_size": 16, "train.epochs": 2, "data.balance": "weights"})
+    run = train(cfg, progress=False)
+    assert Predictor.load(run.root).meta["multilabel"] is True
+    metrics = json.loads(run.metrics.read_text())
+    assert metrics["multilabel"] and {"hamming_loss", "f1_micro", "f1_macro"} <= metrics.keys()
+    assert set(metrics["per_class"]) == {"A", "B"}
+    splits = list(csv.DictReader(run.splits.open()))
+    by_group: dict[str, set] = {}
+    for r in splits:
+        by_group.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_group.values())
+    p = Predictor.load(run.root)
+    probs = p.probs_from_pixels(np.zeros((2, 16, 16, 3), np.uint8))
+    assert probs.shape == (2, 2) and not np.allclose(probs.sum(1), 1.0)
+    rows = predict_files(run.root, [multilabel_csv.parent / "1.png"], progress=False)
+    assert set(filter(None, rows[0]["prediction"].split("|"))) <= {"A", "B"}
+
+
+@pytest.mark.slow
+def test_npz_trains_with_given_splits_and_sampler(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.array([[i % 2] for i in range(60)])
+    images = rng.integers(0, 60, (60, 16, 16), dtype=np.uint8)
+    images[labels[:, 0] == 1, 4:12, 4:12] = 240
+    np.savez(tmp_path / "toy.npz", train_images=images[:40], train_labels=labels[:40],
+             val_images=images[40:50], val_labels=labels[40:50], test_images=images[50:],
+             test_labels=labels[50:])
+    cfg = tiny_config(tmp_path / "toy.npz", tmp_path / "run", **{
+        "data.img_size": 16, "data.in_chans": 1, "data.balance": "sampler"})
+    run = train(cfg, progress=False)
+    splits = list(csv.DictReader(run.splits.open()))
+    assert [r["split"] for r in splits].count("test") == 10
+    assert splits[0]["path"] == "train[0]"
+    assert json.loads(run.metrics.read_text())["n"] == 10
+
+
+@pytest.mark.slow
+def test_presplit_folder_uses_its_test_set_and_carves_val(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", per_class=10, size=24)
+    make_image_folder(tmp_path / "d" / "test", per_class=3, size=24, seed=1)
+    run = train(tiny_config(tmp_path / "d", tmp_path / "run", **{"data.img_size": 16,
+                                                                  "train.epochs": 1}),
+                progress=False)
+    splits = list(csv.DictReader(run.splits.open()))
+    assert {r["path"].split("/")[0] for r in splits if r["split"] == "test"} == {"test"}
+    assert any(r["split"] == "val" for r in splits)
+    assert all(r["path"].startswith("train/") for r in splits if r["split"] == "val")
+    assert json.loads(run.metrics.read_text())["n"] == 9
