@@ -58,7 +58,13 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     """A boolean mask of about ``fraction`` of the samples, stratified, whole groups only."""
     n_unique_groups = len(set(groups.tolist()))
     if n_unique_groups == len(labels):
-        _, held = train_test_split(np.arange(len(labels)), test_size=fraction,
+        # Stratifying needs one held-out image per class: tiny sets hold out a little more.
+        n_classes = len(set(labels.tolist()))
+        n_held = max(int(np.ceil(fraction * len(labels) - 1e-9)), n_classes)
+        if len(labels) - n_held < n_classes:
+            raise MedscopeError(f"{len(labels)} images are too few for a stratified "
+                                f"{fraction:.0%} hold-out of {n_classes} classes")
+        _, held = train_test_split(np.arange(len(labels)), test_size=n_held,
                                    stratify=labels, random_state=seed)
         mask = np.zeros(len(labels), dtype=bool)
         mask[held] = True
