@@ -25,20 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from medscope.models import count_params, create_model, gmacs, min_size  # noqa: E402
 from medscope.models.profile import state_dict_mb  # noqa: E402
 from medscope.models.zoo import zoo_names  # noqa: E402
+from medscope.train.engine import cpu_has_bf16  # noqa: E402
 
 FP32_MODELS = ("resnet18", "resnet50", "vgg16")
 RESULTS = Path(__file__).resolve().parent / "results" / "zoo.csv"
 COLUMNS = ["model", "source", "img_size", "precision", "threads", "params_m", "gmacs",
            "ckpt_mb", "latency_bs1_ms", "batch32_ms", "throughput_bs32_img_s",
            "train_step_ms", "train_batch", "note"]
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _timed(fn, repeats: int, warmup: int = 1) -> list[float]:
