@@ -319,6 +319,7 @@ def _resumed_config(run: RunDir, config: RunConfig) -> RunConfig:
 
 def _plot_examples(run: RunDir, pixels, labels, probs, classes, n: int = 16) -> None:
     pick = np.linspace(0, len(pixels) - 1, min(n, len(pixels))).astype(int)
-    titles = [f"{classes[labels[i]]}→{classes[probs[i].argmax()]} {probs[i].max():.2f}"
+    titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} {probs[i].max():.2f}"
               for i in pick]
-    plot_examples(pixels[pick], titles, run.root / "examples.png")
+    wrong = [bool(probs[i].argmax() != labels[i]) for i in pick]
+    plot_examples(pixels[pick], titles, run.root / "examples.png", wrong=wrong)

@@ -62,17 +62,20 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], p
     _save(fig, path)
 
 
-def plot_examples(pixels: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8) -> None:
-    """A grid of sample images (N x H x W x C uint8)."""
+def plot_examples(pixels: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8,
+                  wrong: Sequence[bool] | None = None) -> None:
+    """A grid of sample images (N x H x W x C uint8); titles of ``wrong`` ones in red."""
     n = len(pixels)
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.55))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
-    for ax, img, title in zip(np.atleast_1d(axes).ravel(), pixels, titles, strict=False):
+    flags = wrong if wrong is not None else [False] * n
+    for ax, img, title, bad in zip(np.atleast_1d(axes).ravel(), pixels, titles, flags,
+                                   strict=False):
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img,
                   cmap="gray" if img.shape[-1] == 1 else None)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=7, color="#b00020" if bad else "black")
     _save(fig, path)
 
 
