@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m medscope demo --out runs/demo
+	$(BIN)/python -m medscope demo --out runs/demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

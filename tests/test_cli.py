@@ -87,3 +87,20 @@ def test_config_error_is_one_line(tmp_path, capsys):
     recipe.write_text("train:\n  epochz: 3\n")
     code, err = _run(["train", "--config", str(recipe)], capsys)
     assert code == 2 and "r.yaml" in err and "epochz" in err
+
+
+def test_demo_runs_the_whole_pipeline_and_refuses_to_overwrite(tmp_path, capsys):
+    # The real demo, shrunk: 4 slides per class, 1 epoch at 32 px.
+    out = tmp_path / "demo"
+    args = ["demo", "-q", "--out", str(out), "--per-class", "4", "--epochs", "1",
+            "--img-size", "32"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "demo finished in" in printed and str(out / "run" / "report.html") in printed
+    assert len(list((out / "slides").rglob("*.jpg"))) == 20
+    manifest = (out / "patches" / "patches.csv").read_text().splitlines()
+    assert len(manifest) - 1 == 20 * 9  # 1000 px slides, 500 px patches, stride 250
+    for name in ("report.html", "metrics.json", "splits.csv", "config.yaml"):
+        assert (out / "run" / name).is_file(), name
+    code, err = _run(args, capsys)
+    assert code == 2 and str(out) in err and "--force" in err
