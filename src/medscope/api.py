@@ -33,7 +33,12 @@ from medscope.models import create_model, is_known_model
 from medscope.models.transfer import apply_freeze
 from medscope.predict import Predictor, predict_files
 from medscope.report.html import render_report
-from medscope.report.plots import plot_confusion_matrix, plot_examples, plot_learning_curves
+from medscope.report.plots import (
+    example_indices,
+    plot_confusion_matrix,
+    plot_examples,
+    plot_learning_curves,
+)
 from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text
 from medscope.train.engine import fit, seed_everything, select_runtime
 
@@ -318,7 +323,7 @@ def _resumed_config(run: RunDir, config: RunConfig) -> RunConfig:
 
 
 def _plot_examples(run: RunDir, pixels, labels, probs, classes, n: int = 16) -> None:
-    pick = np.linspace(0, len(pixels) - 1, min(n, len(pixels))).astype(int)
+    pick = example_indices(np.asarray(labels), probs, n)
     titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} {probs[i].max():.2f}"
               for i in pick]
     wrong = [bool(probs[i].argmax() != labels[i]) for i in pick]

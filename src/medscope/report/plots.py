@@ -62,12 +62,23 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], p
     _save(fig, path)
 
 
+def example_indices(labels: np.ndarray, probs: np.ndarray, n: int = 16) -> np.ndarray:
+    """Which images a report shows: up to n/2 of the most confident mistakes (what a reader
+    needs to see), the rest spread evenly over the split."""
+    mistakes = np.flatnonzero(probs.argmax(1) != labels)
+    mistakes = mistakes[np.argsort(-probs[mistakes].max(1), kind="stable")][: n // 2]
+    rest = np.setdiff1d(np.arange(len(labels)), mistakes)
+    take = min(n - len(mistakes), len(rest))
+    spread = rest[np.linspace(0, len(rest) - 1, take).astype(int)] if take else rest[:0]
+    return np.concatenate([spread, mistakes]).astype(int)
+
+
 def plot_examples(pixels: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8,
                   wrong: Sequence[bool] | None = None) -> None:
     """A grid of sample images (N x H x W x C uint8); titles of ``wrong`` ones in red."""
     n = len(pixels)
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     flags = wrong if wrong is not None else [False] * n
