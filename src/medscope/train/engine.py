@@ -33,11 +33,11 @@ from medscope.train.checkpoint import (
 
 log = logging.getLogger("medscope")
 
-# Subnormal floats cost x86 ~100x a normal one, and tiny gradients and AdamW moments drift into
-# them as a model grows confident: the demo's later epochs run 1.09x faster with them flushed to
-# zero, at the same accuracy, and a toy fp32 run whose model became certain ran >10x slower
-# without (benchmarks/denormals.py). Done at import because torch's OpenMP threads copy the
-# setting only when they start, i.e. at the first parallel op.
+# Subnormal floats cost x86 up to ~100x a normal one, and tiny gradients and AdamW moments drift
+# into them once a model is near-certain: a toy fp32 run that learned a single class ran >10x
+# slower without flushing them to zero. On the demo the gain is small (bf16 second half 1.09x,
+# fp32 12 epochs within noise; benchmarks/denormals.py) and accuracy is identical. Done at
+# import because torch's OpenMP threads copy the setting only when they start (first parallel op).
 torch.set_flush_denormal(True)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
