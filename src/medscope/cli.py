@@ -30,7 +30,7 @@ TRAIN_FLAGS = {
     "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
     "device": "train.device", "early_stopping": "train.early_stopping", "out": "out",
     "freeze": "train.freeze", "head_lr_mult": "train.head_lr_mult",
-    "unfreeze_at": "train.unfreeze_at",
+    "unfreeze_at": "train.unfreeze_at", "clip_grad": "train.clip_grad",
 }
 
 
@@ -160,6 +160,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--clip-grad", type=float, metavar="NORM",
+                   help="clip the global gradient norm (steadies a high lr)")
     p.add_argument("--augment", help="augmentation preset: none, flips, microscopy, "
                    "keras-classic, randaugment")
     p.add_argument("--early-stopping", type=int, metavar="PATIENCE")

@@ -64,6 +64,7 @@ class TrainConfig(_Section):
     scheduler: Literal["cosine", "none"] = "cosine"
     warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up; steadies big FC heads")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad: float | None = Field(None, gt=0, description="max global gradient norm; off if None")
     freeze: str = Field("none", description="none | backbone | stages:N (transfer learning)")
     head_lr_mult: float = Field(1.0, gt=0, description="classifier LR = lr x this")
     unfreeze_at: int | None = Field(None, ge=1, description="epoch from which everything trains")

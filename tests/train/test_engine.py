@@ -50,3 +50,22 @@ def test_unfreeze_at_trains_the_backbone_later(image_folder, tmp_path):
     initial = create_model("simple_cnn", 3, img_size=32).state_dict()
     trained = model_state(load_checkpoint(run.last)[0])
     assert not torch.equal(trained["features.0.weight"], initial["features.0.weight"])
+
+
+def _sgd_weights(image_folder, out, **extra):
+    cfg = tiny_config(image_folder, out, **{"train.optimizer": "sgd", "train.lr": 0.1,
+                                            "train.warmup_epochs": 0, "train.epochs": 1,
+                                            "train.weight_decay": 0.0, **extra})
+    run = train(cfg, progress=False)
+    torch.manual_seed(cfg.train.seed)
+    initial = create_model("simple_cnn", 3, img_size=32).state_dict()["features.0.weight"]
+    return initial, model_state(load_checkpoint(run.last)[0])["features.0.weight"]
+
+
+def test_clip_grad_bounds_every_step(image_folder, tmp_path):
+    # SGD moves a weight by at most lr x (clipped norm) x (1 + momentum terms) per step, so a tiny
+    # clip keeps the weights within a hair of their start; without it they move visibly.
+    initial, clipped = _sgd_weights(image_folder, tmp_path / "clip", **{"train.clip_grad": 1e-6})
+    _, free = _sgd_weights(image_folder, tmp_path / "free")
+    assert (clipped - initial).abs().max() < 1e-5
+    assert (free - initial).abs().max() > 1e-3

@@ -200,7 +200,7 @@ def fit(
                                  e * steps_per_epoch + step, total_steps, warmup_steps,
                                  cfg.scheduler)),
                              progress, desc=f"train {epoch + 1}/{cfg.epochs}",
-                             multilabel=multilabel)
+                             multilabel=multilabel, clip_grad=cfg.clip_grad)
         val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel)
                if val_loader is not None else {})
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
@@ -232,7 +232,8 @@ def fit(
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
-                 desc, multilabel: bool = False) -> dict[str, float]:
+                 desc, multilabel: bool = False, clip_grad: float | None = None
+                 ) -> dict[str, float]:
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
@@ -246,6 +247,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         total_loss += loss.item() * len(labels)
         correct += n_correct(logits.detach(), labels, multilabel)
