@@ -102,5 +102,31 @@ def test_demo_runs_the_whole_pipeline_and_refuses_to_overwrite(tmp_path, capsys)
     assert len(manifest) - 1 == 20 * 9  # 1000 px slides, 500 px patches, stride 250
     for name in ("report.html", "metrics.json", "splits.csv", "config.yaml"):
         assert (out / "run" / name).is_file(), name
+    assert (out / ".medscope-demo").is_file()  # what lets --force replace it later
     code, err = _run(args, capsys)
     assert code == 2 and str(out) in err and "--force" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--per-class", "0"], "--per-class 0: must be at least 1"),
+    (["--epochs", "0"], "train.epochs"),
+    (["--img-size", "4"], "data.img_size"),
+])
+def test_demo_checks_its_arguments_before_writing_anything(tmp_path, capsys, extra, message):
+    out = tmp_path / "demo"
+    code, err = _run(["demo", "-q", "--out", str(out), *extra], capsys)
+    assert code == 2 and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_demo_force_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    code, err = _run(["demo", "-q", "--out", str(precious), "--force"], capsys)
+    assert code == 2 and "not an earlier medscope demo" in err
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    code, err = _run(["demo", "-q", "--out", str(a_file), "--force"], capsys)
+    assert code == 2 and "is not a directory" in err and a_file.read_text() == "x"

@@ -184,8 +184,7 @@ def cmd_synth(args) -> None:
 
     if args.size < 1000:
         raise MedscopeError(f"--size {args.size}: slides must be at least 1000 px")
-    if args.per_class < 1:
-        raise MedscopeError("--per-class must be at least 1")
+    _check_per_class(args.per_class)
     out = make_dataset(args.out, args.per_class, args.seed, args.size, progress=args.progress)
     print(f"wrote {args.per_class * 5} slides to {out}")
 
@@ -200,8 +199,7 @@ def cmd_patches(args) -> None:
                              save_dropped=args.save_dropped, overwrite=args.overwrite,
                              workers=args.workers, progress=args.progress)
     kept = counts.get("ok", 0)
-    dropped = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok") or "none"
-    print(f"kept {kept} patches in {args.dst} (dropped: {dropped}); "
+    print(f"kept {kept} patches in {args.dst} (dropped: {_dropped_summary(counts)}); "
           f"manifest {args.dst / 'patches.csv'}")
 
 
@@ -270,12 +268,19 @@ def cmd_demo(args) -> None:
     from medscope.config import load_config
     from medscope.data.patches import extract_patches
     from medscope.data.synth import make_dataset
+    from medscope.run import read_json
 
+    _check_per_class(args.per_class)
     out: Path = args.out
-    if out.exists():
-        if not args.force:
-            raise MedscopeError(f"{out}: exists; pass --force to replace the earlier demo")
-        shutil.rmtree(out)
+    # Built before any work so that a bad --epochs or --img-size fails at once.
+    # lr 1e-3 after 3 warm-up epochs, 30 epochs: the flatten head still underfits at 15 epochs
+    # with lr 3e-4 (test 0.81); without warm-up lr 1e-3 diverges in epoch 1.
+    config = load_config(overrides={
+        "out": str(out / "run"), "data.path": str(out / "patches"),
+        "data.img_size": args.img_size, "model.name": "simple_cnn",
+        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 1e-3,
+        "train.warmup_epochs": 3, "train.batch_size": 32})
+    _fresh_demo_dir(out, args.force)
     t0 = time.perf_counter()
     print(f"[1/3] synthesising {args.per_class} micrographs per class -> {out / 'slides'}")
     make_dataset(out / "slides", args.per_class, args.seed, progress=args.progress)
@@ -284,20 +289,10 @@ def cmd_demo(args) -> None:
     # Overlapping patches (stride 250) give ~9 per slide; the split keeps a slide's together.
     counts = extract_patches(out / "slides", out / "patches", 500, stride=250,
                              progress=args.progress)
-    print(f"      kept {counts.get('ok', 0)}, dropped "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok"))
+    print(f"      kept {counts.get('ok', 0)}, dropped {_dropped_summary(counts)}")
     print(f"[3/3] training simple_cnn at {args.img_size}px for {args.epochs} epochs, "
           "then evaluating on the held-out test slides")
-    # lr 1e-3 after 3 warm-up epochs, 30 epochs: the flatten head still underfits at 15 epochs
-    # with lr 3e-4 (test 0.81); without warm-up lr 1e-3 diverges in epoch 1.
-    config = load_config(overrides={
-        "out": str(out / "run"), "data.path": str(out / "patches"),
-        "data.img_size": args.img_size, "model.name": "simple_cnn",
-        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 1e-3,
-        "train.warmup_epochs": 3, "train.batch_size": 32})
     run = train(config, progress=args.progress)
-    from medscope.run import read_json
-
     m = read_json(run.metrics)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
           f"{m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f} on {m['n']} patches")
@@ -305,6 +300,35 @@ def cmd_demo(args) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+DEMO_MARKER = ".medscope-demo"
+
+
+def _fresh_demo_dir(out: Path, force: bool) -> None:
+    """An empty ``out`` for the demo. --force replaces an earlier demo, and only that: a folder
+    without the demo's marker (or an older demo's slides/synth.json) is never deleted."""
+    if out.exists():
+        if not out.is_dir():
+            raise MedscopeError(f"{out}: exists and is not a directory")
+        if not force:
+            raise MedscopeError(f"{out}: exists; pass --force to replace the earlier demo")
+        earlier = (out / DEMO_MARKER).is_file() or (out / "slides" / "synth.json").is_file()
+        if any(out.iterdir()) and not earlier:
+            raise MedscopeError(f"{out}: not an earlier medscope demo; refusing to delete it "
+                                "(choose another --out)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / DEMO_MARKER).write_text("made by `medscope demo`; --force may replace this folder\n")
+
+
+def _check_per_class(n: int) -> None:
+    if n < 1:
+        raise MedscopeError(f"--per-class {n}: must be at least 1")
+
+
+def _dropped_summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "ok") or "none"
+
 
 
 def train_config(args):
