@@ -324,7 +324,8 @@ def _resumed_config(run: RunDir, config: RunConfig) -> RunConfig:
 
 def _plot_examples(run: RunDir, pixels, labels, probs, classes, n: int = 16) -> None:
     pick = example_indices(np.asarray(labels), probs, n)
-    titles = [f"true {classes[labels[i]]}\npred {classes[probs[i].argmax()]} {probs[i].max():.2f}"
+    predicted = probs.argmax(1)
+    titles = [f"true {classes[labels[i]]}\npred {classes[predicted[i]]} {probs[i].max():.2f}"
               for i in pick]
-    wrong = [bool(probs[i].argmax() != labels[i]) for i in pick]
+    wrong = [bool(predicted[i] != labels[i]) for i in pick]
     plot_examples(pixels[pick], titles, run.root / "examples.png", wrong=wrong)
