@@ -328,4 +328,4 @@ def _plot_examples(run: RunDir, pixels, labels, probs, classes, n: int = 16) -> 
     titles = [f"true {classes[labels[i]]}\npred {classes[predicted[i]]} {probs[i].max():.2f}"
               for i in pick]
     wrong = [bool(predicted[i] != labels[i]) for i in pick]
-    plot_examples(pixels[pick], titles, run.root / "examples.png", wrong=wrong)
+    plot_examples(pixels[pick], titles, run.examples, wrong=wrong)

@@ -74,6 +74,7 @@ class RunDir:
     report = property(lambda self: self.root / "report.html")
     learning_curves = property(lambda self: self.root / "learning_curves.png")
     confusion_matrix = property(lambda self: self.root / "confusion_matrix.png")
+    examples = property(lambda self: self.root / "examples.png")
 
     def is_finished(self) -> bool:
         return self.metrics.is_file() and (self.best.with_suffix(".safetensors")).is_file()

@@ -28,7 +28,7 @@ def render_report(run: RunDir) -> Path:
         dataset=_dataset_table(splits, meta["classes"]),
         curves=_img(run.learning_curves, "learning curves"),
         confusion=_img(run.confusion_matrix, "confusion matrix"),
-        examples=_img(run.root / "examples.png", "test examples"),
+        examples=_img(run.examples, "test examples"),
         per_class=_per_class_table(metrics),
         bad_files=_bad_files(bad),
         config=html.escape(run.config.read_text()) if run.config.is_file() else "",
