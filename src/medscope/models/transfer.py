@@ -4,7 +4,7 @@ What the training engine calls::
 
     model = create_model(name, num_classes, in_chans, pretrained=source, img_size=size)
     apply_freeze(model, spec)                      # spec: "none" | "backbone" | "stages:N"
-    optimizer = AdamW(param_groups(model, base_lr, head_lr_mult))
+    optimizer = AdamW(param_groups(model, base_lr, head_lr_mult, weight_decay))
     for epoch in ...:
         if epoch == unfreeze_at:
             unfreeze(model)                        # same optimizer: see param_groups
@@ -20,7 +20,8 @@ Signatures:
   MedscopeError naming the local-file alternative.
 - ``apply_freeze(model, spec) -> FreezeReport``; ``unfreeze(model) -> None``.
 - ``set_frozen_bn_eval(model) -> int`` (number of BatchNorm layers put in eval mode).
-- ``param_groups(model, lr, head_lr_mult=1.0) -> list[dict]`` ("backbone" and "head" groups).
+- ``param_groups(model, lr, head_lr_mult=1.0, weight_decay=None) -> list[dict]`` ("backbone"
+  and "head" groups, each split into decay / no-decay when ``weight_decay`` is given).
 - ``adapt_first_conv(weight, in_chans) -> Tensor`` (RGB kernels summed for 1 channel).
 - ``head_param_names(model)``, ``stage_param_names(model)``: what the freeze specs act on.
 
@@ -382,20 +383,30 @@ def set_frozen_bn_eval(model: nn.Module) -> int:
     return count
 
 
-def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0) -> list[dict]:
-    """Two optimizer groups: ``backbone`` at ``lr`` and ``head`` at ``lr * head_lr_mult``.
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0,
+                 weight_decay: float | None = None) -> list[dict]:
+    """Optimizer groups: ``backbone`` at ``lr`` and ``head`` at ``lr * head_lr_mult``.
 
-    Frozen parameters are included on purpose: PyTorch optimizers skip parameters whose grad
-    is None, so they stay untouched while frozen, and ``unfreeze`` needs no new optimizer.
+    With ``weight_decay``, each is split once more: biases and norm weights (1-D) go to
+    ``backbone_no_decay`` / ``head_no_decay`` with no decay (the timm convention), the rest get
+    ``weight_decay``. Frozen parameters are included on purpose: PyTorch optimizers skip
+    parameters whose grad is None, so they stay untouched while frozen, and ``unfreeze`` needs
+    no new optimizer.
     """
     head = set(head_param_names(model))
-    groups = [
-        {"name": "backbone", "params": [p for n, p in model.named_parameters() if n not in head],
-         "lr": lr},
-        {"name": "head", "params": [p for n, p in model.named_parameters() if n in head],
-         "lr": lr * head_lr_mult},
-    ]
-    return [g for g in groups if g["params"]]
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        part = "head" if name in head else "backbone"
+        no_decay = weight_decay is not None and (param.ndim <= 1 or name.endswith(".bias"))
+        key = f"{part}_no_decay" if no_decay else part
+        if key not in groups:
+            groups[key] = {"name": key, "params": [],
+                           "lr": lr * (head_lr_mult if part == "head" else 1.0)}
+            if weight_decay is not None:
+                groups[key]["weight_decay"] = 0.0 if no_decay else weight_decay
+        groups[key]["params"].append(param)
+    order = ("backbone", "backbone_no_decay", "head", "head_no_decay")
+    return [groups[k] for k in order if k in groups]
 
 
 def _under(name: str, prefixes: Iterable[str]) -> bool:

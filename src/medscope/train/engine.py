@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from medscope.config import TrainConfig
 from medscope.data.transforms import Normalize
-from medscope.models.transfer import head_param_names, set_frozen_bn_eval, unfreeze
+from medscope.models.transfer import param_groups, set_frozen_bn_eval, unfreeze
 from medscope.run import RunDir, atomic_write_csv
 from medscope.train.checkpoint import (
     load_checkpoint,
@@ -104,19 +104,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     (``head_lr_mult``), and biases and norm layers get no weight decay (the timm convention).
     Frozen parameters stay in their group: optimizers skip parameters without a gradient, so
     unfreezing later needs no new optimizer."""
-    head = set(head_param_names(model))
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        no_decay = param.ndim <= 1 or name.endswith(".bias")
-        groups.setdefault((name in head, no_decay), []).append(param)
-    param_groups = [{"params": params,
-                     "lr": cfg.lr * (cfg.head_lr_mult if is_head else 1.0),
-                     "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-                    for (is_head, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0])]
+    groups = param_groups(model, cfg.lr, cfg.head_lr_mult, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     else:
-        opt = torch.optim.AdamW(param_groups, lr=cfg.lr)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
     for group in opt.param_groups:
         group.setdefault("initial_lr", group["lr"])
     return opt
