@@ -19,18 +19,37 @@ from medscope.errors import MedscopeError
 
 log = logging.getLogger("medscope")
 
-# CLI flag -> config key; only flags the user actually gives override the YAML recipe.
-TRAIN_FLAGS = {
-    "data": "data.path", "img_size": "data.img_size", "in_chans": "data.in_chans",
-    "augment": "data.augment", "strict": "data.strict", "split_file": "data.split_file",
-    "format": "data.format", "balance": "data.balance", "cache_dir": "data.cache_dir",
-    "cache": "data.cache",
-    "workers": "data.num_workers", "model": "model.name", "pretrained": "model.pretrained",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-    "optimizer": "train.optimizer", "seed": "train.seed", "precision": "train.precision",
-    "device": "train.device", "early_stopping": "train.early_stopping", "out": "out",
-    "freeze": "train.freeze", "head_lr_mult": "train.head_lr_mult",
-    "unfreeze_at": "train.unfreeze_at", "clip_grad": "train.clip_grad",
+# Each training option once: flag -> (config key, argparse extras). Help text, choices and type
+# come from the config schema (``describe_field``); defaults stay None so that only flags the
+# user gives override the recipe (and, with --resume, the saved config).
+TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "--data": ("data.path", {}),
+    "--format": ("data.format", {}),
+    "--out": ("out", {}),
+    "--model": ("model.name", {}),
+    "--pretrained": ("model.pretrained", {}),
+    "--freeze": ("train.freeze", {}),
+    "--head-lr-mult": ("train.head_lr_mult", {}),
+    "--unfreeze-at": ("train.unfreeze_at", {"metavar": "EPOCH"}),
+    "--epochs": ("train.epochs", {}),
+    "--img-size": ("data.img_size", {}),
+    "--in-chans": ("data.in_chans", {}),
+    "--batch-size": ("train.batch_size", {}),
+    "--lr": ("train.lr", {}),
+    "--optimizer": ("train.optimizer", {}),
+    "--clip-grad": ("train.clip_grad", {"metavar": "NORM"}),
+    "--augment": ("data.augment", {}),
+    "--balance": ("data.balance", {}),
+    "--early-stopping": ("train.early_stopping", {"metavar": "PATIENCE"}),
+    "--seed": ("train.seed", {}),
+    "--split-seed": ("data.split_seed", {}),
+    "--precision": ("train.precision", {}),
+    "--device": ("train.device", {}),
+    "--workers": ("data.num_workers", {}),
+    "--split-file": ("data.split_file", {}),
+    "--cache-dir": ("data.cache_dir", {}),
+    "--no-cache": ("data.cache", {"action": "store_const", "const": False}),
+    "--strict": ("data.strict", {"action": "store_const", "const": True}),
 }
 
 
@@ -94,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--data", type=Path, default=None, help="folder with the same classes")
     p.add_argument("--out", type=Path, default=None, help="where metrics.json goes")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[common], help="classify images; writes a CSV")
@@ -101,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: print)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", parents=[common],
@@ -118,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=["auto", "folder", "csv", "npz"], default="auto")
     q.set_defaults(func=cmd_data_info)
 
+    p = sub.add_parser("cache", parents=[common], help="the decoded-image cache: size, clear")
+    cache_sub = p.add_subparsers(title="cache commands", required=True, metavar="CACHE_COMMAND")
+    for name, helptext in (("info", "list the cached datasets, largest use first"),
+                           ("clear", "delete every cached dataset")):
+        q = cache_sub.add_parser(name, parents=[common], help=helptext)
+        q.add_argument("--cache-dir", type=Path, default=None,
+                       help="default $MEDSCOPE_CACHE or ~/.cache/medscope")
+        q.set_defaults(func=cmd_cache, action=name)
+
     p = sub.add_parser("report", parents=[common], help="rebuild report.html of a run")
     p.add_argument("run", type=Path)
     p.set_defaults(func=cmd_report)
@@ -126,54 +157,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synth -> patches -> train -> evaluate -> report, end to end")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--per-class", type=int, default=40, help="synthetic slides per class")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--img-size", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, default=Path("demo"),
+                   help="training recipe (default recipes/demo.yaml)")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--img-size", type=int, default=None, help="override the recipe's size")
+    p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    # Defaults are None so that only flags given on the command line override the recipe.
-    p.add_argument("--config", type=Path, help="YAML recipe (see recipes/)")
-    p.add_argument("--data", type=Path,
-                   help="image folder (one sub-folder per class, or train/val/test/<class>), "
-                        "CSV or MedMNIST .npz")
-    p.add_argument("--format", choices=["auto", "folder", "csv", "npz"],
-                   help="data kind (default: detected)")
-    p.add_argument("--balance", choices=["none", "weights", "sampler"],
-                   help="class imbalance: loss weights or a weighted sampler")
-    p.add_argument("--cache-dir", type=Path, help="decoded-image cache (default ~/.cache/medscope)")
-    p.add_argument("--no-cache", dest="cache", action="store_false", default=None,
-                   help="decode images in memory only, no disk cache")
-    p.add_argument("--out", type=Path, help="run directory to create")
-    p.add_argument("--model", help="architecture name (`medscope models` lists them)")
-    p.add_argument("--pretrained", help="local weights file or hub id")
-    p.add_argument("--freeze", help="none | backbone | stages:N (frozen layers get no gradient)")
-    p.add_argument("--head-lr-mult", type=float, help="classifier learning rate = lr x this")
-    p.add_argument("--unfreeze-at", type=int, metavar="EPOCH",
-                   help="train everything from this epoch on (two-phase fine-tuning)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--img-size", type=int, help="training resolution")
-    p.add_argument("--in-chans", type=int, choices=[1, 3])
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
-    p.add_argument("--clip-grad", type=float, metavar="NORM",
-                   help="clip the global gradient norm (steadies a high lr)")
-    p.add_argument("--augment", help="augmentation preset: none, flips, microscopy, "
-                   "keras-classic, randaugment")
-    p.add_argument("--early-stopping", type=int, metavar="PATIENCE")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--workers", type=int, help="data loader worker processes")
-    p.add_argument("--split-file", type=Path, help="re-use the split of an earlier run")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="stop at the first unreadable image instead of skipping it")
+    from medscope.config import describe_field
+
+    p.add_argument("--config", type=Path,
+                   help="YAML recipe: a file or the name of one in recipes/ (e.g. demo)")
+    for flag, (key, extra) in TRAIN_OPTIONS.items():
+        doc = describe_field(key)
+        kwargs: dict[str, Any] = {"dest": _dest(key), "default": None}
+        if "action" not in extra:
+            kwargs["type"] = doc.type
+            if doc.choices:
+                kwargs["choices"] = doc.choices
+        default = "" if doc.default is None or "action" in extra else f" (default {doc.default})"
+        p.add_argument(flag, help=f"{doc.help}{default} [{key}]", **kwargs, **extra)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.weight_decay=0.01 (repeatable)")
+
+
+def _dest(key: str) -> str:
+    return "opt_" + key.replace(".", "_")
 
 
 # ---------------------------------------------------------------- commands
@@ -204,16 +217,25 @@ def cmd_patches(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from medscope.api import train
+    from medscope.api import resume, train
 
-    run = train(train_config(args), resume=args.resume, progress=args.progress)
+    if args.resume:
+        if args.opt_out is None:
+            raise MedscopeError("--resume needs --out RUN_DIR (the run to continue)")
+        if args.config is not None:
+            raise MedscopeError("--resume continues with the run's saved config; pass single "
+                                "options (e.g. --epochs 30) instead of --config")
+        run = resume(args.opt_out, explicit_overrides(args), progress=args.progress)
+    else:
+        run = train(train_config(args), progress=args.progress)
     print(f"run finished: {run.root}  (report: {run.report})")
 
 
 def cmd_evaluate(args) -> None:
     from medscope.api import evaluate
 
-    m = evaluate(args.run, args.data, args.out, progress=args.progress)
+    m = evaluate(args.run, args.data, args.out, precision=args.precision, device=args.device,
+                 progress=args.progress)
     print(f"accuracy {m['accuracy']:.4f}  F1 macro {m['f1_macro']:.4f}  "
           f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images")
 
@@ -222,7 +244,7 @@ def cmd_predict(args) -> None:
     from medscope.predict import predict_files
 
     rows = predict_files(args.run, args.inputs, args.out, precision=args.precision,
-                         progress=args.progress)
+                         device=args.device, progress=args.progress)
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
         return
@@ -251,6 +273,25 @@ def cmd_data_info(args) -> None:
     print(format_info(data_info(args.path, args.format, progress=args.progress)))
 
 
+def cmd_cache(args) -> None:
+    from datetime import datetime
+
+    from medscope.data.cache import cache_entries, clear_cache, default_cache_dir
+
+    where = args.cache_dir or default_cache_dir()
+    if args.action == "clear":
+        removed = clear_cache(where)
+        print(f"removed {len(removed)} cached dataset(s), "
+              f"{sum(e.bytes for e in removed) / 2**20:.1f} MB, from {where}")
+        return
+    entries = cache_entries(where)
+    print(f"{where}: {len(entries)} dataset(s), {sum(e.bytes for e in entries) / 2**20:.1f} MB")
+    for e in entries:
+        used = datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        print(f"  {e.key[:12]}  {e.bytes / 2**20:9.1f} MB  {e.n or '?':>6} images  "
+              f"{e.size or '?'}px  last used {used}  {e.first}")
+
+
 def cmd_report(args) -> None:
     from medscope.report.html import render_report
     from medscope.run import RunDir
@@ -273,25 +314,24 @@ def cmd_demo(args) -> None:
     _check_per_class(args.per_class)
     out: Path = args.out
     # Built before any work so that a bad --epochs or --img-size fails at once.
-    # lr 1e-3 after 3 warm-up epochs, 30 epochs: the flatten head still underfits at 15 epochs
-    # with lr 3e-4 (test 0.81); without warm-up lr 1e-3 diverges in epoch 1.
-    config = load_config(overrides={
+    given = {"data.img_size": args.img_size, "train.epochs": args.epochs,
+             "train.seed": args.seed}
+    config = load_config(args.config, {
         "out": str(out / "run"), "data.path": str(out / "patches"),
-        "data.img_size": args.img_size, "model.name": "simple_cnn",
-        "train.epochs": args.epochs, "train.seed": args.seed, "train.lr": 1e-3,
-        "train.warmup_epochs": 3, "train.batch_size": 32})
+        **{k: v for k, v in given.items() if v is not None}})
+    seed = config.train.seed
     _fresh_demo_dir(out, args.force)
     t0 = time.perf_counter()
     print(f"[1/3] synthesising {args.per_class} micrographs per class -> {out / 'slides'}")
-    make_dataset(out / "slides", args.per_class, args.seed, progress=args.progress)
+    make_dataset(out / "slides", args.per_class, seed, progress=args.progress)
     print("[2/3] cutting 500x500 patches (stride 250), dropping artifact patches -> "
           f"{out / 'patches'}")
     # Overlapping patches (stride 250) give ~9 per slide; the split keeps a slide's together.
     counts = extract_patches(out / "slides", out / "patches", 500, stride=250,
                              progress=args.progress)
     print(f"      kept {counts.get('ok', 0)}, dropped {_dropped_summary(counts)}")
-    print(f"[3/3] training simple_cnn at {args.img_size}px for {args.epochs} epochs, "
-          "then evaluating on the held-out test slides")
+    print(f"[3/3] training {config.model.name} at {config.data.img_size}px for "
+          f"{config.train.epochs} epochs, then evaluating on the held-out test slides")
     run = train(config, progress=args.progress)
     m = read_json(run.metrics)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
@@ -331,14 +371,21 @@ def _dropped_summary(counts: dict[str, int]) -> str:
 
 
 
-def train_config(args):
-    from medscope.config import load_config, parse_override
+def explicit_overrides(args) -> dict[str, Any]:
+    """The config keys the user set on the command line: training flags and --set items."""
+    from medscope.config import parse_override
 
-    overrides: dict[str, Any] = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items()
-                                 if getattr(args, flag, None) is not None}
+    overrides = {key: getattr(args, _dest(key)) for key, _ in TRAIN_OPTIONS.values()
+                 if getattr(args, _dest(key), None) is not None}
     overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     overrides.update(parse_override(item) for item in args.set)
-    return load_config(args.config, overrides)
+    return overrides
+
+
+def train_config(args):
+    from medscope.config import load_config
+
+    return load_config(args.config, explicit_overrides(args))
 
 
 def _setup_logging(quiet: bool) -> None:

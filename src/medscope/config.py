@@ -5,8 +5,9 @@ saved as ``config.yaml`` in every run directory so that any run can be reproduce
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,13 +23,19 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     path: Path | None = Field(None, description="image folder (one sub-folder per class, or "
                               "train/val/test/<class>), CSV file or MedMNIST .npz")
-    format: Literal["auto", "folder", "csv", "npz"] = "auto"
+    format: Literal["auto", "folder", "csv", "npz"] = Field(
+        "auto", description="data kind (auto: detected from the path)")
     img_size: int = Field(224, ge=8, le=4096, description="training resolution (square)")
-    in_chans: Literal[1, 3] = 3
+    in_chans: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
-    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment"] = "flips"
+    split_seed: int | None = Field(None, description="seed of the train/val/test split; default "
+                                   "train.seed (set it to vary initialisation on a fixed test set)")
+    multilabel: bool | Literal["auto"] = Field(
+        "auto", description="CSV labels: auto = multi-label when some label holds '|'")
+    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment"] = Field(
+        "flips", description="augmentation preset")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha; 0 = off")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha; 0 = off")
     balance: Literal["none", "weights", "sampler"] = Field(
@@ -36,9 +43,10 @@ class DataConfig(_Section):
     cache: bool = Field(True, description="keep decoded images in a memory-mapped disk cache")
     cache_dir: Path | None = Field(None, description="default $MEDSCOPE_CACHE or ~/.cache/medscope")
     folds: int | None = Field(None, ge=2, description="k for k-fold cross-validation")
-    strict: bool = Field(False, description="stop at the first bad image instead of skipping it")
+    strict: bool = Field(False, description="stop at the first unreadable image instead of "
+                         "skipping it")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
 
     @field_validator("test_fraction")
     @classmethod
@@ -49,16 +57,16 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "simple_cnn"
+    name: str = Field("simple_cnn", description="architecture (`medscope models` lists them)")
     pretrained: str | None = Field(None, description="local weights file or hub id")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra factory arguments")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-4, gt=0)
+    epochs: int = Field(20, ge=1, description="training epochs")
+    batch_size: int = Field(32, ge=1, description="images per step")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["cosine", "none"] = "cosine"
@@ -69,27 +77,55 @@ class TrainConfig(_Section):
     head_lr_mult: float = Field(1.0, gt=0, description="classifier LR = lr x this")
     unfreeze_at: int | None = Field(None, ge=1, description="epoch from which everything trains")
     monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
-    early_stopping: int | None = Field(None, ge=1, description="patience in epochs; off if None")
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs "
+                                      "without improvement (patience); off if None")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
     )
     channels_last: bool | None = Field(None, description="None: on whenever bf16 is used")
-    device: str = "auto"
-    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    seed: int = Field(0, description="seed of initialisation, shuffling and augmentation "
+                      "(and of the split unless data.split_seed is set)")
     deterministic: bool = False
 
 
 class RunConfig(_Section):
-    out: Path = Path("runs/run")
+    out: Path = Field(Path("runs/run"), description="run directory to create")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @property
+    def split_seed(self) -> int:
+        return self.train.seed if self.data.split_seed is None else self.data.split_seed
+
+    @property
+    def multilabel(self) -> bool | None:
+        """None: detect from the data."""
+        return None if self.data.multilabel == "auto" else self.data.multilabel
+
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def resolve_recipe(path: Path | str) -> Path:
+    """A YAML file as given, or the name of a recipe shipped in ``recipes/`` (``demo``)."""
+    path = Path(path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    shipped = RECIPES / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml"))) or "none"
+    raise MedscopeError(f"{path}: no such config file or recipe (recipes: {names})")
+
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file, then ``overrides`` (dotted keys such as ``train.lr``)."""
+    """Defaults, then the YAML file (or shipped recipe name), then ``overrides`` (dotted keys
+    such as ``train.lr``)."""
     raw: dict[str, Any] = {}
     if path is not None:
+        path = resolve_recipe(path)
         raw = read_yaml(path)
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
@@ -145,3 +181,28 @@ def _first_error(exc: ValidationError) -> str:
     where = ".".join(str(p) for p in err["loc"])
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {err['msg']}{more}"
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    help: str
+    choices: tuple[Any, ...] | None
+    type: type
+    default: Any
+
+
+def describe_field(dotted: str) -> FieldDoc:
+    """Help text, choices, Python type and default of a config key, from the schema itself:
+    the CLI derives its options from this instead of repeating them."""
+    model: type[BaseModel] = RunConfig
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    info = model.model_fields[leaf]
+    ann = info.annotation
+    if get_origin(ann) is not Literal:  # X | None, or bool | Literal["auto"]
+        members = [a for a in get_args(ann) if a is not type(None)] or [ann]
+        ann = next((a for a in members if get_origin(a) is Literal), members[0])
+    choices = get_args(ann) if get_origin(ann) is Literal else None
+    base = type(choices[0]) if choices else ann
+    return FieldDoc(info.description or "", choices, base, info.default)

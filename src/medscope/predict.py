@@ -18,23 +18,30 @@ from medscope.data.sources import Sample
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 from medscope.run import RunDir, atomic_write_csv
-from medscope.train.checkpoint import load_checkpoint, model_state
-from medscope.train.engine import Runtime, predict_logits, select_runtime
+from medscope.train.checkpoint import CheckpointMeta, load_checkpoint, model_state
+from medscope.train.runtime import Runtime, predict_logits, select_runtime
 
 
 class Predictor:
     """A trained model plus the preprocessing recorded in its checkpoint metadata."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], runtime: Runtime) -> None:
-        self.meta = meta
+    def __init__(self, model: torch.nn.Module, info: CheckpointMeta, runtime: Runtime) -> None:
+        self.info = info
         self.runtime = runtime
         self.model = runtime.prepare(model).eval()
-        self.normalize = Normalize(meta["mean"], meta["std"]).to(runtime.device)
+        self.normalize = Normalize(info.mean, info.std).to(runtime.device)
 
-    classes = property(lambda self: list(self.meta["classes"]))
-    img_size = property(lambda self: int(self.meta["img_size"]))
-    in_chans = property(lambda self: int(self.meta["in_chans"]))
-    multilabel = property(lambda self: bool(self.meta.get("multilabel", False)))
+    classes = property(lambda self: list(self.info.classes))
+    img_size = property(lambda self: self.info.img_size)
+    in_chans = property(lambda self: self.info.in_chans)
+    multilabel = property(lambda self: self.info.multilabel)
+    temperature = property(lambda self: self.info.temperature)
+    thresholds = property(lambda self: self.info.thresholds)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint metadata as the JSON dict (a copy; ``info`` is the typed view)."""
+        return self.info.to_json()
 
     @classmethod
     def load(cls, source: Path | str, precision: str = "auto", device: str = "auto"
@@ -43,24 +50,39 @@ class Predictor:
         from medscope.models import create_model
 
         stem = checkpoint_stem(source)
+        runtime = select_runtime(device, precision)
         tensors, meta = load_checkpoint(stem)
-        model = create_model(meta["model"], num_classes=len(meta["classes"]),
-                             in_chans=meta["in_chans"], img_size=meta["img_size"],
-                             **meta.get("model_kwargs", {}))
+        try:
+            model = create_model(meta.model, num_classes=meta.num_classes,
+                                 in_chans=meta.in_chans, img_size=meta.img_size,
+                                 **meta.model_kwargs)
+        except TypeError as exc:
+            raise MedscopeError(f"{stem}.json: model_kwargs do not fit {meta.model!r} "
+                                f"({exc})") from None
         try:
             model.load_state_dict(model_state(tensors))
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise MedscopeError(f"{stem}: weights do not fit {meta['model']!r} ({first})") from None
-        return cls(model, meta, select_runtime(device, precision))
+            raise MedscopeError(f"{stem}: weights do not fit {meta.model!r} ({first})") from None
+        return cls(model, meta, runtime)
 
-    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for an N x S x S x C uint8 array (multi-label: independent
-        sigmoid per class; else softmax)."""
+    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Raw float32 logits (before temperature) for an N x S x S x C uint8 array."""
         loader = DataLoader(PixelDataset(pixels, np.zeros(len(pixels), dtype=np.int64)),
                             batch_size=batch_size)
         logits, _ = predict_logits(self.model, loader, self.normalize, self.runtime)
-        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)).numpy()
+        return logits.numpy()
+
+    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for an N x S x S x C uint8 array: softmax(logits / T) with the
+        checkpoint's temperature, or an independent sigmoid per class for multi-label."""
+        return self.probs_from_logits(self.logits_from_pixels(pixels, batch_size))
+
+    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        if self.multilabel:
+            return torch.sigmoid(t).numpy()
+        return torch.softmax(t / self.temperature, 1).numpy()
 
     def decode(self, samples: Sequence[Sample], **kw) -> DecodedImages:
         return decode_images(samples, self.img_size, self.in_chans, **kw)
@@ -102,21 +124,25 @@ def predict_files(
     out_csv: Path | None = None,
     *,
     precision: str = "auto",
+    device: str = "auto",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per image: file, predicted class, its probability, every class probability.
     Unreadable files get a row with an ``error`` and no prediction."""
-    predictor = Predictor.load(source, precision=precision)
+    predictor = Predictor.load(source, precision=precision, device=device)
     paths = collect_images(inputs)
     decoded = predictor.decode([Sample(p, -1) for p in paths], progress=progress,
                                desc="predict")
     probs = predictor.probs_from_pixels(decoded.pixels) if len(decoded.kept) else np.empty(0)
     classes = predictor.classes
+    thresholds = predictor.thresholds or [0.5] * len(classes)
     rows: list[dict[str, Any]] = []
     for row_probs, idx in zip(probs, decoded.kept, strict=True):
         best = int(row_probs.argmax())
-        # Multi-label: every class at or above 0.5, joined by '|' (may be none).
-        prediction = ("|".join(c for c, p in zip(classes, row_probs, strict=True) if p >= 0.5)
+        # Multi-label: every class at or above its threshold (tuned on validation when the
+        # checkpoint has them, else 0.5), joined by '|' (may be none).
+        prediction = ("|".join(c for c, p, t in zip(classes, row_probs, thresholds, strict=True)
+                               if p >= t)
                       if predictor.multilabel else classes[best])
         rows.append({"file": str(paths[idx]), "prediction": prediction,
                      "probability": float(row_probs[best]), "error": "",

@@ -84,6 +84,13 @@ class RunDir:
 
     def prepare_new(self, *, resume: bool = False) -> None:
         """Create the directory for a new run; refuse to clobber a finished or partial one."""
+        self.check_can_start(resume=resume)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def check_can_start(self, *, resume: bool = False) -> None:
+        """A new run may start here (or, with ``resume``, an interrupted one continue)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise MedscopeError(f"{self.root}: exists and is not a directory")
         if self.is_finished():
             raise MedscopeError(
                 f"{self.root}: already holds a finished run; choose another --out "
@@ -94,9 +101,8 @@ class RunDir:
                 f"{self.root}: holds an interrupted run; add --resume to continue it "
                 "or choose another --out"
             )
-        if resume and not self.has_partial_run():
-            raise MedscopeError(f"{self.root}: nothing to resume (no checkpoints/last.safetensors)")
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if resume and not self.has_partial_run() and not self.config.is_file():
+            raise MedscopeError(f"{self.root}: nothing to resume (no config.yaml)")
 
     def require_finished(self) -> None:
         if not self.root.is_dir():

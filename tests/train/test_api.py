@@ -91,17 +91,17 @@ def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkey
     full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
                  progress=False)
     cfg = tiny_config(image_folder, tmp_path / "r", **{"train.epochs": 3})
-    real_write = engine._write_history
+    real_write = engine.RunWriter.__call__
 
-    def interrupt_after_epoch_two(run, history):
-        real_write(run, history)
-        if len(history) == 2:
+    def interrupt_after_epoch_two(self, model, optimizer, state, row, improved):
+        real_write(self, model, optimizer, state, row, improved)
+        if state.epoch == 2:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
 
-    monkeypatch.setattr(engine, "_write_history", interrupt_after_epoch_two)
+    monkeypatch.setattr(engine.RunWriter, "__call__", interrupt_after_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    monkeypatch.setattr(engine, "_write_history", real_write)
+    monkeypatch.setattr(engine.RunWriter, "__call__", real_write)
     run = RunDir(cfg.out)
     assert run.has_partial_run() and not run.is_finished()
     with pytest.raises(MedscopeError, match="--resume"):

@@ -5,8 +5,12 @@ With a cache directory the array is a memory-mapped ``.npy`` on disk, reused by 
 
 - ``<dataset key>.npy``: the pixels, one row per sample (zeros for a bad file);
 - ``<dataset key>.json``: per sample its stamp (file size and mtime_ns) and, for a bad file,
-  the reason. The dataset key hashes the sample list, target size and channels, so a changed
-  file keeps its dataset and only that row is decoded again.
+  the reason. The dataset key hashes the sample list, target size, channels and the decoder
+  version (``medscope.data.io``'s source and Pillow's version), so a changed file keeps its
+  dataset and only that row is decoded again, while a changed decoder decodes everything anew.
+
+The JSON is rewritten at every use, so its mtime is the last use: when the cache outgrows
+``$MEDSCOPE_CACHE_MAX_GB`` (default 50) the least recently used datasets are removed.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from medscope.data import io as image_io
 from medscope.data.io import BadImageError, read_array_image, read_image
 from medscope.data.sources import Sample, npz_array
 from medscope.errors import MedscopeError
@@ -136,8 +142,17 @@ def sample_stamp(sample: Sample) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+@cache
+def decoder_version() -> str:
+    """Changes whenever the image decoding code or Pillow changes."""
+    import PIL
+
+    source = Path(image_io.__file__).read_bytes()
+    return f"{hashlib.sha256(source).hexdigest()[:12]}-pil{PIL.__version__}"
+
+
 def dataset_key(samples: Sequence[Sample], size: int, in_chans: int) -> str:
-    h = hashlib.sha256(f"{CACHE_FORMAT}|{size}|{in_chans}".encode())
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{decoder_version()}|{size}|{in_chans}".encode())
     for s in samples:
         h.update(f"\0{Path(s.path).resolve()}|{s.split}|{s.index}".encode())
     return h.hexdigest()[:32]
@@ -162,6 +177,7 @@ def _cached(samples: Sequence[Sample], size: int, in_chans: int, cache_dir: Path
         del pixels
         os.replace(tmp, npy)
         log.info("cached %d images in %s", len(samples), npy)
+        prune_cache(cache_dir, max_cache_bytes(), keep={key})
     else:
         old_stamps, reasons = meta
         changed = [i for i, (a, b) in enumerate(zip(stamps, old_stamps, strict=True)) if a != b]
@@ -175,7 +191,8 @@ def _cached(samples: Sequence[Sample], size: int, in_chans: int, cache_dir: Path
             del pixels
             log.info("cache %s: re-decoded %d changed file(s)", npy.name, len(changed))
     atomic_write_json(meta_path, {"format": CACHE_FORMAT, "size": size, "in_chans": in_chans,
-                                  "stamps": stamps,
+                                  "decoder": decoder_version(), "n": len(samples),
+                                  "first": _where(samples[0]), "stamps": stamps,
                                   "bad": {str(i): r for i, r in sorted(reasons.items())}})
     return np.load(npy, mmap_mode="r"), reasons, npy
 
@@ -196,3 +213,74 @@ def _open_existing(npy: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     except (OSError, ValueError):
         return None
     return arr if arr.shape == shape and arr.dtype == np.uint8 else None
+
+
+# ---------------------------------------------------------------- size and clean-up
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    bytes: int
+    last_used: float  # POSIX time
+    n: int | None
+    size: int | None
+    first: str  # the first image, to say which dataset this is
+
+
+def max_cache_bytes() -> int:
+    return int(float(os.environ.get("MEDSCOPE_CACHE_MAX_GB", "50")) * 2**30)
+
+
+def cache_entries(cache_dir: Path | str) -> list[CacheEntry]:
+    """The cached datasets in ``cache_dir``, most recently used first."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    entries = []
+    for npy in cache_dir.glob("*.npy"):
+        meta_path = npy.with_suffix(".json")
+        try:
+            meta = json.loads(meta_path.read_text())
+            last_used = meta_path.stat().st_mtime
+        except (OSError, json.JSONDecodeError):
+            meta, last_used = {}, npy.stat().st_mtime
+        size_bytes = npy.stat().st_size + (meta_path.stat().st_size if meta_path.is_file() else 0)
+        entries.append(CacheEntry(npy.stem, size_bytes, last_used, meta.get("n"),
+                                  meta.get("size"), meta.get("first", "?")))
+    return sorted(entries, key=lambda e: -e.last_used)
+
+
+def remove_entry(cache_dir: Path | str, key: str) -> None:
+    for suffix in (".npy", ".json"):
+        (Path(cache_dir) / f"{key}{suffix}").unlink(missing_ok=True)
+
+
+def prune_cache(cache_dir: Path | str, max_bytes: int, keep: set[str] = frozenset()
+                ) -> list[CacheEntry]:
+    """Remove least recently used datasets until the cache fits ``max_bytes``."""
+    entries = cache_entries(cache_dir)
+    total = sum(e.bytes for e in entries)
+    removed = []
+    for entry in reversed(entries):
+        if total <= max_bytes:
+            break
+        if entry.key in keep:
+            continue
+        remove_entry(cache_dir, entry.key)
+        total -= entry.bytes
+        removed.append(entry)
+    if removed:
+        log.info("cache %s: removed %d least recently used dataset(s) to stay under %.1f GB",
+                 cache_dir, len(removed), max_bytes / 2**30)
+    return removed
+
+
+def clear_cache(cache_dir: Path | str) -> list[CacheEntry]:
+    """Remove every cached dataset (and stray temporary files of interrupted decodes)."""
+    entries = cache_entries(cache_dir)
+    for entry in entries:
+        remove_entry(cache_dir, entry.key)
+    for tmp in Path(cache_dir).glob(".*.tmp") if Path(cache_dir).is_dir() else ():
+        tmp.unlink(missing_ok=True)
+    return entries

@@ -12,6 +12,8 @@ Each patch is measured three ways:
 
 from __future__ import annotations
 
+import csv
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from medscope.data.sources import PATCH_MANIFEST
 from medscope.errors import MedscopeError
 from medscope.parallel import process_map
 from medscope.run import atomic_write_csv
+
+log = logging.getLogger("medscope")
 
 MANIFEST_COLUMNS = ["patch", "source", "class", "x", "y", "size", "kept", "reason",
                     "dark_fraction", "tissue_fraction", "neighbour_corr"]
@@ -126,6 +130,7 @@ def extract_patches(
     if (dst / PATCH_MANIFEST).exists() and not overwrite:
         raise MedscopeError(f"{dst}: already holds patches ({PATCH_MANIFEST}); choose another "
                             "destination or pass --overwrite")
+    earlier = _manifest_patches(dst)
     dst.mkdir(parents=True, exist_ok=True)
     args = [(src, dst, rel, cls, size, stride, flt, save_dropped, quality) for rel, cls in jobs]
     rows: list[list] = []
@@ -133,10 +138,27 @@ def extract_patches(
                        desc="patches", disable=not progress, unit="image"):
         rows += result
     atomic_write_csv(dst / PATCH_MANIFEST, MANIFEST_COLUMNS, rows)
+    # Patches of the earlier run that the new manifest does not list would have no group, so
+    # patches of one slide could land in train and test: remove them (only files we made).
+    stale = earlier - {row[0] for row in rows if row[0]}
+    for rel in stale:
+        (dst / rel).unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d patches of the earlier run that the new manifest does not list",
+                 len(stale))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row[7]] = counts.get(row[7], 0) + 1
     return counts
+
+
+def _manifest_patches(dst: Path) -> set[str]:
+    """Every file (kept or saved-dropped) an existing manifest in ``dst`` lists."""
+    manifest = dst / PATCH_MANIFEST
+    if not manifest.is_file():
+        return set()
+    with manifest.open(newline="") as fh:
+        return {row["patch"] for row in csv.DictReader(fh) if row.get("patch")}
 
 
 def _source_images(src: Path) -> list[tuple[str, str]]:

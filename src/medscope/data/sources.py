@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,8 @@ SPLIT_NAMES = ("train", "val", "test")
 # Folder names that mean "validation" in the wild (Keras tutorials use 'validation').
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                   "test": "test"}
+log = logging.getLogger("medscope")
+
 NO_FINDING = "No Finding"  # NIH ChestX-ray14: the empty label set
 
 
@@ -88,13 +91,14 @@ class DataSource:
         return self.classes[sample.label]
 
 
-def load_source(path: Path | str, format: str = "auto", classes: list[str] | None = None
-                ) -> DataSource:
-    """Any supported dataset -> DataSource; ``format`` 'auto' detects the kind from ``path``."""
+def load_source(path: Path | str, format: str = "auto", classes: list[str] | None = None,
+                multilabel: bool | None = None) -> DataSource:
+    """Any supported dataset -> DataSource; ``format`` 'auto' detects the kind from ``path``.
+    ``multilabel`` (CSV only): None detects it ('|' in a label, or 0/1 columns)."""
     path = Path(path)
     kind = detect_format(path) if format == "auto" else format
     if kind == "csv":
-        return scan_csv(path, classes)
+        return scan_csv(path, classes, multilabel=multilabel)
     if kind == "npz":
         return load_npz(path, classes)
     if kind == "folder":
@@ -148,13 +152,19 @@ def scan_folder(root: Path | str, classes: list[str] | None = None, *,
             )
     groups = _patch_groups(root)
     samples: list[Sample] = []
+    unknown = 0
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and is_image_file(p))
         if not files:
             raise MedscopeError(f"{root / name}: class folder holds no images")
         for path in files:
             rel = path.relative_to(root).as_posix()
+            unknown += bool(groups) and rel not in groups
             samples.append(Sample(path, label, groups.get(rel), split))
+    if unknown:
+        log.warning("%s: %d image(s) are not in %s, so they have no slide group and may land "
+                    "on both sides of a split; re-run `medscope patches --overwrite` or remove "
+                    "them", root, unknown, PATCH_MANIFEST)
     return DataSource(root, list(classes), samples)
 
 
@@ -219,8 +229,12 @@ _LABEL_COLUMNS = ("label", "labels", "class", "Finding Labels")
 _META_COLUMNS = {"split", "group", "patient", "patient_id", "Patient ID"}
 
 
-def scan_csv(csv_path: Path | str, classes: list[str] | None = None) -> DataSource:
+def scan_csv(csv_path: Path | str, classes: list[str] | None = None, *,
+             multilabel: bool | None = None) -> DataSource:
     """A CSV of image paths (relative to the CSV) and labels; see the module docstring.
+
+    ``multilabel`` None detects it from a '|' in some label; True reads every label as a set
+    (a data set with one finding per image, "No Finding" meaning none); False refuses '|'.
 
     A row whose file is missing is kept: decoding lists it as a bad file, like any other
     unreadable image, instead of stopping the run.
@@ -239,8 +253,11 @@ def scan_csv(csv_path: Path | str, classes: list[str] | None = None) -> DataSour
     paths = [_resolve(root, r[path_col]) for r in rows]
     if label_col is not None:
         raw = [(r.get(label_col) or "").strip() for r in rows]
-        multilabel = any("|" in v for v in raw)
-        if multilabel:
+        several = next((i for i, v in enumerate(raw) if "|" in v), None)
+        if multilabel is False and several is not None:
+            raise MedscopeError(f"{csv_path}: row {several + 2} holds several labels "
+                                f"({raw[several]!r}) but data.multilabel is false")
+        if multilabel or (multilabel is None and several is not None):
             sets = [[x.strip() for x in v.split("|") if x.strip() and x.strip() != NO_FINDING]
                     for v in raw]
             classes = classes or sorted({x for s in sets for x in s})
@@ -268,9 +285,24 @@ def scan_csv(csv_path: Path | str, classes: list[str] | None = None) -> DataSour
     missing = sorted(set(classes) - set(onehot))
     if missing:
         raise MedscopeError(f"{csv_path}: label columns {missing} missing")
+    if multilabel is False:
+        return _one_hot_single(csv_path, rows, paths, groups, splits, list(classes))
     samples = [Sample(p, -1, g, s, tuple(int(r[c]) for c in classes))
                for p, r, g, s in zip(paths, rows, groups, splits, strict=True)]
     return DataSource(root, list(classes), samples, multilabel=True, kind="csv")
+
+
+def _one_hot_single(csv_path: Path, rows, paths, groups, splits, classes: list[str]
+                    ) -> DataSource:
+    """0/1 class columns read as one class per image (data.multilabel false)."""
+    samples = []
+    for i, (p, r, g, s) in enumerate(zip(paths, rows, groups, splits, strict=True)):
+        on = [k for k, c in enumerate(classes) if r[c].strip() == "1"]
+        if len(on) != 1:
+            raise MedscopeError(f"{csv_path}: row {i + 2} has {len(on)} classes set but "
+                                "data.multilabel is false (exactly one expected)")
+        samples.append(Sample(p, on[0], g, s))
+    return DataSource(csv_path.parent, classes, samples, kind="csv")
 
 
 def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.transforms import v2
@@ -79,9 +80,15 @@ class Normalize(nn.Module):
         return (x.float() / 255.0 - self.mean) / self.std
 
 
-def channel_stats(pixels, max_images: int = 2000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std (on the 0-1 scale) of an N x H x W x C uint8 array."""
-    sample = torch.from_numpy(pixels[:max_images]).float() / 255.0
+def channel_stats(pixels, max_images: int = 2000, seed: int = 0
+                  ) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (on the 0-1 scale) of an N x H x W x C uint8 array, from at
+    most ``max_images`` drawn evenly at random (seeded): data sets are often ordered by class,
+    and the first images alone would give one class's statistics."""
+    if len(pixels) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(pixels), max_images, replace=False))
+        pixels = pixels[pick]
+    sample = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
     flat = sample.reshape(-1, sample.shape[-1])
     std = flat.std(0).clamp_min(1e-3)
     return flat.mean(0).tolist(), std.tolist()

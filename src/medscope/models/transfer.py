@@ -189,7 +189,9 @@ def _apply_timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     return state
 
 
-def _resolve_source(source: str, model: nn.Module) -> Path:
+def check_weights_source(source: str) -> Path | None:
+    """The local weights file ``source`` names, None for a hub id; an error when it names a
+    file that is not there. Cheap: nothing is read or downloaded."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -197,7 +199,11 @@ def _resolve_source(source: str, model: nn.Module) -> Path:
                    or os.sep in source.rstrip(os.sep) and source.count("/") > 1)
     if looks_local and not source.startswith("hf-hub:"):
         raise MedscopeError(f"weights file not found: {source}")
-    return _download(_hub_repo(source, model), source)
+    return None
+
+
+def _resolve_source(source: str, model: nn.Module) -> Path:
+    return check_weights_source(source) or _download(_hub_repo(source, model), source)
 
 
 def _hub_repo(source: str, model: nn.Module) -> str:

@@ -46,7 +46,7 @@ def _summary_table(metrics: dict[str, Any], meta: dict[str, Any],
         ("input", f"{meta['img_size']}×{meta['img_size']}, {meta['in_chans']} channel(s)"),
         ("best epoch", f"{meta.get('epoch')} of {len(history)}"),
         ("training time", f"{seconds:.0f} s"),
-        ("test images", metrics["n"]),
+        ("evaluated on", f"{metrics.get('data', 'test split')}, {metrics['n']} images"),
         ("accuracy", f"{metrics['accuracy']:.4f}"),
         ("F1 macro / micro", f"{metrics['f1_macro']:.4f} / {metrics['f1_micro']:.4f}"),
         ("precision macro / recall macro",
@@ -59,11 +59,16 @@ def _summary_table(metrics: dict[str, Any], meta: dict[str, Any],
 def _dataset_table(splits: list[dict[str, str]], classes: list[str]) -> str:
     names = ("train", "val", "test")
     counts = {c: dict.fromkeys(names, 0) for c in classes}
+    images = dict.fromkeys(names, 0)
     for row in splits:
-        if row["label"] in counts and row["split"] in names:
-            counts[row["label"]][row["split"]] += 1
+        if row["split"] not in names:
+            continue
+        images[row["split"]] += 1
+        for label in row["label"].split("|"):  # a multi-label row counts under each label
+            if label in counts:
+                counts[label][row["split"]] += 1
     rows = [(c, *(counts[c][s] for s in names), sum(counts[c].values())) for c in classes]
-    rows.append(("total", *(sum(counts[c][s] for c in classes) for s in names), len(splits)))
+    rows.append(("images", *(images[s] for s in names), sum(images.values())))
     return _table(("class", *names, "total"), rows)
 
 

@@ -94,3 +94,14 @@ def _num(value: Any) -> float | None:
     if value in (None, ""):
         return None
     return float(value)
+
+
+def plot_prediction_examples(pixels: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                             classes: Sequence[str], path: Path, n: int = 16) -> None:
+    """The report's example grid: true and predicted class per image, mistakes in red."""
+    pick = example_indices(np.asarray(labels), probs, n)
+    predicted = probs.argmax(1)
+    titles = [f"true {classes[labels[i]]}\npred {classes[predicted[i]]} {probs[i].max():.2f}"
+              for i in pick]
+    wrong = [bool(predicted[i] != labels[i]) for i in pick]
+    plot_examples(pixels[pick], titles, path, wrong=wrong)

@@ -1,20 +1,17 @@
 """The training loop, top-down: ``fit`` runs epochs, each epoch runs steps, and every epoch ends
-with validation, a history row, the ``last`` checkpoint (resumable) and, when the monitored
-metric improved, the ``best`` checkpoint."""
+with validation, a history row and the ``on_epoch_end`` callbacks; ``RunWriter`` is the one
+that writes a run directory's ``last`` checkpoint (resumable), ``best`` checkpoint and history."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
@@ -22,78 +19,36 @@ from tqdm.auto import tqdm
 
 from medscope.config import TrainConfig
 from medscope.data.transforms import Normalize
+from medscope.errors import MedscopeError
 from medscope.models.transfer import param_groups, set_frozen_bn_eval, unfreeze
 from medscope.run import RunDir, atomic_write_csv
 from medscope.train.checkpoint import (
+    CheckpointMeta,
     load_checkpoint,
     model_state,
     optimizer_state,
     save_checkpoint,
 )
+from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
-
-# Subnormal floats cost x86 up to ~100x a normal one, and tiny gradients and AdamW moments drift
-# into them once a model is near-certain: a toy fp32 run that learned a single class ran >10x
-# slower without flushing them to zero. On the demo the gain is small (bf16 second half 1.09x,
-# fp32 12 epochs within noise; benchmarks/denormals.py) and accuracy is identical. Done at
-# import because torch's OpenMP threads copy the setting only when they start (first parallel op).
-torch.set_flush_denormal(True)
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "val_f1_macro", "lr", "seconds"]
 
 
-# ---------------------------------------------------------------- device and precision
+class TrainingDiverged(MedscopeError):
+    """The loss became NaN or infinite; the checkpoints of earlier epochs are untouched."""
 
 
-@cache
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 autocast is then about 2x faster than fp32 on CPU."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    bf16: bool
-    channels_last: bool
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def to_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        model = model.to(self.device)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-
-def select_runtime(device: str = "auto", precision: str = "auto",
-                   channels_last: bool | None = None) -> Runtime:
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                       if device == "auto" else device)
-    if precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_bf16()
-    else:
-        bf16 = precision == "bf16"
-    return Runtime(dev, bf16, bf16 if channels_last is None else channels_last)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+def flush_denormals() -> None:
+    """Subnormal floats cost x86 up to ~100x a normal one, and tiny gradients and AdamW moments
+    drift into them once a model is near-certain: a toy fp32 run that learned a single class ran
+    >10x slower without flushing them to zero. On the demo the gain is small (bf16 second half
+    1.09x, fp32 12 epochs within noise; benchmarks/denormals.py) and accuracy is identical.
+    Process-wide, so called when training starts (before the model is built: torch's OpenMP
+    threads copy the setting only when they start), never at import."""
+    torch.set_flush_denormal(True)
 
 
 # ---------------------------------------------------------------- optimisation
@@ -141,6 +96,17 @@ class FitState:
     best_epoch: int | None = None
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False  # a resumed run that stopped early does not train on
+
+    def to_json(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "history": self.history,
+                "stopped_early": self.stopped_early}
+
+
+# Called after every epoch with (model, optimizer, state, history row, improved): where
+# checkpoints and history are written. DDP runs it on rank 0 only; CV points it at a fold dir.
+EpochEnd = Callable[[nn.Module, torch.optim.Optimizer, FitState, dict[str, Any], bool], None]
 
 
 def fit(
@@ -151,38 +117,40 @@ def fit(
     cfg: TrainConfig,
     normalize: Normalize,
     runtime: Runtime,
-    run: RunDir,
-    meta: dict[str, Any],
     loss_fn: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: FitState | None = None,
+    on_epoch_end: Sequence[EpochEnd] = (),
     sampler_generator: torch.Generator | None = None,
     multilabel: bool = False,
-    resume: bool = False,
     progress: bool = True,
 ) -> FitState:
-    """Train ``model``; checkpoints and ``history.csv`` go to ``run``. Returns the final state.
+    """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
+    ``cfg.epochs``; writes nothing itself. Returns the final state.
 
     ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match."""
-    model = runtime.prepare(model)
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
-    optimizer = build_optimizer(model, cfg)
-    state = _resume(run, model, optimizer) if resume else FitState()
+    optimizer = optimizer or build_optimizer(model, cfg)
+    state = state or FitState()
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     higher_is_better = cfg.monitor != "val_loss"
 
-    epochs = tqdm(range(state.epoch, cfg.epochs), desc="epochs", disable=not progress,
+    last_epoch = state.epoch if state.stopped_early else cfg.epochs
+    epochs = tqdm(range(state.epoch, last_epoch), desc="epochs", disable=not progress,
                   initial=state.epoch, total=cfg.epochs, unit="ep")
     for epoch in epochs:
         start = time.perf_counter()
         # Seeding per epoch makes shuffling and augmentation independent of resumption.
-        torch.manual_seed(cfg.seed + epoch)
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)
         if isinstance(train_loader.generator, torch.Generator):
-            train_loader.generator.manual_seed(cfg.seed + epoch)
+            train_loader.generator.manual_seed(seed)
         if sampler_generator is not None:  # a weighted sampler draws from its own generator
-            sampler_generator.manual_seed(cfg.seed + epoch)
+            sampler_generator.manual_seed(seed)
         if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
             unfreeze(model)  # second phase of two-phase fine-tuning
         model.train()
@@ -192,7 +160,7 @@ def fit(
                                  e * steps_per_epoch + step, total_steps, warmup_steps,
                                  cfg.scheduler)),
                              progress, desc=f"train {epoch + 1}/{cfg.epochs}",
-                             multilabel=multilabel, clip_grad=cfg.clip_grad)
+                             multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch)
         val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel)
                if val_loader is not None else {})
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
@@ -207,16 +175,15 @@ def fit(
             score > state.best_score if higher_is_better or not val else score < state.best_score)
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
-            save_checkpoint(run.best, model, {**meta, "epoch": epoch + 1,
-                                              "val": dict(row)})
         else:
             state.bad_epochs += 1
-        _save_last(run, model, optimizer, meta, state)
-        _write_history(run, state.history)
+        state.stopped_early = bool(cfg.early_stopping and state.bad_epochs >= cfg.early_stopping)
+        for callback in on_epoch_end:
+            callback(model, optimizer, state, row, improved)
         epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
                            val_acc="-" if not val else f"{val['accuracy']:.3f}")
         _say(_epoch_line(row, improved), progress)
-        if cfg.early_stopping and state.bad_epochs >= cfg.early_stopping:
+        if state.stopped_early:
             _say(f"early stopping: no improvement of {cfg.monitor} for "
                  f"{cfg.early_stopping} epochs (best epoch {state.best_epoch})", progress)
             break
@@ -224,7 +191,7 @@ def fit(
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
-                 desc, multilabel: bool = False, clip_grad: float | None = None
+                 desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0
                  ) -> dict[str, float]:
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
@@ -236,7 +203,12 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
             logits = model(images)
         loss = loss_fn(logits.float(), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the lr")
+            raise TrainingDiverged(
+                f"training loss became {loss.item()} in epoch {epoch + 1}, step {step + 1}; "
+                f"checkpoints of epochs 1-{epoch} are kept. Lower --lr or set --clip-grad, "
+                "then continue with --resume" if epoch else
+                f"training loss became {loss.item()} in epoch 1, step {step + 1}; lower --lr "
+                "or set --clip-grad (e.g. 1.0) and start again")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
@@ -258,20 +230,6 @@ def n_correct(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> i
     return int((logits.argmax(1) == hard).sum().item())
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, normalize: Normalize,
-                   runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float32 logits, labels) over a whole loader, model in eval mode."""
-    model.eval()
-    outs, targets = [], []
-    for images, labels in loader:
-        with runtime.autocast():
-            logits = model(normalize(runtime.to_input(images)))
-        outs.append(logits.float().cpu())
-        targets.append(labels)
-    return torch.cat(outs), torch.cat(targets)
-
-
 def evaluate_loss(model, loader, loss_fn, normalize, runtime, multilabel: bool = False
                   ) -> dict[str, float]:
     from sklearn.metrics import f1_score
@@ -287,25 +245,34 @@ def evaluate_loss(model, loader, loss_fn, normalize, runtime, multilabel: bool =
 # ---------------------------------------------------------------- persistence
 
 
-def _save_last(run: RunDir, model, optimizer, meta, state: FitState) -> None:
-    save_checkpoint(run.last, model, {**meta, "epoch": state.epoch, "fit_state": {
-        "best_score": state.best_score, "best_epoch": state.best_epoch,
-        "bad_epochs": state.bad_epochs, "history": state.history}}, optimizer=optimizer)
+class RunWriter:
+    """The ``on_epoch_end`` callback of a run directory: ``best`` when the monitored metric
+    improved, then ``last`` (resumable, with optimizer state) and ``history.csv``."""
+
+    def __init__(self, run: RunDir, meta: CheckpointMeta) -> None:
+        self.run, self.meta = run, meta
+
+    def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: FitState,
+                 row: dict[str, Any], improved: bool) -> None:
+        if improved:
+            save_checkpoint(self.run.best, model,
+                            self.meta.model_copy(update={"epoch": state.epoch, "val": dict(row)}))
+        last = self.meta.model_copy(update={"epoch": state.epoch, "fit_state": state.to_json()})
+        save_checkpoint(self.run.last, model, last, optimizer=optimizer)
+        atomic_write_csv(self.run.history, HISTORY_COLUMNS,
+                         ([_fmt(r.get(c)) for c in HISTORY_COLUMNS] for r in state.history))
 
 
-def _resume(run: RunDir, model: nn.Module, optimizer: torch.optim.Optimizer) -> FitState:
-    tensors, meta = load_checkpoint(run.last)
+def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> FitState:
+    """Load model and optimizer from a ``last`` checkpoint; the loop state to continue from."""
+    tensors, meta = load_checkpoint(stem)
     model.load_state_dict(model_state(tensors))
     optimizer.load_state_dict(optimizer_state(tensors, meta))
-    fs = meta["fit_state"]
-    return FitState(epoch=meta["epoch"], best_score=fs["best_score"],
-                    best_epoch=fs["best_epoch"], bad_epochs=fs["bad_epochs"],
-                    history=fs["history"])
-
-
-def _write_history(run: RunDir, history: list[dict[str, Any]]) -> None:
-    atomic_write_csv(run.history, HISTORY_COLUMNS,
-                     ([_fmt(row.get(c)) for c in HISTORY_COLUMNS] for row in history))
+    fs = meta.fit_state or {}
+    return FitState(epoch=meta.epoch or 0, best_score=fs.get("best_score"),
+                    best_epoch=fs.get("best_epoch"), bad_epochs=fs.get("bad_epochs", 0),
+                    history=fs.get("history", []),
+                    stopped_early=fs.get("stopped_early", False))
 
 
 def _fmt(value: Any) -> Any:

@@ -1,0 +1,162 @@
+"""Scan -> split -> decode: what training, cross-validation and evaluation share.
+
+A run's split is written to ``splits.csv`` (path, label, group, split) before any training, so
+that a resumed run, ``medscope evaluate`` and a later run with ``--split-file`` see the same
+images on the same side."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medscope.config import RunConfig
+from medscope.data.cache import decode_images, default_cache_dir
+from medscope.data.sources import DataSource, Sample, load_source
+from medscope.data.splits import split_indices
+from medscope.errors import MedscopeError
+from medscope.run import RunDir, atomic_write_csv
+
+log = logging.getLogger("medscope")
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PreparedData:
+    source: DataSource
+    samples: dict[str, list[Sample]]  # per split, readable images only
+    pixels: dict[str, np.ndarray]
+
+    def labels(self, split: str) -> np.ndarray:
+        return labels_of(self.samples[split])
+
+    @property
+    def eval_split(self) -> str:
+        """'test', or 'val' when the data has no test split (the report then says so)."""
+        return "test" if self.samples["test"] else "val"
+
+
+def labels_of(samples: list[Sample]) -> np.ndarray:
+    """Class indices, or an N x K 0/1 matrix for multi-label samples."""
+    if samples and samples[0].labels is not None:
+        return np.array([s.labels for s in samples], dtype=np.int64)
+    return np.array([s.label for s in samples], dtype=np.int64)
+
+
+def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> PreparedData:
+    """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
+    dc = config.data
+    source = load_source(dc.path, dc.format, multilabel=config.multilabel)
+    assign = assign_splits(source, config)
+    present = set(assign.tolist())
+    if not present & {"val", "test"}:
+        raise MedscopeError(f"{dc.path}: the split leaves no validation or test images to "
+                            "evaluate on; set data.test_fraction or data.val_fraction above 0")
+    if "test" not in present:
+        log.warning("no test split: the final metrics come from the validation split, which "
+                    "also chose the best epoch, so they are optimistic")
+    write_splits(run.splits, source, assign)
+    decoded = decode_images(source.samples, dc.img_size, dc.in_chans, strict=dc.strict,
+                            max_bad_fraction=dc.max_bad_fraction, progress=progress,
+                            cache_dir=cache_dir(config))
+    if decoded.bad:
+        atomic_write_csv(run.bad_files, ["file", "reason"],
+                         ((str(p), reason) for p, reason in decoded.bad))
+    kept_assign = assign[decoded.kept]
+    kept_samples = [source.samples[i] for i in decoded.kept]
+    samples = {k: [s for s, a in zip(kept_samples, kept_assign, strict=True) if a == k]
+               for k in SPLITS}
+    pixels = {k: decoded.pixels[kept_assign == k] for k in SPLITS}
+    if not samples["train"]:
+        raise MedscopeError(f"{dc.path}: no readable training images")
+    return PreparedData(source, samples, pixels)
+
+
+def assign_splits(source: DataSource, config: RunConfig) -> np.ndarray:
+    """'train' / 'val' / 'test' per sample: from a split file, the data's own split (with a
+    validation part carved out when missing), or a stratified group-aware random split."""
+    dc = config.data
+    if dc.split_file is not None:
+        return splits_from_file(dc.split_file, source)
+    if source.given_splits() is not None:
+        return complete_given_splits(source, dc.val_fraction, config.split_seed)
+    return split_indices(source.targets(), [s.group for s in source.samples], dc.val_fraction,
+                         dc.test_fraction, config.split_seed, source.classes)
+
+
+def complete_given_splits(source: DataSource, val_fraction: float, seed: int) -> np.ndarray:
+    """The data's own splits; a validation set is carved out of 'train' when none is given
+    (stratified, group-aware), since early stopping and model selection need one."""
+    assign = source.given_splits().copy()
+    if "val" in set(assign.tolist()) or val_fraction <= 0:
+        return assign
+    train_idx = np.flatnonzero(assign == "train")
+    targets = source.targets()[train_idx]
+    groups = [source.samples[i].group for i in train_idx]
+    inner = split_indices(targets, groups, 0.0, val_fraction, seed, source.classes)
+    assign[train_idx[inner == "test"]] = "val"
+    return assign
+
+
+def cache_dir(config: RunConfig) -> Path | None:
+    """Where decoded images are cached; None when the cache is switched off."""
+    if not config.data.cache:
+        return None
+    return Path(config.data.cache_dir).expanduser() if config.data.cache_dir \
+        else default_cache_dir()
+
+
+# ---------------------------------------------------------------- split files
+
+
+def write_splits(path: Path, source: DataSource, assign: np.ndarray) -> None:
+    rows = ((source.sample_id(s), source.label_name(s), s.group or "", a)
+            for s, a in zip(source.samples, assign, strict=True))
+    atomic_write_csv(path, ["path", "label", "group", "split"], rows)
+
+
+def read_splits(path: Path) -> list[dict[str, str]]:
+    """The rows of a split file, checked: 'path' and 'split' columns, known split names."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedscopeError(f"{path}: split file not found")
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and not {"path", "split"} <= rows[0].keys():
+        raise MedscopeError(f"{path}: a split file needs 'path' and 'split' columns")
+    unknown = sorted({r["split"] for r in rows} - set(SPLITS))
+    if unknown:
+        raise MedscopeError(f"{path}: unknown split name(s) {', '.join(map(repr, unknown))}; "
+                            "use train, val and test")
+    return rows
+
+
+def splits_from_file(path: Path, source: DataSource) -> np.ndarray:
+    by_path = {r["path"]: r["split"] for r in read_splits(path)}
+    assign = []
+    for s in source.samples:
+        rel = source.sample_id(s)
+        if rel not in by_path:
+            raise MedscopeError(f"{path}: has no split for {rel} (the data changed?)")
+        assign.append(by_path[rel])
+    return np.array(assign, dtype=object)
+
+
+def run_samples(run: RunDir, classes: list[str], split: str | None = None
+                ) -> tuple[list[Sample], str]:
+    """A finished run's evaluation images from its saved config and split: the test split, or
+    the validation split when there is no test split. Returns (samples, split name)."""
+    from medscope.config import load_config
+
+    config = load_config(run.config)
+    source = load_source(config.data.path, config.data.format, classes=classes,
+                         multilabel=config.multilabel)
+    rows = read_splits(run.splits)
+    if split is None:
+        split = "test" if any(r["split"] == "test" for r in rows) else "val"
+    chosen = {r["path"] for r in rows if r["split"] == split}
+    return [s for s in source.samples if source.sample_id(s) in chosen], split

@@ -1,0 +1,90 @@
+"""The choices a training run makes from its config: loss, normalisation statistics and the
+data loaders. Kept apart from the loop so cross-validation and distributed training build
+exactly the same pieces."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from medscope.config import RunConfig
+from medscope.data.balance import balanced_sampler, class_weights
+from medscope.data.dataset import PixelDataset
+from medscope.data.prepare import PreparedData
+from medscope.data.transforms import augmentation, batch_mixing, channel_stats
+
+log = logging.getLogger("medscope")
+
+
+def loss_for(config: RunConfig, targets: np.ndarray, num_classes: int, multilabel: bool
+             ) -> torch.nn.Module:
+    """Cross-entropy (BCE per class for multi-label), with inverse-frequency class weights when
+    ``data.balance`` is 'weights'."""
+    weights = (class_weights(targets, num_classes) if config.data.balance == "weights"
+               else None)
+    if multilabel:
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+    return torch.nn.CrossEntropyLoss(weight=weights,
+                                     label_smoothing=config.train.label_smoothing)
+
+
+def ignored_for_multilabel(config: RunConfig) -> list[str]:
+    """Settings a multi-label run does not apply (the CLI warns about each)."""
+    ignored = []
+    if config.data.mixup or config.data.cutmix:
+        ignored.append("data.mixup/data.cutmix (class mixing assumes one label per image)")
+    if config.train.label_smoothing:
+        ignored.append("train.label_smoothing (BCE targets stay 0/1)")
+    return ignored
+
+
+def normalisation_for(config: RunConfig, model: torch.nn.Module, train_pixels: np.ndarray
+                      ) -> tuple[list[float], list[float]]:
+    """Pretrained weights expect their own statistics; from scratch, the training set's."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if config.model.pretrained and "mean" in cfg:
+        mean, std = list(cfg["mean"]), list(cfg["std"])
+        if config.data.in_chans == 1:
+            mean, std = [float(np.mean(mean))], [float(np.mean(std))]
+        return mean, std
+    return channel_stats(train_pixels, seed=config.train.seed)
+
+
+def train_loader(config: RunConfig, data: PreparedData, sampler: Sampler | None = None
+                 ) -> DataLoader:
+    """Shuffled (or ``sampler``-drawn), augmented, mixed when MixUp/CutMix is on; the loader's
+    generator is re-seeded every epoch by the loop."""
+    classes, multilabel = data.source.classes, data.source.multilabel
+    targets = data.labels("train")
+    return DataLoader(
+        PixelDataset(data.pixels["train"], targets, augmentation(config.data.augment)),
+        batch_size=config.train.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=_drop_last(len(targets), config.train.batch_size),
+        generator=torch.Generator().manual_seed(config.train.seed),
+        num_workers=config.data.num_workers,
+        collate_fn=None if multilabel else batch_mixing(len(classes), config.data.mixup,
+                                                        config.data.cutmix))
+
+
+def balanced_sampler_for(config: RunConfig, data: PreparedData
+                         ) -> tuple[Sampler | None, torch.Generator | None]:
+    """(sampler, its generator) when ``data.balance`` is 'sampler', else (None, None)."""
+    if config.data.balance != "sampler":
+        return None, None
+    generator = torch.Generator().manual_seed(config.train.seed)
+    return balanced_sampler(data.labels("train"), len(data.source.classes), generator), generator
+
+
+def eval_loader(data: PreparedData, split: str, batch_size: int) -> DataLoader | None:
+    if not data.samples[split]:
+        return None
+    return DataLoader(PixelDataset(data.pixels[split], data.labels(split)),
+                      batch_size=batch_size * 2)
+
+
+def _drop_last(n: int, batch_size: int) -> bool:
+    # A last batch of one sample breaks BatchNorm; drop it unless that leaves nothing.
+    return n % batch_size == 1 and n > batch_size
