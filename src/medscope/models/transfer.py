@@ -398,6 +398,11 @@ def param_groups(model: nn.Module, lr: float, head_lr_mult: float = 1.0,
     ``weight_decay``. Frozen parameters are included on purpose: PyTorch optimizers skip
     parameters whose grad is None, so they stay untouched while frozen, and ``unfreeze`` needs
     no new optimizer.
+
+    Why not ``timm.optim.param_groups_weight_decay``: it applies the same decay rule (ndim <= 1
+    or bias, as here) but over the whole model, with no head/backbone split, so it cannot give
+    the head its own learning rate; its layer-decay variant needs a timm ``group_matcher`` that
+    medscope's own models (simple_cnn, lenet5, plain ResNets) do not have.
     """
     head = set(head_param_names(model))
     groups: dict[str, dict] = {}
