@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -142,3 +143,11 @@ def test_failed_logging_warns_and_does_not_raise(tmp_path, caplog):
     tracker.log_final(FINAL, [])
     tracker.end()
     assert sum("tracking stopped" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(("spec", "module"), [("mlflow", "mlflow"),
+                                              ("tensorboard", "torch.utils.tensorboard")])
+def test_missing_package_says_how_to_install(spec, module, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # import now raises
+    with pytest.raises(MedscopeError, match=rf"--track {spec} needs .*medscope\[track\]"):
+        make_tracker(spec)

@@ -118,8 +118,9 @@ def _run_quality(run: RunDir) -> dict[str, Any]:
 
 def _cv_quality(root: Path) -> dict[str, Any]:
     summary = read_json(root / "cv_summary.json")
-    folds = sorted((p for p in root.glob("fold_*") if RunDir(p).is_finished()),
-                   key=lambda p: int(p.name.split("_")[-1]) if p.name[5:].isdigit() else 0)
+    folds = sorted((p for p in root.glob("fold_*")
+                    if p.name[5:].isdigit() and RunDir(p).is_finished()),
+                   key=lambda p: int(p.name[5:]))
     fold_metrics = [read_json(RunDir(p).metrics) for p in folds]
     eces = [(m.get("calibration") or {}).get("ece") for m in fold_metrics]
     mean, std = summary_mean_std(summary, root)
