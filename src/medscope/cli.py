@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="one table across runs: size, CPU speed, accuracy (CSV, MD, HTML)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_OR_CV_DIR")
+    p.add_argument("--out", type=Path, default=Path("comparison"),
+                   help="folder for comparison.csv/.md/.html (default ./comparison)")
+    p.add_argument("--repeats", type=int, default=30, help="timed batch-1 forwards per model")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads while measuring (default: torch's current count)")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -337,6 +347,16 @@ def cmd_demo(args) -> None:
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
           f"{m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f} on {m['n']} patches")
     print(f"report: {run.report}")
+
+
+def cmd_compare(args) -> None:
+    from medscope.evaluate.compare import compare_runs, markdown_table
+    from medscope.report.compare import write_comparison
+
+    rows = compare_runs(args.runs, latency_repeats=args.repeats, threads=args.threads)
+    paths = write_comparison(rows, args.out)
+    print(markdown_table(rows))
+    print(f"\nwrote {', '.join(map(str, paths))}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,0 +1,233 @@
+"""One table across runs and CV directories: size, cost, speed measured now on this machine's
+CPU, and test-split quality — the Keras Applications table, for the user's own data."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medscope.errors import MedscopeError
+from medscope.run import RunDir, atomic_write_csv, atomic_write_text, read_json
+
+COLUMNS = [
+    "name", "kind", "model", "img_size", "params", "gmacs", "checkpoint_mb", "precision",
+    "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "accuracy",
+    "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro", "roc_auc_macro", "ece",
+    "path",
+]
+THROUGHPUT_BATCH = 32
+WARMUP = 3
+
+
+def compare_runs(paths: Sequence[Path | str], *, latency_repeats: int = 30,
+                 threads: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per run or CV directory (see ``COLUMNS``). Every path is checked before any
+    measuring, so a typo in the last one costs nothing."""
+    if latency_repeats < 1:
+        raise MedscopeError(f"latency repeats must be at least 1, got {latency_repeats}")
+    if threads is not None and threads < 1:
+        raise MedscopeError(f"threads must be at least 1, got {threads}")
+    kinds = [(Path(p), run_kind(Path(p))) for p in paths]
+    if not kinds:
+        raise MedscopeError("nothing to compare: give at least one run or CV directory")
+    with _torch_threads(threads):
+        return [_row(path, kind, latency_repeats, seed) for path, kind in kinds]
+
+
+def run_kind(path: Path) -> str:
+    """``"run"`` for a finished run directory, ``"cv"`` for a CV directory; else the error."""
+    if RunDir(path).is_finished():
+        return "run"
+    if (path / "cv_summary.json").is_file():
+        if not RunDir(path / "fold_1").is_finished():
+            raise MedscopeError(f"{path}: CV directory without a finished fold_1 run")
+        return "cv"
+    if not path.exists():
+        raise MedscopeError(f"{path}: no such directory")
+    raise MedscopeError(f"{path}: not a finished run (metrics.json + checkpoints/best.safetensors)"
+                        " nor a CV directory (cv_summary.json)")
+
+
+def _row(path: Path, kind: str, repeats: int, seed: int) -> dict[str, Any]:
+    model_run = path if kind == "run" else path / "fold_1"
+    row = dict.fromkeys(COLUMNS)
+    row.update(name=path.resolve().name, kind=kind, path=str(path))
+    row.update(measure_model(model_run, repeats=repeats, seed=seed))
+    row.update(_run_quality(RunDir(path)) if kind == "run" else _cv_quality(path))
+    return row
+
+
+def measure_model(run_root: Path, *, repeats: int = 30, seed: int = 0) -> dict[str, Any]:
+    """Size, GMACs and CPU speed of a run's best checkpoint, run as ``medscope predict`` runs
+    it (bf16 autocast + channels_last where the CPU has them)."""
+    from medscope.models.profile import count_params, gmacs, state_dict_mb
+    from medscope.predict import Predictor
+
+    predictor = Predictor.load(run_root, device="cpu")
+    model, size, chans = predictor.model, predictor.img_size, predictor.in_chans
+    generator = torch.Generator().manual_seed(seed)
+    one = torch.randint(0, 256, (1, chans, size, size), dtype=torch.uint8, generator=generator)
+    batch = torch.randint(0, 256, (THROUGHPUT_BATCH, chans, size, size), dtype=torch.uint8,
+                          generator=generator)
+    latency = _median_seconds(predictor, one, repeats)
+    # Fewer repeats for the batch: each is 32 forwards' worth of work.
+    batch_seconds = _median_seconds(predictor, batch, max(3, repeats // 5))
+    return {
+        "model": predictor.meta["model"], "img_size": size,
+        "params": count_params(model), "gmacs": gmacs(model, size, chans),
+        "checkpoint_mb": state_dict_mb(model),
+        "precision": "bf16" if predictor.runtime.bf16 else "fp32",
+        "threads": torch.get_num_threads(),
+        "latency_ms": latency * 1000, "throughput_img_s": THROUGHPUT_BATCH / batch_seconds,
+    }
+
+
+def _median_seconds(predictor, pixels: torch.Tensor, repeats: int) -> float:
+    runtime = predictor.runtime
+    with torch.inference_mode(), runtime.autocast():
+        x = runtime.to_input(pixels)
+        for _ in range(WARMUP):
+            predictor.model(predictor.normalize(x))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            predictor.model(predictor.normalize(x))
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _run_quality(run: RunDir) -> dict[str, Any]:
+    metrics = read_json(run.metrics)
+    ci = (metrics.get("ci") or {}).get("accuracy") or {}
+    return {
+        "train_seconds": training_seconds(run.history), "n": metrics.get("n"),
+        "accuracy": metrics.get("accuracy"), "accuracy_ci_low": ci.get("low"),
+        "accuracy_ci_high": ci.get("high"), "f1_macro": metrics.get("f1_macro"),
+        "roc_auc_macro": metrics.get("roc_auc_macro"),
+        "ece": (metrics.get("calibration") or {}).get("ece"),
+    }
+
+
+def _cv_quality(root: Path) -> dict[str, Any]:
+    summary = read_json(root / "cv_summary.json")
+    folds = sorted((p for p in root.glob("fold_*")
+                    if p.name[5:].isdigit() and RunDir(p).is_finished()),
+                   key=lambda p: int(p.name[5:]))
+    fold_metrics = [read_json(RunDir(p).metrics) for p in folds]
+    eces = [(m.get("calibration") or {}).get("ece") for m in fold_metrics]
+    mean, std = summary_mean_std(summary, root)
+    return {
+        "train_seconds": sum(training_seconds(RunDir(p).history) for p in folds),
+        "n": sum(int(r.get("n") or 0) for r in summary.get("rows", [])) or None,
+        "folds": summary.get("folds", len(folds)),
+        "accuracy": mean.get("accuracy"), "accuracy_std": std.get("accuracy"),
+        "f1_macro": mean.get("f1_macro"), "roc_auc_macro": mean.get("roc_auc_macro"),
+        "ece": float(np.mean(eces)) if eces and None not in eces else None,
+    }
+
+
+def summary_mean_std(summary: dict[str, Any], root: Path
+                     ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """The summary's own mean/std when it has them, else computed from its fold rows (sample
+    standard deviation, ddof=1, as the fungi study's table reports it)."""
+    if "mean" in summary and "std" in summary:
+        return summary["mean"], summary["std"]
+    rows = summary.get("rows") or []
+    if not rows:
+        raise MedscopeError(f"{root / 'cv_summary.json'}: no fold rows and no mean/std")
+    mean: dict[str, float | None] = {}
+    std: dict[str, float | None] = {}
+    for key in ("accuracy", "f1_macro", "roc_auc_macro", "loss"):
+        values = [r.get(key) for r in rows]
+        if any(v is None for v in values):
+            mean[key] = std[key] = None
+            continue
+        mean[key] = float(np.mean(values))
+        std[key] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, std
+
+
+def training_seconds(history: Path) -> float | None:
+    """Sum of the ``seconds`` column of history.csv (None when the file is missing)."""
+    if not history.is_file():
+        return None
+    with history.open(newline="") as fh:
+        return sum(float(r["seconds"]) for r in csv.DictReader(fh) if r.get("seconds"))
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    # Latency depends on the thread count: fix it for the whole table, then put it back.
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads or old)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------- writers
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    atomic_write_csv(path, COLUMNS, ([_csv_cell(r[c]) for c in COLUMNS] for r in rows))
+    return path
+
+
+def write_markdown(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    atomic_write_text(path, markdown_table(rows) + "\n")
+    return path
+
+
+MD_HEADER = ["run", "model", "params", "GMACs", "MB", "latency b1 (ms)", "img/s b32",
+             "train (s)", "accuracy", "95% CI", "F1 macro", "AUC", "ECE"]
+
+
+def display_cells(row: dict[str, Any]) -> list[str]:
+    """The row as the Markdown and HTML tables show it (blank where a figure is unknown)."""
+    acc = _f(row["accuracy"], 4)
+    if row["accuracy_std"] is not None:
+        acc += f" ± {row['accuracy_std']:.4f}"
+    ci = ("" if row["accuracy_ci_low"] is None
+          else f"{row['accuracy_ci_low']:.3f}–{row['accuracy_ci_high']:.3f}")
+    name = row["name"] + (f" ({row['folds']}-fold CV)" if row["kind"] == "cv" else "")
+    return [name, row["model"], f"{row['params']:,}", _f(row["gmacs"], 4),
+            _f(row["checkpoint_mb"], 2), _f(row["latency_ms"], 2),
+            _f(row["throughput_img_s"], 0), _f(row["train_seconds"], 1), acc, ci,
+            _f(row["f1_macro"], 4), _f(row["roc_auc_macro"], 4), _f(row["ece"], 4)]
+
+
+def measured_on(rows: Sequence[dict[str, Any]]) -> str:
+    """The line that says how the speed columns were measured."""
+    precisions = sorted({r["precision"] for r in rows})
+    threads = sorted({r["threads"] for r in rows})
+    return (f"Latency: median of timed batch-1 forwards; throughput: batch {THROUGHPUT_BATCH}; "
+            f"CPU, {'/'.join(map(str, threads))} torch thread(s), "
+            f"{'/'.join(precisions)}, measured {time.strftime('%Y-%m-%d %H:%M')} on this machine. "
+            "CV rows: mean ± std over folds; model and speed of fold_1.")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(MD_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(MD_HEADER) - 2)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in display_cells(r)) + " |"
+              for r in rows]
+    return "\n".join(lines) + "\n\n" + measured_on(rows)
+
+
+def _f(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
