@@ -65,3 +65,11 @@ def test_mismatched_inputs_are_user_errors():
         evaluation_metrics(labels[:-1], softmax(logits, axis=1), CLASSES)
     with pytest.raises(MedscopeError, match="groups"):
         evaluation_metrics(labels, softmax(logits, axis=1), CLASSES, groups=[0, 1])
+
+
+def test_an_unreachable_validation_threshold_is_not_refitted_on_the_test_data():
+    logits, labels = _logits(60, 3)
+    m = evaluation_metrics(labels, softmax(logits, axis=1), CLASSES, selective_threshold=None,
+                           target_accuracy=0.5, n_resamples=20)
+    assert m["selective"] == {"target_accuracy": 0.5, "threshold": None,
+                              "fitted_on": "validation", "coverage": 0.0, "accuracy": None}

@@ -21,11 +21,21 @@ from medscope.evaluate.calibration import (
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics, tune_thresholds
 
 
+class _NotFitted:
+    def __repr__(self) -> str:
+        return "NOT_FITTED"
+
+
+# No refer-to-expert threshold was fitted on the validation split (an older checkpoint); distinct
+# from None, which means one was sought there and no threshold reached the target.
+NOT_FITTED: Any = _NotFitted()
+
+
 def evaluation_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, multilabel: bool = False,
     logits: np.ndarray | None = None, temperature: float = 1.0,
     groups: Sequence[Any] | None = None, thresholds: Sequence[float] | None = None,
-    selective_threshold: float | None = None, target_accuracy: float = 0.99,
+    selective_threshold: float | None = NOT_FITTED, target_accuracy: float = 0.99,
     n_resamples: int = 1000, seed: int = 0, n_bins: int = 15,
 ) -> dict[str, Any]:
     """The metrics.json content (less ``data``) for one evaluated split.
@@ -35,8 +45,10 @@ def evaluation_metrics(
     the uncalibrated ECE. ``groups`` makes the bootstrap group-aware. Multi-label:
     ``thresholds`` are the per-label thresholds tuned on the validation split (the ``tuned``
     block). Multi-class: ``selective_threshold`` is the refer-to-expert threshold fitted on the
-    validation split; without it the threshold reaching ``target_accuracy`` is searched on
-    these very images (optimistic, and marked so in ``selective.fitted_on``)."""
+    validation split (None: none reached the target there; pass
+    ``meta.get("selective_threshold", NOT_FITTED)``); when NOT_FITTED, the threshold reaching
+    ``target_accuracy`` is searched on these very images (optimistic, and marked so in
+    ``selective.fitted_on``)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     _check_shapes(y_true, probs, classes, multilabel, logits, groups)
     if multilabel:
@@ -76,9 +88,9 @@ def _calibration(y_true, probs, logits, temperature: float, n_bins: int) -> dict
             "ece": ece}
 
 
-def _selective(y_true, probs, threshold: float | None, target: float) -> dict[str, Any]:
+def _selective(y_true, probs, threshold: Any, target: float) -> dict[str, Any]:
     fitted_on = "validation"
-    if threshold is None:
+    if threshold is NOT_FITTED:
         threshold, fitted_on = threshold_for_accuracy(probs, y_true, target), "this data"
     return {"target_accuracy": target, "threshold": threshold, "fitted_on": fitted_on,
             **selective_at(probs, y_true, threshold)}

@@ -166,14 +166,15 @@ def _selective(block: dict[str, Any] | None) -> str:
     if not block:
         return ""
     target = block["target_accuracy"]
+    where = ("the validation split" if block.get("fitted_on") == "validation"
+             else "these test images, hence optimistic")
     if block.get("threshold") is None:
-        return (f"<p>No confidence threshold reaches {target:.1%} accuracy: even the most "
-                "confident predictions fall short; every image needs an expert.</p>")
-    where = ("fitted on the validation split" if block.get("fitted_on") == "validation"
-             else "found on these test images (optimistic)")
+        return (f"<p>No confidence threshold reached {target:.1%} accuracy on {where}: even "
+                "the most confident predictions fell short; every image needs an expert.</p>")
     return (f"<p>Target accuracy {target:.1%}: at confidence ≥ {block['threshold']:.3f} "
-            f"({where}) the model decides {block['coverage']:.1%} of the test images with "
-            f"accuracy {_fmt(block['accuracy'])}; the rest are referred to an expert.</p>")
+            f"(chosen on {where}) the model decides {block['coverage']:.1%} of the test "
+            f"images with accuracy {_fmt(block['accuracy'])}; the rest are referred to an "
+            "expert.</p>")
 
 
 def _fmt(value: Any) -> str:
