@@ -1,1 +1,3 @@
-"""Evaluation: metrics, and (later) calibration, cross-validation and comparison."""
+"""Evaluation: metrics, bootstrap confidence intervals, calibration and selective prediction
+(summary.evaluation_metrics composes them into metrics.json), and (later) cross-validation and
+comparison."""

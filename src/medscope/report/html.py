@@ -10,6 +10,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from medscope.report.curves import COVERAGE, RELIABILITY, ROC_CURVES
 from medscope.run import RunDir, atomic_write_text, read_json
 
 
@@ -30,6 +31,7 @@ def render_report(run: RunDir) -> Path:
         confusion=_img(run.confusion_matrix, "confusion matrix"),
         examples=_img(run.examples, "test examples"),
         per_class=_per_class_table(metrics),
+        evaluation=_evaluation_sections(metrics, run.root),
         bad_files=_bad_files(bad),
         config=html.escape(run.config.read_text()) if run.config.is_file() else "",
     )
@@ -41,19 +43,53 @@ def _summary_table(metrics: dict[str, Any], meta: dict[str, Any],
                    history: list[dict[str, str]]) -> str:
     seconds = sum(float(r["seconds"]) for r in history) if history else 0.0
     auc = metrics.get("roc_auc_macro")
+    ci = metrics.get("ci", {})
+    level = ci.get("level", 0.95)
     rows = [
         ("model", meta["model"]),
         ("input", f"{meta['img_size']}×{meta['img_size']}, {meta['in_chans']} channel(s)"),
         ("best epoch", f"{meta.get('epoch')} of {len(history)}"),
         ("training time", f"{seconds:.0f} s"),
         ("evaluated on", f"{metrics.get('data', 'test split')}, {metrics['n']} images"),
-        ("accuracy", f"{metrics['accuracy']:.4f}"),
-        ("F1 macro / micro", f"{metrics['f1_macro']:.4f} / {metrics['f1_micro']:.4f}"),
+        ("accuracy", _with_ci(metrics["accuracy"], ci.get("accuracy"), level)),
+        ("F1 macro", _with_ci(metrics["f1_macro"], ci.get("f1_macro"), level)),
+        ("F1 micro", f"{metrics['f1_micro']:.4f}"),
         ("precision macro / recall macro",
          f"{metrics['precision_macro']:.4f} / {metrics['recall_macro']:.4f}"),
-        ("ROC-AUC macro (one-vs-rest)", "n/a" if auc is None else f"{auc:.4f}"),
+        ("ROC-AUC macro (one-vs-rest)", "n/a" if auc is None
+         else _with_ci(auc, ci.get("roc_auc_macro"), level)),
+        *_newer_summary_rows(metrics),
     ]
     return _table(("", ""), rows)
+
+
+def _newer_summary_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for the keys that older runs' metrics.json lack (each shown only when present)."""
+    rows = []
+    if metrics.get("balanced_accuracy") is not None:
+        rows.append(("balanced accuracy", f"{metrics['balanced_accuracy']:.4f}"))
+    for k, value in metrics.get("top_k_accuracy", {}).items():
+        rows.append((f"top-{k} accuracy", f"{value:.4f}"))
+    if metrics.get("log_loss") is not None:
+        rows.append(("log loss", f"{metrics['log_loss']:.4f}"))
+    if metrics.get("hamming_loss") is not None:
+        rows.append(("Hamming loss", f"{metrics['hamming_loss']:.4f}"))
+    if "ci" in metrics:
+        ci = metrics["ci"]
+        rows.append(("confidence intervals",
+                     f"{ci['level']:.0%} percentile bootstrap, {ci['n_resamples']} resamples, "
+                     f"seed {ci['seed']}{', whole groups resampled' if ci['grouped'] else ''}"))
+    return rows
+
+
+def _with_ci(value: float | None, interval: dict[str, float] | None, level: float = 0.95
+             ) -> str:
+    """'0.912 (95% CI 0.890–0.930)', or the bare value when no interval is known."""
+    if value is None:
+        return "n/a"
+    if not interval:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({level:.0%} CI {interval['low']:.3f}–{interval['high']:.3f})"
 
 
 def _dataset_table(splits: list[dict[str, str]], classes: list[str]) -> str:
@@ -76,6 +112,78 @@ def _per_class_table(metrics: dict[str, Any]) -> str:
     rows = [(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"])
             for name, m in metrics["per_class"].items()]
     return _table(("class", "precision", "recall", "F1", "support"), rows)
+
+
+def _evaluation_sections(metrics: dict[str, Any], root: Path) -> str:
+    """The clinical sections (CIs, sensitivity/specificity, ROC, calibration, selective
+    prediction, multi-label counts), each present only when the run holds its data."""
+    parts = []
+    if metrics.get("multilabel"):
+        parts.append(("Per-label counts and thresholds", _per_label_table(metrics)))
+    elif any("specificity" in m for m in metrics["per_class"].values()):
+        parts.append(("Sensitivity and specificity", _sensitivity_table(metrics)))
+    parts.append(("ROC curves", _img(root / ROC_CURVES, "ROC curves")))
+    parts.append(("Calibration", _calibration(metrics.get("calibration"))
+                  + _img(root / RELIABILITY, "reliability diagram")))
+    parts.append(("Selective prediction (refer to an expert)",
+                  _selective(metrics.get("selective")) + _img(root / COVERAGE,
+                                                              "coverage-accuracy curve")))
+    return "".join(f"<h2>{html.escape(title)}</h2>\n{body}\n" for title, body in parts if body)
+
+
+def _sensitivity_table(metrics: dict[str, Any]) -> str:
+    ci = metrics.get("ci", {}).get("per_class", {})
+    level = metrics.get("ci", {}).get("level", 0.95)
+    rows = []
+    for name, m in metrics["per_class"].items():
+        bounds = ci.get(name, {})
+        rows.append((name, _with_ci(m.get("sensitivity"), bounds.get("sensitivity"), level),
+                     _with_ci(m.get("specificity"), bounds.get("specificity"), level),
+                     _fmt(m.get("roc_auc")), m["support"]))
+    return _table(("class", "sensitivity (recall)", "specificity", "ROC-AUC", "support"), rows)
+
+
+def _per_label_table(metrics: dict[str, Any]) -> str:
+    tuned = metrics.get("tuned", {}).get("per_class", {})
+    cuts = dict(zip(metrics["per_class"], metrics.get("thresholds") or [], strict=False))
+    rows = [(name, m["support"], m.get("tp", ""), m.get("fp", ""), m.get("fn", ""),
+             m.get("tn", ""), _fmt(m.get("sensitivity")), _fmt(m.get("specificity")),
+             _fmt(m.get("roc_auc")), _fmt(cuts.get(name)),
+             _fmt(tuned.get(name, {}).get("f1")))
+            for name, m in metrics["per_class"].items()]
+    note = (f"<p>Counts at threshold {metrics.get('threshold', 0.5)}. Tuned thresholds were "
+            "chosen on the validation split to maximise each label's F1.</p>")
+    return note + _table(("label", "support", "TP", "FP", "FN", "TN", "sensitivity",
+                          "specificity", "ROC-AUC", "tuned threshold", "F1 at tuned"), rows)
+
+
+def _calibration(block: dict[str, Any] | None) -> str:
+    if not block:
+        return ""
+    before = block.get("ece_uncalibrated")
+    return (f"<p>Expected calibration error ({block['n_bins']} bins): "
+            f"{_fmt(before)} before, {_fmt(block['ece'])} after temperature scaling "
+            f"(T = {block['temperature']:.3f}, fitted on the validation split). "
+            "Probabilities in this report are the calibrated ones.</p>")
+
+
+def _selective(block: dict[str, Any] | None) -> str:
+    if not block:
+        return ""
+    target = block["target_accuracy"]
+    where = ("the validation split" if block.get("fitted_on") == "validation"
+             else "these test images, hence optimistic")
+    if block.get("threshold") is None:
+        return (f"<p>No confidence threshold reached {target:.1%} accuracy on {where}: even "
+                "the most confident predictions fell short; every image needs an expert.</p>")
+    return (f"<p>Target accuracy {target:.1%}: at confidence ≥ {block['threshold']:.3f} "
+            f"(chosen on {where}) the model decides {block['coverage']:.1%} of the test "
+            f"images with accuracy {_fmt(block['accuracy'])}; the rest are referred to an "
+            "expert.</p>")
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _bad_files(rows: list[dict[str, str]]) -> str:
