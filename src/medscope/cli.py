@@ -164,6 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("explain", parents=[common],
+                       help="heat-map overlays (PNG) of what the model looks at")
+    p.add_argument("run", type=Path, help="run directory or checkpoint")
+    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders")
+    p.add_argument("--out", type=Path, required=True, help="folder for the overlays and CSV")
+    p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam")
+    p.add_argument("--target", default=None, metavar="CLASS",
+                   help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="module name of the target layer (default: chosen per architecture)")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
@@ -337,6 +348,16 @@ def cmd_demo(args) -> None:
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
           f"{m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f} on {m['n']} patches")
     print(f"report: {run.report}")
+
+
+def cmd_explain(args) -> None:
+    from medscope.explain import explain_files
+
+    rows = explain_files(args.run, args.inputs, args.out, method=args.method,
+                         target=args.target, layer=args.layer, progress=args.progress)
+    bad = sum(1 for r in rows if r["error"])
+    print(f"wrote {len(rows) - bad} {args.method} overlays to {args.out} "
+          f"({bad} unreadable; see {args.out / 'explanations.csv'})")
 
 
 # ---------------------------------------------------------------- helpers
