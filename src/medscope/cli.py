@@ -175,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="module name of the target layer (default: chosen per architecture)")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("export", parents=[common],
+                       help="export a run's model (ONNX + JSON metadata)")
+    p.add_argument("run", type=Path, help="run directory or checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
+                   help="any batch size (default)")
+    p.add_argument("--static-batch", dest="dynamic_batch", action="store_false",
+                   help="batch size fixed to 1")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: RUN/onnx)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -358,6 +369,13 @@ def cmd_explain(args) -> None:
     bad = sum(1 for r in rows if r["error"])
     print(f"wrote {len(rows) - bad} {args.method} overlays to {args.out} "
           f"({bad} unreadable; see {args.out / 'explanations.csv'})")
+
+
+def cmd_export(args) -> None:
+    from medscope.export import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    print(f"wrote {path} and {path.with_name('model.json')}")
 
 
 # ---------------------------------------------------------------- helpers
