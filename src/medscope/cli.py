@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: print)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the 8 flips/rotations of each image")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes in top_k column")
+    p.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                   help="refer_to_expert when the top probability is below P (default: the "
+                        "checkpoint's selective threshold if any; 0 = off)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: onnxruntime on RUN/onnx (exported on the fly if missing)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="RUN is a `medscope cv` directory: average its fold models")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", parents=[common],
@@ -266,13 +277,16 @@ def cmd_predict(args) -> None:
     from medscope.predict import predict_files
 
     rows = predict_files(args.run, args.inputs, args.out, precision=args.precision,
-                         device=args.device, progress=args.progress)
+                         device=args.device, progress=args.progress, tta=args.tta, top_k=args.top_k,
+                         abstain_below=args.abstain_below, batch_size=args.batch_size,
+                         backend=args.backend, ensemble=args.ensemble)
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
         return
     for r in rows:
         print(f"{r['file']}\t{r['error'] or r['prediction']}\t"
-              f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}")
+              f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}"
+              + ("\trefer to expert" if r["refer_to_expert"] == "yes" else ""))
 
 
 def cmd_models(args) -> None:

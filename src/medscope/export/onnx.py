@@ -36,7 +36,7 @@ MODEL_FILE, META_FILE = "model.onnx", "model.json"
 INPUT, OUTPUT = "pixels", "logits"
 DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter emits natively
 # Training-only metadata that does not describe the exported model.
-_DROP_META = ("optimizer_param_groups",)
+_DROP_META = ("optimizer_param_groups", "fit_state")
 
 
 class _NormalisedModel(nn.Module):
@@ -108,7 +108,7 @@ def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> 
     meta.update({
         "checkpoint_format": meta.get("format"),
         "format": FORMAT,
-        "temperature": float(getattr(predictor, "temperature", meta.get("temperature", 1.0))),
+        "temperature": float(predictor.temperature),
         "onnx": {
             "file": MODEL_FILE, "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
             "torch": torch.__version__, "dynamic_batch": dynamic_batch,
@@ -116,8 +116,8 @@ def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> 
                       "layout": "NCHW", "range": [0, 255],
                       "normalization": "in graph: (x / 255 - mean) / std"},
             "output": {"name": OUTPUT, "shape": [batch, len(predictor.classes)],
-                       "probabilities": ("sigmoid" if predictor.multilabel else "softmax")
-                       + "(logits / temperature)"},
+                       "probabilities": ("sigmoid(logits) >= thresholds" if predictor.multilabel
+                                         else "softmax(logits / temperature)")},
             "source_checkpoint": checkpoint_digest(stem),
         },
     })
@@ -145,6 +145,7 @@ class OnnxPredictor:
     in_chans = property(lambda self: int(self.meta["in_chans"]))
     multilabel = property(lambda self: bool(self.meta.get("multilabel", False)))
     temperature = property(lambda self: float(self.meta.get("temperature", 1.0)))
+    thresholds = property(lambda self: self.meta.get("thresholds"))
 
     @classmethod
     def load(cls, path: Path | str) -> OnnxPredictor:
@@ -178,8 +179,9 @@ class OnnxPredictor:
     def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         from scipy.special import expit, softmax
 
-        logits = self.logits_from_pixels(pixels, batch_size) / self.temperature
-        return expit(logits) if self.multilabel else softmax(logits, axis=1)
+        # As Predictor: the temperature calibrates softmax only; multi-label has thresholds.
+        logits = self.logits_from_pixels(pixels, batch_size)
+        return expit(logits) if self.multilabel else softmax(logits / self.temperature, axis=1)
 
     def decode(self, samples: Sequence[Any], **kw: Any):
         from medscope.data.cache import decode_images
