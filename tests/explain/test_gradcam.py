@@ -113,3 +113,12 @@ def test_overlay_png_is_the_image_with_the_heat(trained_run):
     assert arr[2, 2, 0] > arr[20, 20, 0] and arr[20, 20, 2] > arr[2, 2, 2]
     with pytest.raises(MedscopeError, match="does not match"):
         overlay_png(img, np.zeros((8, 8), dtype=np.float32))
+
+
+def test_auto_layer_skips_stages_pooled_to_one_pixel_at_the_real_size():
+    # resnet18 at 32 px: layer4 is 1 x 1 (a constant map), so layer3 (2 x 2) is the last
+    # spatial stage; at its configured 224 px it is layer4.
+    model = create_model("resnet18", num_classes=3, in_chans=3, img_size=32).eval()
+    layers = dict(model.named_modules())
+    assert target_layer(model, example=torch.zeros(1, 3, 32, 32)) is layers["layer3"]
+    assert target_layer(model, example=torch.zeros(1, 3, 224, 224)) is layers["layer4"]

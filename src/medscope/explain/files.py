@@ -37,7 +37,8 @@ def explain_files(source: Path | str, inputs: Sequence[Path | str], out_dir: Pat
     classes = predictor.classes
     # Checked before any work so that a typo fails at once, naming the choices.
     fixed = class_index(classes, target) if target is not None else None
-    target_layer(predictor.model, layer)
+    if layer:
+        target_layer(predictor.model, layer)
     paths = collect_images(inputs)
     decoded = predictor.decode([Sample(p, -1) for p in paths], progress=progress,
                                desc="explain")

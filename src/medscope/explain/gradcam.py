@@ -42,7 +42,7 @@ def heatmap(predictor: Any, image: np.ndarray, target: int | str | None = None,
         if method == "occlusion":
             raw = _occlusion(model, x, index)
         else:
-            with _spatial_layer(model, target_layer(model, layer), x) as spatial:
+            with _spatial_layer(model, target_layer(model, layer, x), x) as spatial:
                 raw = (_gradcam(model, spatial, x, index) if method == "gradcam"
                        else _gradcam_plus_plus(model, spatial, x, index))
     return _to_unit_map(raw.detach().float(), x.shape[-2:])
@@ -73,11 +73,13 @@ def class_index(classes: list[str], target: int | str) -> int:
 # ---------------------------------------------------------------- target layer
 
 
-def target_layer(model: nn.Module, layer_name: str | None = None) -> nn.Module:
+def target_layer(model: nn.Module, layer_name: str | None = None,
+                 example: torch.Tensor | None = None) -> nn.Module:
     """The layer whose activations a CAM weighs: ``layer_name`` if given; for a ViT the last
     block (its tokens as they enter attention, ``norm1``); else the last module whose output
     is a spatial (H x W > 1) feature map, i.e. the last conv stage of a CNN (a global pool's
-    1 x 1 output is not spatial)."""
+    1 x 1 output is not spatial) at the size of ``example`` (default: the model's
+    configured input size)."""
     if layer_name:
         return _named_layer(model, layer_name)
     blocks = getattr(model, "blocks", None)
@@ -85,7 +87,7 @@ def target_layer(model: nn.Module, layer_name: str | None = None) -> nn.Module:
         # The last block's *output* patch tokens never reach a class-token head (no attention
         # follows), so their gradient is zero; its input tokens do, through its attention.
         return getattr(blocks[-1], "norm1", blocks[-1])
-    return _last_spatial_module(model)
+    return _last_spatial_module(model, example)
 
 
 def _named_layer(model: nn.Module, name: str) -> nn.Module:
@@ -98,18 +100,20 @@ def _named_layer(model: nn.Module, name: str) -> nn.Module:
     return model.get_submodule(name)
 
 
-def _last_spatial_module(model: nn.Module) -> nn.Module:
+def _last_spatial_module(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     # Forward hooks fire as modules finish, so an enclosing stage comes after its last child:
     # the last spatial output found is the outermost module producing it (e.g. ``layer4``).
     finished: list[tuple[nn.Module, torch.Size]] = []
     handles = [m.register_forward_hook(
         lambda mod, _i, out: finished.append((mod, out.shape)) if torch.is_tensor(out) else None)
         for name, m in model.named_modules() if name]
-    size, chans = _input_size(model)
-    param = next(model.parameters())
+    if example is None:
+        size, chans = _input_size(model)
+        param = next(model.parameters())
+        example = torch.zeros(1, chans, size, size, device=param.device, dtype=param.dtype)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, chans, size, size, device=param.device, dtype=param.dtype))
+            model(example)
     finally:
         for h in handles:
             h.remove()
