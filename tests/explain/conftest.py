@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from medscope.data.transforms import Normalize
-from medscope.train.engine import select_runtime
+from medscope.train.runtime import select_runtime
 
 BLOB_SIZE = 48
 

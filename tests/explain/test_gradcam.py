@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -68,13 +69,12 @@ def test_auto_target_layer(name, size, expected):
 
 def test_vit_map_follows_the_patch_grid():
     from medscope.data.transforms import Normalize
-    from medscope.train.engine import select_runtime
+    from medscope.train.runtime import select_runtime
 
-    model = create_model("vit_seed", num_classes=2, in_chans=3, img_size=32)
-    meta = {"classes": ["a", "b"], "img_size": 32, "in_chans": 3,
-            "mean": [0.5] * 3, "std": [0.25] * 3}
-    predictor = Predictor(model, meta, select_runtime("cpu", "fp32"))
-    assert isinstance(predictor.normalize, Normalize)
+    model = create_model("vit_seed", num_classes=2, in_chans=3, img_size=32).eval()
+    predictor = SimpleNamespace(model=model, normalize=Normalize([0.5] * 3, [0.25] * 3),
+                                runtime=select_runtime("cpu", "fp32"), classes=["a", "b"],
+                                img_size=32, in_chans=3)
     img = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     heat = heatmap(predictor, img, method="gradcam")
     assert heat.shape == (32, 32) and heat.max() == pytest.approx(1.0)
