@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: print)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--tta", action="store_true",
+                   help="average over the 8 flips/rotations of each image")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes in top_k column")
+    p.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                   help="refer_to_expert when the top probability is below P (default: the "
+                        "checkpoint's selective threshold if any; 0 = off)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx: onnxruntime on RUN/onnx (exported on the fly if missing)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="RUN is a `medscope cv` directory: average its fold models")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", parents=[common],
@@ -174,6 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads while measuring (default: torch's current count)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("explain", parents=[common],
+                       help="heat-map overlays (PNG) of what the model looks at")
+    p.add_argument("run", type=Path, help="run directory or checkpoint")
+    p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders")
+    p.add_argument("--out", type=Path, required=True, help="folder for the overlays and CSV")
+    p.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam")
+    p.add_argument("--target", default=None, metavar="CLASS",
+                   help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="module name of the target layer (default: chosen per architecture)")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("export", parents=[common],
+                       help="export a run's model (ONNX + JSON metadata)")
+    p.add_argument("run", type=Path, help="run directory or checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--dynamic-batch", dest="dynamic_batch", action="store_true", default=True,
+                   help="any batch size (default)")
+    p.add_argument("--static-batch", dest="dynamic_batch", action="store_false",
+                   help="batch size fixed to 1")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: RUN/onnx)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -254,13 +288,16 @@ def cmd_predict(args) -> None:
     from medscope.predict import predict_files
 
     rows = predict_files(args.run, args.inputs, args.out, precision=args.precision,
-                         device=args.device, progress=args.progress)
+                         device=args.device, progress=args.progress, tta=args.tta, top_k=args.top_k,
+                         abstain_below=args.abstain_below, batch_size=args.batch_size,
+                         backend=args.backend, ensemble=args.ensemble)
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
         return
     for r in rows:
         print(f"{r['file']}\t{r['error'] or r['prediction']}\t"
-              f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}")
+              f"{r['probability'] if r['error'] else format(r['probability'], '.4f')}"
+              + ("\trefer to expert" if r["refer_to_expert"] == "yes" else ""))
 
 
 def cmd_models(args) -> None:
@@ -357,6 +394,22 @@ def cmd_compare(args) -> None:
     paths = write_comparison(rows, args.out)
     print(markdown_table(rows))
     print(f"\nwrote {', '.join(map(str, paths))}")
+
+def cmd_explain(args) -> None:
+    from medscope.explain import explain_files
+
+    rows = explain_files(args.run, args.inputs, args.out, method=args.method,
+                         target=args.target, layer=args.layer, progress=args.progress)
+    bad = sum(1 for r in rows if r["error"])
+    print(f"wrote {len(rows) - bad} {args.method} overlays to {args.out} "
+          f"({bad} unreadable; see {args.out / 'explanations.csv'})")
+
+
+def cmd_export(args) -> None:
+    from medscope.export import export_onnx
+
+    path = export_onnx(args.run, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    print(f"wrote {path} and {path.with_name('model.json')}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from medscope.errors import MedscopeError
 from medscope.run import RunDir, atomic_write_csv
 from medscope.train.checkpoint import CheckpointMeta, load_checkpoint, model_state
 from medscope.train.runtime import Runtime, predict_logits, select_runtime
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -118,6 +121,9 @@ def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+PREDICT_CHUNK = 512  # images decoded at a time: memory stays bounded on big folders
+
+
 def predict_files(
     source: Path | str,
     inputs: Sequence[Path | str],
@@ -126,34 +132,198 @@ def predict_files(
     precision: str = "auto",
     device: str = "auto",
     progress: bool = True,
+    tta: bool = False,
+    top_k: int = 3,
+    abstain_below: float | None = None,
+    batch_size: int = 64,
+    backend: str = "torch",
+    ensemble: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per image: file, predicted class, its probability, every class probability.
-    Unreadable files get a row with an ``error`` and no prediction."""
-    predictor = Predictor.load(source, precision=precision, device=device)
+    """One row per image, in input order: file, predicted class, its probability, the top-k
+    classes, ``refer_to_expert``, every class probability, and ``error`` for unreadable files
+    (listed with the reason, not fatal).
+
+    ``source``: a run directory, a checkpoint, an ONNX export (folder or ``model.onnx``), or
+    with ``ensemble`` a ``medscope cv`` directory whose ``fold_*`` models are averaged.
+    ``tta``: mean probabilities over the 8 dihedral views (4 rotations x mirror).
+    ``abstain_below``: refer the image to an expert when its top probability is below this;
+    default the checkpoint's ``selective_threshold`` (single model only), 0 switches it off.
+    ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
+    stale). Probabilities are calibrated by each model's temperature.
+    """
+    if backend not in BACKENDS:
+        raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
+    if batch_size < 1:
+        raise MedscopeError(f"batch size {batch_size}: must be at least 1")
+    models = load_models(source, backend=backend, precision=precision, device=device,
+                         ensemble=ensemble)
+    classes = models[0].classes
+    top_k = max(1, min(int(top_k), len(classes)))
+    threshold = abstain_threshold(models, abstain_below)
+    thresholds = label_thresholds(models)
     paths = collect_images(inputs)
-    decoded = predictor.decode([Sample(p, -1) for p in paths], progress=progress,
-                               desc="predict")
-    probs = predictor.probs_from_pixels(decoded.pixels) if len(decoded.kept) else np.empty(0)
-    classes = predictor.classes
-    thresholds = predictor.thresholds or [0.5] * len(classes)
     rows: list[dict[str, Any]] = []
-    for row_probs, idx in zip(probs, decoded.kept, strict=True):
-        best = int(row_probs.argmax())
-        # Multi-label: every class at or above its threshold (tuned on validation when the
-        # checkpoint has them, else 0.5), joined by '|' (may be none).
-        prediction = ("|".join(c for c, p, t in zip(classes, row_probs, thresholds, strict=True)
-                               if p >= t)
-                      if predictor.multilabel else classes[best])
-        rows.append({"file": str(paths[idx]), "prediction": prediction,
-                     "probability": float(row_probs[best]), "error": "",
-                     **{f"p_{c}": float(p) for c, p in zip(classes, row_probs, strict=True)}})
-    for path, reason in decoded.bad:
-        rows.append({"file": str(path), "prediction": "", "probability": "", "error": reason,
-                     **{f"p_{c}": "" for c in classes}})
+    bar = _progress_bar(len(paths), progress)
+    for start in range(0, len(paths), PREDICT_CHUNK):
+        chunk = paths[start:start + PREDICT_CHUNK]
+        decoded = models[0].decode([Sample(p, -1) for p in chunk], progress=False)
+        probs = ensemble_probs(models, decoded.pixels, tta=tta, batch_size=batch_size)
+        rows += chunk_rows(chunk, decoded, probs, classes, thresholds, top_k, threshold)
+        bar.update(len(chunk))
+    bar.close()
     if out_csv is not None:
-        header = ["file", "prediction", "probability", *[f"p_{c}" for c in classes], "error"]
+        header = ["file", "prediction", "probability", "top_k", "refer_to_expert",
+                  *[f"p_{c}" for c in classes], "error"]
         atomic_write_csv(out_csv, header, ([_fmt(r[h]) for h in header] for r in rows))
     return rows
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def load_models(source: Path | str, *, backend: str = "torch", precision: str = "auto",
+                device: str = "auto", ensemble: bool = False) -> list[Any]:
+    """The predictors behind ``source`` (one, or one per fold); all must share classes and
+    preprocessing."""
+    sources = fold_dirs(source) if ensemble else [Path(source)]
+    models = [_load_one(s, backend, precision, device) for s in sources]
+    ref = models[0]
+    for src, model in zip(sources[1:], models[1:], strict=True):
+        for what in ("classes", "img_size", "in_chans", "multilabel"):
+            if getattr(model, what) != getattr(ref, what):
+                raise MedscopeError(f"{src}: {what} {getattr(model, what)} differ from "
+                                    f"{sources[0]}'s {getattr(ref, what)}; cannot ensemble")
+    return models
+
+
+def fold_dirs(cv_dir: Path | str) -> list[Path]:
+    """``fold_1 … fold_K`` run directories of a ``medscope cv`` directory, in fold order."""
+    cv_dir = Path(cv_dir)
+    folds = [p for p in cv_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
+    if not folds:
+        raise MedscopeError(f"{cv_dir}: no fold_*/ run directories (is it a `medscope cv` "
+                            "output?)")
+    return sorted(folds, key=lambda p: int(p.name[5:]))
+
+
+def _load_one(source: Path, backend: str, precision: str, device: str) -> Any:
+    from medscope.export import OnnxPredictor
+
+    if _is_onnx_export(source):
+        return OnnxPredictor.load(source)
+    if backend == "onnx":
+        return OnnxPredictor.load(current_onnx_export(source))
+    return Predictor.load(source, precision=precision, device=device)
+
+
+def _is_onnx_export(source: Path) -> bool:
+    if source.suffix == ".onnx":
+        return True
+    return source.is_dir() and (source / "model.onnx").is_file() and \
+        not (source / "checkpoints").is_dir()
+
+
+def current_onnx_export(source: Path | str) -> Path:
+    """The export folder of a run/checkpoint, (re-)exported when absent or made from other
+    weights than the checkpoint's current ones."""
+    from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
+    from medscope.run import read_json
+
+    folder = default_export_dir(source)
+    meta_path = folder / "model.json"
+    digest = checkpoint_digest(checkpoint_stem(source))
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        if isinstance(meta, dict) and meta.get("onnx", {}).get("source_checkpoint") == digest:
+            return folder
+    log.info("exporting %s to ONNX in %s", source, folder)
+    return export_onnx(source, folder).parent
+
+
+def abstain_threshold(models: Sequence[Any], given: float | None) -> float | None:
+    """``given`` (0 = off), else a single model's stored ``selective_threshold``, else off."""
+    if given is not None:
+        if not 0.0 <= given <= 1.0:
+            raise MedscopeError(f"abstain threshold {given}: must be between 0 and 1")
+        return given or None
+    if len(models) == 1:
+        stored = models[0].meta.get("selective_threshold")
+        return float(stored) if stored is not None else None
+    return None
+
+
+def ensemble_probs(models: Sequence[Any], pixels: np.ndarray, *, tta: bool = False,
+                   batch_size: int = 64) -> np.ndarray:
+    """N x K probabilities averaged over the models (and over the 8 dihedral views with
+    ``tta``)."""
+    k = len(models[0].classes)
+    if not len(pixels):
+        return np.empty((0, k), dtype=np.float32)
+    views = dihedral_views(pixels) if tta else [pixels]
+    total = sum(model_probs(m, v, batch_size) for m in models for v in views)
+    return (total / (len(models) * len(views))).astype(np.float32)
+
+
+def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square (rot90 x 4, each also mirrored) of N x S x S x C images:
+    microscopy and histology have no 'up' and no handedness."""
+    rotations = [np.rot90(pixels, k, axes=(1, 2)) for k in range(4)]
+    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
+
+
+def model_probs(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """One model's probabilities: calibrated by its temperature (``Predictor`` and
+    ``OnnxPredictor`` both apply it)."""
+    return np.asarray(model.probs_from_pixels(pixels, batch_size=batch_size))
+
+
+def label_thresholds(models: Sequence[Any]) -> list[float] | None:
+    """Multi-label decision thresholds (tuned ones when a single model has them, else 0.5);
+    None for single-label models."""
+    if not models[0].multilabel:
+        return None
+    tuned = getattr(models[0], "thresholds", None) if len(models) == 1 else None
+    return list(tuned) if tuned else [0.5] * len(models[0].classes)
+
+
+def chunk_rows(paths: Sequence[Path], decoded: DecodedImages, probs: np.ndarray,
+               classes: list[str], thresholds: list[float] | None, top_k: int,
+               abstain: float | None) -> list[dict[str, Any]]:
+    """Rows for one decoded chunk, in the order of ``paths``."""
+    rows: dict[int, dict[str, Any]] = {}
+    for row_probs, idx in zip(probs, decoded.kept, strict=True):
+        rows[int(idx)] = prediction_row(paths[idx], row_probs, classes, thresholds, top_k,
+                                        abstain)
+    bad = {str(p): reason for p, reason in decoded.bad}
+    for idx, path in enumerate(paths):
+        if idx not in rows:
+            rows[idx] = {"file": str(path), "prediction": "", "probability": "", "top_k": "",
+                         "refer_to_expert": "", "error": bad.get(str(path), "unreadable"),
+                         **{f"p_{c}": "" for c in classes}}
+    return [rows[i] for i in range(len(paths))]
+
+
+def prediction_row(path: Path, probs: np.ndarray, classes: list[str],
+                   thresholds: list[float] | None, top_k: int,
+                   abstain: float | None) -> dict[str, Any]:
+    """``thresholds`` None: single-label (the top class); else multi-label: every class at or
+    above its threshold, joined by '|' (may be none)."""
+    best = int(probs.argmax())
+    prediction = (classes[best] if thresholds is None else
+                  "|".join(c for c, p, t in zip(classes, probs, thresholds, strict=True)
+                           if p >= t))
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    refer = "" if abstain is None else ("yes" if probs[best] < abstain else "no")
+    return {"file": str(path), "prediction": prediction, "probability": float(probs[best]),
+            "top_k": "|".join(f"{classes[i]}:{probs[i]:.4f}" for i in order),
+            "refer_to_expert": refer, "error": "",
+            **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)}}
+
+
+def _progress_bar(total: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="predict", unit="img", disable=not progress)
 
 
 def _fmt(value: Any) -> Any:

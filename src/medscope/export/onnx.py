@@ -1,0 +1,193 @@
+"""ONNX export of a trained model, and a predictor that runs it with onnxruntime (CPU).
+
+The graph takes **float32 pixels on the 0-255 scale**, N x C x S x S (an image read by
+``read_image``, transposed and cast; no scaling by the caller): the checkpoint's normalisation
+``(x / 255 - mean) / std`` is folded into the graph, so a consumer only has to resize and can
+never normalise twice or with the wrong statistics. The graph outputs raw logits; the
+temperature (``model.json``) is applied outside, as ``Predictor`` does. ``model.json`` is the
+checkpoint metadata plus an ``onnx`` section describing this contract; it is written last, so
+its presence means the export is complete. Nothing is ever unpickled.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the supported path
+since torch 2.9; the TorchScript exporter is deprecated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medscope.errors import MedscopeError
+from medscope.run import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "medscope-onnx/1"
+MODEL_FILE, META_FILE = "model.onnx", "model.json"
+INPUT, OUTPUT = "pixels", "logits"
+DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter emits natively
+# Training-only metadata that does not describe the exported model.
+_DROP_META = ("optimizer_param_groups", "fit_state")
+
+
+class _NormalisedModel(nn.Module):
+    """0-255 float pixels -> logits: the checkpoint's normalisation, then the network."""
+
+    def __init__(self, normalize: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.normalize, self.model = normalize, model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(pixels))
+
+
+def default_export_dir(source: Path | str) -> Path:
+    """Where an export of ``source`` goes unless told: ``RUN/onnx`` for a run directory,
+    ``<stem>_onnx`` beside a checkpoint pair."""
+    from medscope.predict import checkpoint_stem
+
+    source = Path(source)
+    stem = checkpoint_stem(source)
+    return source / "onnx" if source.is_dir() else stem.parent / f"{stem.name}_onnx"
+
+
+def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> Path:
+    """Write ``model.onnx`` and ``model.json`` to ``out_dir``; returns the ``model.onnx`` path.
+    With ``dynamic_batch`` the batch dimension is free, else fixed to 1."""
+    from medscope.predict import Predictor, checkpoint_stem
+
+    if opset < DEFAULT_OPSET:
+        raise MedscopeError(f"--opset {opset}: the exporter needs {DEFAULT_OPSET} or newer")
+    stem = checkpoint_stem(run_or_ckpt)
+    predictor = Predictor.load(run_or_ckpt, precision="fp32", device="cpu")
+    out = Path(out_dir) if out_dir is not None else default_export_dir(run_or_ckpt)
+    graph = _NormalisedModel(predictor.normalize, predictor.model).eval()
+    graph = graph.to(memory_format=torch.contiguous_format)
+    chans, size = predictor.in_chans, predictor.img_size
+    example = torch.full((2 if dynamic_batch else 1, chans, size, size), 127.0)
+    dynamic = {INPUT: {0: torch.export.Dim("batch", min=1, max=65536)}} if dynamic_batch else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META_FILE).unlink(missing_ok=True)  # incomplete until model.json is back
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".onnx")
+    os.close(fd)
+    try:
+        _export(graph, example, tmp, opset, dynamic, predictor.meta["model"])
+        os.replace(tmp, out / MODEL_FILE)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    atomic_write_json(out / META_FILE, export_meta(predictor, stem, opset, dynamic_batch))
+    return out / MODEL_FILE
+
+
+def _export(graph: nn.Module, example: torch.Tensor, path: str, opset: int,
+            dynamic: dict | None, name: str) -> None:
+    try:
+        with torch.no_grad():
+            torch.onnx.export(graph, (example,), path, input_names=[INPUT],
+                              output_names=[OUTPUT], opset_version=opset, dynamo=True,
+                              dynamic_shapes=dynamic, external_data=False, verbose=False)
+    except Exception as exc:  # the exporter raises many types; the user needs the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedscopeError(f"{name}: ONNX export failed ({first})") from exc
+
+
+def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> dict[str, Any]:
+    meta = {k: v for k, v in predictor.meta.items() if k not in _DROP_META}
+    chans, size = predictor.in_chans, predictor.img_size
+    batch = "N" if dynamic_batch else 1
+    meta.update({
+        "checkpoint_format": meta.get("format"),
+        "format": FORMAT,
+        "temperature": float(predictor.temperature),
+        "onnx": {
+            "file": MODEL_FILE, "opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+            "torch": torch.__version__, "dynamic_batch": dynamic_batch,
+            "input": {"name": INPUT, "shape": [batch, chans, size, size], "dtype": "float32",
+                      "layout": "NCHW", "range": [0, 255],
+                      "normalization": "in graph: (x / 255 - mean) / std"},
+            "output": {"name": OUTPUT, "shape": [batch, len(predictor.classes)],
+                       "probabilities": ("sigmoid(logits) >= thresholds" if predictor.multilabel
+                                         else "softmax(logits / temperature)")},
+            "source_checkpoint": checkpoint_digest(stem),
+        },
+    })
+    return meta
+
+
+def checkpoint_digest(stem: Path) -> str:
+    """sha256 of the checkpoint's weights: tells whether an export is still that model's."""
+    digest = hashlib.sha256()
+    with Path(stem).with_suffix(".safetensors").open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxPredictor:
+    """``Predictor``'s inference surface over an exported model, run by onnxruntime (CPU)."""
+
+    def __init__(self, session: Any, meta: dict[str, Any]) -> None:
+        self.session, self.meta = session, meta
+        self.dynamic_batch = bool(meta["onnx"]["dynamic_batch"])
+
+    classes = property(lambda self: list(self.meta["classes"]))
+    img_size = property(lambda self: int(self.meta["img_size"]))
+    in_chans = property(lambda self: int(self.meta["in_chans"]))
+    multilabel = property(lambda self: bool(self.meta.get("multilabel", False)))
+    temperature = property(lambda self: float(self.meta.get("temperature", 1.0)))
+    thresholds = property(lambda self: self.meta.get("thresholds"))
+
+    @classmethod
+    def load(cls, path: Path | str) -> OnnxPredictor:
+        """From an export directory, its ``model.onnx`` or its ``model.json``."""
+        import onnxruntime as ort
+
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        meta_path, model_path = folder / META_FILE, folder / MODEL_FILE
+        if not meta_path.is_file():
+            raise MedscopeError(f"{meta_path}: not found (export with `medscope export`)")
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise MedscopeError(f"{meta_path}: not a medscope ONNX export ({FORMAT})")
+        if not model_path.is_file():
+            raise MedscopeError(f"{model_path}: not found")
+        try:
+            session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise MedscopeError(f"{model_path}: not a loadable ONNX model ({exc})") from None
+        return cls(session, meta)
+
+    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """N x K float32 logits (before temperature) for N x S x S x C uint8 pixels."""
+        step = batch_size if self.dynamic_batch else 1
+        outs = [self.session.run([OUTPUT], {INPUT: _nchw(pixels[i:i + step])})[0]
+                for i in range(0, len(pixels), step)]
+        k = len(self.classes)
+        return np.concatenate(outs).astype(np.float32) if outs else np.empty((0, k), np.float32)
+
+    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        from scipy.special import expit, softmax
+
+        # As Predictor: the temperature calibrates softmax only; multi-label has thresholds.
+        logits = self.logits_from_pixels(pixels, batch_size)
+        return expit(logits) if self.multilabel else softmax(logits / self.temperature, axis=1)
+
+    def decode(self, samples: Sequence[Any], **kw: Any):
+        from medscope.data.cache import decode_images
+
+        return decode_images(samples, self.img_size, self.in_chans, **kw)
+
+
+def _nchw(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
