@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="serve runs as a JSON API and a web page (127.0.0.1 by default)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (MB)")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (default: $MEDSCOPE_TOKEN)")
+    p.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                   help="refer to an expert below this top probability (default: the "
+                        "checkpoint's selective threshold, else 0.5)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                   help="allow this web origin to call the API (repeatable; default none)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -297,6 +313,21 @@ def cmd_demo(args) -> None:
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s: test accuracy "
           f"{m['accuracy']:.4f}, F1 macro {m['f1_macro']:.4f} on {m['n']} patches")
     print(f"report: {run.report}")
+
+
+def cmd_serve(args) -> None:
+    import os
+
+    from medscope.serve import create_app, load_models, serve
+
+    if not 0 < args.port < 65536:
+        raise MedscopeError(f"--port {args.port}: must be between 1 and 65535")
+    models = load_models(args.runs, abstain_below=args.abstain_below)
+    app = create_app(models, max_upload_mb=args.max_upload_mb,
+                     token=args.token or os.environ.get("MEDSCOPE_TOKEN") or None,
+                     cors_origins=args.cors_origin)
+    print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    serve(app, args.host, args.port)
 
 
 # ---------------------------------------------------------------- helpers
