@@ -1,3 +1,4 @@
+import base64
 import io
 import json
 import tempfile
@@ -57,6 +58,8 @@ def test_predict_matches_the_predictor_on_the_same_image(make_client, served, sa
     assert body["confidence"] == pytest.approx(float(expected.max()))
     assert body["refer_to_expert"] == (expected.max() < 0.5)
     assert body["model"]["id"] == served_model.id
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
+    assert heat.format == "PNG" and heat.size == (32, 32)
 
 
 @pytest.mark.parametrize(("threshold", "refer"), [(1.0, True), (0.0, False)])
