@@ -69,7 +69,7 @@ def test_abstain_below_decides_refer_to_expert(trained_run, sample, threshold, r
     client = TestClient(create_app(load_models([trained_run.root], abstain_below=threshold)))
     body = _post(client, sample.read_bytes(), heatmap="false").json()
     assert body["refer_to_expert"] is refer and body["refer_below"] == threshold
-    assert client.get("/api/model").json()["refer_rule"] == "--abstain-below"
+    assert "--abstain-below" in client.get("/api/model").json()["refer_rule"]
 
 
 def test_corrupt_random_and_bomb_uploads_are_400(make_client, sample):
@@ -172,3 +172,13 @@ def test_large_upload_stays_in_memory(make_client, monkeypatch):
     assert len(buf.getvalue()) > 2 * 2**20
     r = _post(make_client(), buf.getvalue(), heatmap="false")
     assert r.status_code == 200 and r.json()["label"] in ("alpha", "beta", "gamma")
+
+
+def test_refer_rule_prefers_operator_then_checkpoint_then_default():
+    from medscope.serve.app import refer_rule
+
+    assert refer_rule({"selective_threshold": 0.8}, 0.6)[0] == 0.6
+    threshold, rule = refer_rule({"selective_threshold": 0.8}, None)
+    assert threshold == 0.8 and "selective_threshold" in rule
+    assert refer_rule({"selective_threshold": None}, None) == (
+        0.5, "default 0.5 (no validated threshold in the checkpoint)")

@@ -135,10 +135,11 @@ def refer_rule(meta: dict[str, Any], abstain_below: float | None) -> tuple[float
     """(threshold, which rule set it): --abstain-below, else the checkpoint's selective
     threshold, else 0.5 for lack of anything better."""
     if abstain_below is not None:
-        return float(abstain_below), "--abstain-below"
+        return float(abstain_below), "set by the operator (--abstain-below)"
     if meta.get("selective_threshold") is not None:
-        return float(meta["selective_threshold"]), "checkpoint selective_threshold"
-    return DEFAULT_REFER_BELOW, "default 0.5 (no --abstain-below, no selective_threshold)"
+        return float(meta["selective_threshold"]), ("validated selective threshold "
+                                                    "(checkpoint selective_threshold)")
+    return DEFAULT_REFER_BELOW, "default 0.5 (no validated threshold in the checkpoint)"
 
 
 def run_metrics(source: Path) -> dict[str, Any]:
