@@ -30,15 +30,17 @@ def make_client(served):
 
 
 @pytest.fixture(scope="session")
-def live_url(served) -> Iterator[str]:
-    """The app under uvicorn in a background thread on a free loopback port; always stopped."""
+def live_url(trained_run) -> Iterator[str]:
+    """The app under uvicorn in a background thread on a free loopback port; always stopped.
+    It serves the tiny run twice (ids ``tiny`` and ``tiny-2``) so that the page has a picker."""
     import uvicorn
 
-    from medscope.serve import create_app
+    from medscope.serve import create_app, load_models
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(served), log_level="warning"))
+    app = create_app(load_models([trained_run.root] * 2))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -56,5 +56,13 @@ def test_page_shows_label_probabilities_and_heat_map(browser, live_url, served, 
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    # Two runs served: the picker switches model and the image is analysed again.
+    picker = page.locator("#model-picker")
+    expect(picker).to_be_visible()
+    expect(picker.locator("option")).to_have_count(2)
+    second = picker.locator("option").nth(1).get_attribute("value")
+    with page.expect_response(lambda r: f"model={second}" in r.url and "predict" in r.url):
+        picker.select_option(second)
+    expect(page.locator("#model-info")).to_contain_text(second)
     assert errors == []
     page.close()
