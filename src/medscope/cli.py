@@ -208,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size fixed to 1")
     p.add_argument("--out", type=Path, default=None, help="folder (default: RUN/onnx)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="serve runs as a JSON API and a web page (127.0.0.1 by default)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (MB)")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (default: $MEDSCOPE_TOKEN)")
+    p.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                   help="refer to an expert below this top probability (default: the "
+                        "checkpoint's selective threshold, else 0.5)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
+                   help="allow this web origin to call the API (repeatable; default none)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -410,6 +426,20 @@ def cmd_export(args) -> None:
 
     path = export_onnx(args.run, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
     print(f"wrote {path} and {path.with_name('model.json')}")
+
+def cmd_serve(args) -> None:
+    import os
+
+    from medscope.serve import create_app, load_models, serve
+
+    if not 0 < args.port < 65536:
+        raise MedscopeError(f"--port {args.port}: must be between 1 and 65535")
+    models = load_models(args.runs, abstain_below=args.abstain_below)
+    app = create_app(models, max_upload_mb=args.max_upload_mb,
+                     token=args.token or os.environ.get("MEDSCOPE_TOKEN") or None,
+                     cors_origins=args.cors_origin)
+    print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    serve(app, args.host, args.port)
 
 
 # ---------------------------------------------------------------- helpers

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,16 +28,33 @@ def open_image(path: Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise BadImageError("empty file (0 bytes)")
-        if is_dicom(path):
-            return read_dicom(path)
+    except FileNotFoundError:
+        raise BadImageError("file not found") from None
+    except OSError as exc:
+        raise BadImageError(f"unreadable file ({exc.strerror})") from None
+    if is_dicom(path):
+        return read_dicom(path)
+    return _decode(path)
+
+
+def open_image_bytes(data: bytes) -> Image.Image:
+    """``open_image`` for bytes held in memory (an upload): the same bomb limit, orientation and
+    one-line reasons, and nothing is written to disk."""
+    if not data:
+        raise BadImageError("empty file (0 bytes)")
+    if data[128:132] == b"DICM":
+        return read_dicom(io.BytesIO(data))
+    return _decode(io.BytesIO(data))
+
+
+def _decode(source: Path | BinaryIO) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             # PIL warns below its bomb limit; past 2x the limit it raises, which we report.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
             img.load()
         return ImageOps.exif_transpose(img)
-    except BadImageError:
-        raise
     except FileNotFoundError:
         raise BadImageError("file not found") from None
     except UnidentifiedImageError:
@@ -60,7 +79,7 @@ def is_dicom(path: Path) -> bool:
         return False
 
 
-def read_dicom(path: Path) -> Image.Image:
+def read_dicom(path: Path | BinaryIO) -> Image.Image:
     """A DICOM's first frame as an 8-bit image: stored values -> modality units (rescale
     slope/intercept) -> the window the file asks for (VOI LUT or centre/width), MONOCHROME1
     inverted so that bright always means dense."""
@@ -149,6 +168,11 @@ def read_image(path: Path, size: int | None, in_chans: int) -> np.ndarray:
         probe = None
     img = _load_checked(probe, path) if probe is not None else open_image(path)
     return _finish(img, size, in_chans)
+
+
+def read_image_bytes(data: bytes, size: int | None, in_chans: int) -> np.ndarray:
+    """``read_image`` for an image file's bytes held in memory."""
+    return _finish(open_image_bytes(data), size, in_chans)
 
 
 def _finish(img: Image.Image, size: int | None, in_chans: int) -> np.ndarray:

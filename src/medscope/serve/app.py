@@ -1,0 +1,332 @@
+"""``medscope serve``: a JSON API and one static page over one or more trained runs.
+
+Uploads are read into memory under a size cap before anything is parsed or decoded, decoded with
+the loaders' guards (``read_image_bytes``) and never written to disk under any name. Each model
+loads once; its inference runs under a per-model lock because Grad-CAM hooks the shared model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import threading
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from medscope.data.io import BadImageError, read_image_bytes
+from medscope.errors import MedscopeError
+from medscope.predict import Predictor, checkpoint_stem
+from medscope.run import read_json
+
+log = logging.getLogger("medscope")
+
+STATIC = Path(__file__).with_name("static")
+DEFAULT_REFER_BELOW = 0.5
+# Browsers send image/*; curl and scripts often send octet-stream; PACS tools application/dicom.
+ACCEPTED_PART_TYPES = ("image/", "application/octet-stream", "application/dicom")
+# Room for the multipart envelope around a file of the full allowed size.
+ENVELOPE_BYTES = 64 * 1024
+METRIC_KEYS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro", "ci",
+               "calibration", "selective", "data")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                               "object-src 'none'; frame-ancestors 'none'",
+}
+
+
+class ServeError(Exception):
+    """A request the server refuses: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+@dataclass
+class ServedModel:
+    """One loaded run: its predictor, its evaluation figures and its refer-to-expert rule."""
+
+    id: str
+    source: Path
+    predictor: Predictor
+    metrics: dict[str, Any]
+    refer_below: float
+    refer_rule: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def temperature(self) -> float:
+        # Predictor.temperature arrives with calibration; until then probabilities are raw.
+        return float(getattr(self.predictor, "temperature", 1.0))
+
+    def info(self) -> dict[str, Any]:
+        p = self.predictor
+        return {"id": self.id, "name": p.meta.get("model", "?"), "run": str(self.source),
+                "classes": p.classes, "img_size": p.img_size, "in_chans": p.in_chans,
+                "multilabel": p.multilabel, "temperature": self.temperature,
+                "refer_below": self.refer_below, "refer_rule": self.refer_rule,
+                "heatmap": gradcam_available(), "metrics": self.metrics}
+
+    def predict(self, data: bytes, with_heatmap: bool = True) -> dict[str, Any]:
+        p = self.predictor
+        try:
+            pixels = read_image_bytes(data, p.img_size, p.in_chans)
+        except BadImageError as exc:
+            raise ServeError(400, f"upload is not a usable image: {exc}") from None
+        with self.lock:
+            probs = p.probs_from_pixels(pixels[None])[0]
+            top = int(probs.argmax())
+            heat = heatmap_png(p, pixels, top) if with_heatmap else None
+        result = {"label": self.label(probs), "confidence": confidence(probs, p.multilabel),
+                  "probabilities": {c: float(x) for c, x in zip(p.classes, probs, strict=True)},
+                  "refer_to_expert": confidence(probs, p.multilabel) < self.refer_below,
+                  "refer_below": self.refer_below,
+                  "model": {"id": self.id, "name": p.meta.get("model", "?"),
+                            "temperature": self.temperature}}
+        if heat is not None:
+            result["heatmap_png_base64"] = base64.b64encode(heat).decode("ascii")
+        return result
+
+    def label(self, probs: np.ndarray) -> str:
+        classes = self.predictor.classes
+        if self.predictor.multilabel:
+            return "|".join(c for c, x in zip(classes, probs, strict=True) if x >= 0.5)
+        return classes[int(probs.argmax())]
+
+
+def confidence(probs: np.ndarray, multilabel: bool) -> float:
+    """Top probability; multi-label: the least certain of the per-class yes/no decisions."""
+    return float(np.maximum(probs, 1 - probs).min() if multilabel else probs.max())
+
+
+def gradcam_available() -> bool:
+    try:
+        from medscope.explain import gradcam  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def heatmap_png(predictor: Predictor, pixels: np.ndarray, target: int) -> bytes | None:
+    """The Grad-CAM overlay of the predicted class as PNG bytes (None without medscope.explain)."""
+    try:
+        from medscope.explain.gradcam import heatmap, overlay_png
+    except ImportError:
+        return None
+    return overlay_png(pixels, heatmap(predictor, pixels, target=target))
+
+
+def refer_rule(meta: dict[str, Any], abstain_below: float | None) -> tuple[float, str]:
+    """(threshold, which rule set it): --abstain-below, else the checkpoint's selective
+    threshold, else 0.5 for lack of anything better."""
+    if abstain_below is not None:
+        return float(abstain_below), "set by the operator (--abstain-below)"
+    if meta.get("selective_threshold") is not None:
+        return float(meta["selective_threshold"]), ("validated selective threshold "
+                                                    "(checkpoint selective_threshold)")
+    return DEFAULT_REFER_BELOW, "default 0.5 (no validated threshold in the checkpoint)"
+
+
+def run_metrics(source: Path) -> dict[str, Any]:
+    """The headline figures of the run's metrics.json (empty when the run has none)."""
+    path = source / "metrics.json" if source.is_dir() else None
+    if path is None or not path.is_file():
+        return {}
+    metrics = read_json(path)
+    return {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+
+
+def model_id(source: Path) -> str:
+    """The run folder's name; for a bare checkpoint, its run's folder (or its own name)."""
+    if source.is_dir():
+        return source.resolve().name
+    stem = checkpoint_stem(source)
+    return stem.parent.parent.name if stem.parent.name == "checkpoints" else stem.name
+
+
+def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
+                device: str = "auto") -> dict[str, ServedModel]:
+    """Every run loaded once, by id (folder name; repeats get -2, -3 …), in the given order."""
+    if not runs:
+        raise MedscopeError("serve: give at least one run directory")
+    if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
+        raise MedscopeError(f"--abstain-below {abstain_below}: must be between 0 and 1")
+    models: dict[str, ServedModel] = {}
+    for source in map(Path, runs):
+        predictor = Predictor.load(source, device=device)
+        mid = unique(model_id(source), models)
+        threshold, rule = refer_rule(predictor.meta, abstain_below)
+        models[mid] = ServedModel(mid, source, predictor, run_metrics(source), threshold, rule)
+    return models
+
+
+def unique(name: str, taken) -> str:
+    """``name``, or ``name-2``, ``name-3`` … when already taken."""
+    candidates = (name if i == 1 else f"{name}-{i}" for i in range(1, len(taken) + 2))
+    return next(c for c in candidates if c not in taken)
+
+
+async def read_upload(request: Request, max_file_bytes: int) -> bytes:
+    """The ``file`` part of a multipart request, refused (413) past the cap before parsing."""
+    ctype = request.headers.get("content-type", "").lower()
+    if not ctype.startswith("multipart/form-data"):
+        raise ServeError(415, f"content type {ctype or 'none'!r}: send multipart/form-data "
+                              "with the image in a 'file' field")
+    too_large = ServeError(413, f"upload larger than {max_file_bytes / 2**20:.3g} MB "
+                                "(--max-upload-mb)")
+    max_body = max_file_bytes + ENVELOPE_BYTES
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body:
+            raise too_large
+    parser = MultiPartParser(request.headers, _once(bytes(body)), max_files=1, max_fields=8)
+    parser.spool_max_size = max_body + 1  # the part stays in memory: it fits by now
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ServeError(400, f"malformed multipart body: {exc.message}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ServeError(400, "no 'file' field in the form")
+    part_type = (upload.content_type or "application/octet-stream").lower()
+    if not part_type.startswith(ACCEPTED_PART_TYPES):
+        raise ServeError(415, f"file of type {part_type!r}: upload an image")
+    data = await upload.read()
+    await upload.close()
+    if len(data) > max_file_bytes:
+        raise too_large
+    return data
+
+
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
+def token_checker(token: str | None):
+    """A dependency refusing (401) requests without ``Authorization: Bearer <token>``."""
+    expected = token.encode() if token else None
+
+    def check(request: Request) -> None:
+        if expected is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 expected):
+            raise ServeError(401, "missing or wrong bearer token",
+                             {"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
+               token: str | None = None, cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The FastAPI app: ``/`` page, ``/api/models``, ``/api/model``, ``/api/predict``,
+    ``/healthz``. CORS stays off unless origins are given."""
+    if not models:
+        raise MedscopeError("serve: no model to serve")
+    if max_upload_mb <= 0:
+        raise MedscopeError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    max_file_bytes = int(max_upload_mb * 2**20)
+    default = next(iter(models))
+    # No /docs: its page loads scripts from a CDN, and the served page must work offline.
+    app = FastAPI(title="medscope", docs_url=None, redoc_url=None)
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization"])
+    auth = [Depends(token_checker(token))]
+
+    def pick(model: str | None) -> ServedModel:
+        if model is None:
+            return models[default]
+        if model not in models:
+            raise ServeError(404, f"unknown model {model!r}; loaded: {', '.join(models)}")
+        return models[model]
+
+    @app.exception_handler(ServeError)
+    async def _refused(request: Request, exc: ServeError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
+
+    @app.middleware("http")
+    async def _security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "models": len(models)}
+
+    @app.get("/api/config")
+    def config() -> dict[str, Any]:
+        """What the page needs before it may call anything else."""
+        return {"token_required": token is not None, "max_upload_mb": max_upload_mb}
+
+    @app.get("/api/models", dependencies=auth)
+    def list_models() -> dict[str, Any]:
+        return {"default": default,
+                "models": [{"id": m.id, "name": m.info()["name"], "classes": m.predictor.classes}
+                           for m in models.values()]}
+
+    @app.get("/api/model", dependencies=auth)
+    def model_info(model: str | None = None) -> dict[str, Any]:
+        return pick(model).info()
+
+    @app.post("/api/predict", dependencies=auth)
+    async def predict(request: Request, model: str | None = None,
+                      heatmap: bool = True) -> dict[str, Any]:
+        served = pick(model)
+        data = await read_upload(request, max_file_bytes)
+        return await run_in_threadpool(served.predict, data, heatmap)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.token_required = token is not None
+    return app
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run ``app`` under uvicorn until interrupted."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not app.state.token_required:
+        log.warning("serving on %s without --token: anyone who can reach it may use it", host)
+    # limit_concurrency: beyond it clients get 503 instead of the server holding unbounded
+    # uploads in memory.
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
+                limit_concurrency=32)

@@ -1,0 +1,68 @@
+"""The page end to end in Debian's Chromium, driven by Playwright, against a live server."""
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--no-proxy-server"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: `make browser` (apt-get install chromium) installs it")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_page_shows_label_probabilities_and_heat_map(browser, live_url, served, image_folder,
+                                                     tmp_path):
+    from playwright.sync_api import expect
+
+    image = sorted((image_folder / "gamma").glob("*.png"))[2]
+    classes = next(iter(served.values())).predictor.classes
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live_url + "/")
+    expect(page.locator("#model-info")).to_contain_text("simple_cnn")
+    expect(page.locator(".disclaimer")).to_contain_text("not a validated diagnostic device")
+    page.set_input_files("#file", str(image))
+
+    label = page.locator("#label")
+    expect(label).not_to_be_empty()
+    assert label.inner_text() in classes
+    expect(page.locator("#bars li")).to_have_count(len(classes))
+    heat = page.locator("#heatmap")
+    expect(heat).to_be_visible()
+    assert heat.evaluate("img => img.complete && img.naturalWidth") == 32
+    page.locator("#overlay-toggle").uncheck()
+    expect(heat).to_be_hidden()
+    page.locator("#overlay-toggle").check()
+    expect(heat).to_be_visible()
+
+    # pytest keeps the last runs' tmp dirs: the screenshot is there to look at.
+    shot = tmp_path / "serve_page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    # Two runs served: the picker switches model and the image is analysed again.
+    picker = page.locator("#model-picker")
+    expect(picker).to_be_visible()
+    expect(picker.locator("option")).to_have_count(2)
+    second = picker.locator("option").nth(1).get_attribute("value")
+    with page.expect_response(lambda r: f"model={second}" in r.url and "predict" in r.url):
+        picker.select_option(second)
+    expect(page.locator("#model-info")).to_contain_text(second)
+    assert errors == []
+    page.close()
