@@ -395,8 +395,10 @@ def suggested_exclusions(audit: Audit, top_issues: int = 20) -> list[tuple[str, 
             for i in g.members:
                 out.setdefault(ids[i], f"{g.kind} duplicates with conflicting labels")
         elif g.leak:
-            for i in _leaked_copies(audit, g):
-                out.setdefault(ids[i], f"{g.kind} copy of {ids[g.members[0]]} "
+            dropped = _leaked_copies(audit, g)
+            kept = next(i for i in g.members if i not in dropped)
+            for i in dropped:
+                out.setdefault(ids[i], f"{g.kind} copy of {ids[kept]} "
                                        f"(leak into {audit.splits[i]})")
     for issue in audit.label_issues[:top_issues]:
         out.setdefault(ids[issue.index], f"label issue: given {issue.given}, suggested "
