@@ -27,8 +27,11 @@ from medscope.parallel import process_map
 
 # pHash (DCT of a 32x32 grey image, 64 bits) survives resizing, re-encoding and mild colour or
 # contrast changes, which average/difference hashes handle worse; it does not match flips or
-# rotations, which are new views rather than copies. Resized + re-encoded copies land at 0-4;
-# unrelated images average 32 (see docs and tests for the measured false-positive rate).
+# rotations, which are new views rather than copies. A pair is near when both the whole image
+# and its central half are within the distance: on blood-cells-4 the black corners of rotated
+# augmentations alone bring unrelated cells to distance 2-6 on the whole image. On DeFungi,
+# pairs up to 6 were all the same view (checked by eye), at 10 a quarter were unrelated;
+# unrelated images average 28-32 (docs/audit.md).
 PHASH_DISTANCE = 6
 # |robust z| (median/MAD, per class) above which a feature marks an outlier: 5 MADs is
 # beyond anything a normal feature produces by chance in a class of 10k images.
@@ -42,7 +45,8 @@ FEATURES = ("brightness", "contrast", "blur")
 @dataclass
 class ImageStats:
     digest: str = ""
-    phash: int = 0
+    phash: int = 0  # of the whole image
+    phash_centre: int = 0  # of its central half (side / 2)
     width: int = 0
     height: int = 0
     mode: str = ""
@@ -135,8 +139,6 @@ def _progress(it, total: int, show: bool):
 
 def image_stats(sample: Sample) -> ImageStats:
     """The figures of one image (runs in a worker process)."""
-    import imagehash
-
     try:
         if sample.in_array:
             arr = np.asarray(npz_array(sample.path, f"{sample.split}_images")[sample.index])
@@ -148,11 +150,19 @@ def image_stats(sample: Sample) -> ImageStats:
     except OSError as exc:
         return ImageStats(bad=f"cannot read ({exc.strerror or exc})")
     grey = img.convert("L")
+    w, h = grey.size
+    centre = grey.crop((w // 4, h // 4, w // 4 + max(w // 2, 1), h // 4 + max(h // 2, 1)))
     small = np.asarray(grey.resize((STATS_SIDE, STATS_SIDE), Image.BILINEAR), dtype=np.float64)
     return ImageStats(
-        digest=digest, phash=int(str(imagehash.phash(grey)), 16), width=img.width,
+        digest=digest, phash=_phash(grey), phash_centre=_phash(centre), width=img.width,
         height=img.height, mode=img.mode, brightness=float(small.mean()),
         contrast=float(small.std()), blur=float(_laplacian(small).var()))
+
+
+def _phash(img: Image.Image) -> int:
+    import imagehash
+
+    return int(str(imagehash.phash(img)), 16)
 
 
 def _laplacian(a: np.ndarray) -> np.ndarray:
@@ -215,7 +225,8 @@ def find_duplicates(audit: Audit) -> list[DuplicateGroup]:
         by_digest.setdefault(audit.stats[i].digest, []).append(i)
     groups = [DuplicateGroup("exact", m, 0) for m in by_digest.values() if len(m) > 1]
     hashes = np.array([audit.stats[i].phash for i in good], dtype=np.uint64)
-    for component in near_components(hashes, audit.phash_distance):
+    centres = np.array([audit.stats[i].phash_centre for i in good], dtype=np.uint64)
+    for component in near_components(hashes, audit.phash_distance, centres):
         members = [good[j] for j in component]
         if len({audit.stats[i].digest for i in members}) > 1:
             first = hashes[component[0]]
@@ -238,19 +249,23 @@ def _fold_part(split: str) -> str:
     return next((p for p in split.split(" · ") if p.startswith("fold ")), "")
 
 
-def near_components(hashes: np.ndarray, max_distance: int, block: int = 512
-                    ) -> list[list[int]]:
+def near_components(hashes: np.ndarray, max_distance: int, also: np.ndarray | None = None,
+                    block: int = 512) -> list[list[int]]:
     """Groups (index lists, 2+ members) of 64-bit hashes linked by Hamming distance <=
-    ``max_distance``. All pairs by blocks of numpy popcounts: 12k hashes is 72M pairs, about
-    a second, with memory bounded by ``block``."""
+    ``max_distance`` (in ``hashes`` and, when given, in ``also`` too). All pairs by blocks of
+    numpy popcounts: 12k hashes is 77M pairs, a few seconds, memory bounded by ``block``."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     n = len(hashes)
     rows, cols = [], []
     for start in range(0, n, block):
-        dist = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
-        r, c = np.nonzero(dist <= max_distance)
+        near = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :]
+                                ) <= max_distance
+        if also is not None:
+            near &= np.bitwise_count(also[start:start + block, None] ^ also[None, :]
+                                     ) <= max_distance
+        r, c = np.nonzero(near)
         keep = c > r + start  # each pair once, no self-pairs
         rows.append(r[keep] + start)
         cols.append(c[keep])
