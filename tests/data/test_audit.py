@@ -200,6 +200,27 @@ def test_near_components_links_transitively():
     h = np.array([0, 0b111, 0b111111, (1 << 64) - 1], dtype=np.uint64)
     assert near_components(h, 3) == [[0, 1, 2]]
     assert near_components(h, 2) == []
+    # a pair is near when either hash is close
+    also = np.array([5, 1 << 40, 5, 7 << 61], dtype=np.uint64)
+    assert near_components(h, 2, also) == [[0, 2]]
+
+
+def test_black_rotation_corners_do_not_make_unrelated_images_near(tmp_path):
+    """Rotated augmentations (blood-cells-4) share black corners that dominate a whole-image
+    pHash; unrelated images rotated alike must stay apart, while a resized JPEG copy of a
+    rotated image is still found."""
+    root = make_colour_set(tmp_path / "rot", per_class=10, seed=5)
+    for k, path in enumerate(sorted(root.glob("train/*/*.png"))):
+        with Image.open(path) as img:
+            big = img.resize((160, 160), Image.BICUBIC)
+        big.rotate(30).save(path)
+        if k == 0:
+            big.rotate(30).resize((120, 120)).save(path.with_name("rotated_copy.jpg"),
+                                                   quality=85)
+    audit = audit_data(root, workers=1)
+    near = [g for g in audit.duplicates if g.kind == "near"]
+    assert [sorted(Path(audit.ids()[i]).name for i in g.members) for g in near] == [
+        ["amber_001.png", "rotated_copy.jpg"]]
 
 
 def test_robust_z_is_not_masked_by_the_outlier():

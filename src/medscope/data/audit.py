@@ -27,12 +27,13 @@ from medscope.parallel import process_map
 
 # pHash (DCT of a 32x32 grey image, 64 bits) survives resizing, re-encoding and mild colour or
 # contrast changes, which average/difference hashes handle worse; it does not match flips or
-# rotations, which are new views rather than copies. A pair is near when both the whole image
-# and its central half are within the distance: on blood-cells-4 the black corners of rotated
-# augmentations alone bring unrelated cells to distance 2-6 on the whole image. On DeFungi,
-# pairs up to 6 were all the same view (checked by eye), at 10 a quarter were unrelated;
-# unrelated images average 28-32 (docs/audit.md).
+# rotations as such. Two hashes per image, a pair is near when either is within the distance:
+# the whole image with black padding filled (the black corners of rotated augmentations alone
+# put unrelated blood cells at distance 2-6: 7.7k false pairs on blood-cells-4), and its
+# central half (the same cell rotated by an augmentation). Checked by eye on DeFungi and
+# blood-cells-4: pairs up to 6 were the same view; at 10 a quarter were unrelated (docs/audit.md).
 PHASH_DISTANCE = 6
+PADDING_LEVEL = 8  # grey level at or below which a pixel counts as padding when filled
 # |robust z| (median/MAD, per class) above which a feature marks an outlier: 5 MADs is
 # beyond anything a normal feature produces by chance in a class of 10k images.
 OUTLIER_Z = 5.0
@@ -45,7 +46,7 @@ FEATURES = ("brightness", "contrast", "blur")
 @dataclass
 class ImageStats:
     digest: str = ""
-    phash: int = 0  # of the whole image
+    phash: int = 0  # of the whole image, black padding filled
     phash_centre: int = 0  # of its central half (side / 2)
     width: int = 0
     height: int = 0
@@ -154,9 +155,22 @@ def image_stats(sample: Sample) -> ImageStats:
     centre = grey.crop((w // 4, h // 4, w // 4 + max(w // 2, 1), h // 4 + max(h // 2, 1)))
     small = np.asarray(grey.resize((STATS_SIDE, STATS_SIDE), Image.BILINEAR), dtype=np.float64)
     return ImageStats(
-        digest=digest, phash=_phash(grey), phash_centre=_phash(centre), width=img.width,
+        digest=digest, phash=_phash(_fill_padding(grey)), phash_centre=_phash(centre),
+        width=img.width,
         height=img.height, mode=img.mode, brightness=float(small.mean()),
         contrast=float(small.std()), blur=float(_laplacian(small).var()))
+
+
+def _fill_padding(grey: Image.Image) -> Image.Image:
+    """Near-black pixels (rotation corners, letterboxing) set to the median of the rest, unless
+    they are most of the image (then the image is dark, not padded)."""
+    arr = np.asarray(grey)
+    pad = arr <= PADDING_LEVEL
+    if not 0 < pad.mean() < 0.5:
+        return grey
+    filled = arr.copy()
+    filled[pad] = int(np.median(arr[~pad]))
+    return Image.fromarray(filled)
 
 
 def _phash(img: Image.Image) -> int:
@@ -252,8 +266,8 @@ def _fold_part(split: str) -> str:
 def near_components(hashes: np.ndarray, max_distance: int, also: np.ndarray | None = None,
                     block: int = 512) -> list[list[int]]:
     """Groups (index lists, 2+ members) of 64-bit hashes linked by Hamming distance <=
-    ``max_distance`` (in ``hashes`` and, when given, in ``also`` too). All pairs by blocks of
-    numpy popcounts: 12k hashes is 77M pairs, a few seconds, memory bounded by ``block``."""
+    ``max_distance`` (in ``hashes`` or, when given, in ``also``). All pairs by blocks of numpy
+    popcounts: 12k hashes is 77M pairs, a few seconds, memory bounded by ``block``."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -263,7 +277,7 @@ def near_components(hashes: np.ndarray, max_distance: int, also: np.ndarray | No
         near = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :]
                                 ) <= max_distance
         if also is not None:
-            near &= np.bitwise_count(also[start:start + block, None] ^ also[None, :]
+            near |= np.bitwise_count(also[start:start + block, None] ^ also[None, :]
                                      ) <= max_distance
         r, c = np.nonzero(near)
         keep = c > r + start  # each pair once, no self-pairs
