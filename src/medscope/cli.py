@@ -224,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
                    help="allow this web origin to call the API (repeatable; default none)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("audit", parents=[common],
+                       help="duplicates, leaks, label errors and outliers of a dataset")
+    p.add_argument("data", type=Path, help="image folder, CSV or .npz")
+    p.add_argument("--run", type=Path, default=None,
+                   help="a `medscope cv` directory (label errors from out-of-fold "
+                        "probabilities) or a run directory (its splits and test predictions)")
+    p.add_argument("--out", type=Path, default=Path("audit"),
+                   help="folder for audit.html and the audit_*.csv files (default ./audit)")
+    p.add_argument("--phash-distance", type=int, default=None,
+                   help="max pHash Hamming distance (of 64 bits) of near-duplicates (default 6)")
+    p.add_argument("--write-exclude", type=Path, default=None, metavar="FILE",
+                   help="also write the suspects (test-side copies of leaks, conflicting "
+                        "copies, top label errors) as a commented list to edit")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
+    p.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -440,6 +456,25 @@ def cmd_serve(args) -> None:
                      cors_origins=args.cors_origin)
     print(f"serving {', '.join(models)} at http://{args.host}:{args.port}/  (Ctrl-C stops)")
     serve(app, args.host, args.port)
+
+def cmd_audit(args) -> None:
+    from medscope.data.audit import PHASH_DISTANCE, audit_data, summary, write_exclude
+    from medscope.report.audit import write_audit
+
+    if args.write_exclude and args.write_exclude.exists():  # before the long scan, not after
+        raise MedscopeError(f"{args.write_exclude}: already exists; edit it, or name a new file")
+    distance = PHASH_DISTANCE if args.phash_distance is None else args.phash_distance
+    audit = audit_data(args.data, args.run, phash_distance=distance, workers=args.workers,
+                       progress=args.progress)
+    page = write_audit(audit, args.out)
+    s = summary(audit)
+    print(f"{s['images']} images: {s['exact_groups']} exact and {s['near_groups']} near-duplicate "
+          f"group(s), {s['leak_groups']} leak(s), {s['conflict_groups']} conflicting label(s), "
+          f"{s['label_issues']} suspected label error(s), {s['outliers']} outlier(s); "
+          f"{s['unreadable']} unreadable -> {page}")
+    if args.write_exclude:
+        n = write_exclude(audit, args.write_exclude)
+        print(f"wrote {n} suspect(s) to {args.write_exclude}: review and edit before use")
 
 
 # ---------------------------------------------------------------- helpers

@@ -71,8 +71,7 @@ def _inspect(sample: Sample) -> tuple[str, tuple[int, int], str, str | None]:
     if sample.in_array:
         arr = np.asarray(npz_array(sample.path, f"{sample.split}_images")[sample.index])
         mode = "L" if arr.ndim == 2 or arr.shape[-1] == 1 else "RGB"
-        return (hashlib.sha1(arr.tobytes()).hexdigest(), (arr.shape[1], arr.shape[0]), mode,
-                None)
+        return content_hash(arr.tobytes()), (arr.shape[1], arr.shape[0]), mode, None
     try:
         data = sample.path.read_bytes()
     except OSError:
@@ -86,7 +85,13 @@ def _inspect(sample: Sample) -> tuple[str, tuple[int, int], str, str | None]:
                 size, mode = img.size, img.mode
     except BadImageError as exc:
         return "", (0, 0), "", str(exc)
-    return hashlib.sha1(data).hexdigest(), size, mode, None
+    return content_hash(data), size, mode, None
+
+
+def content_hash(data: bytes) -> str:
+    """Equal hashes = byte-identical content (what ``data info`` and ``audit`` call exact
+    duplicates)."""
+    return hashlib.sha1(data).hexdigest()
 
 
 def _dicom_size(path: Path) -> tuple[tuple[int, int], str]:
