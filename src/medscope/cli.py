@@ -50,6 +50,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--cache-dir": ("data.cache_dir", {}),
     "--no-cache": ("data.cache", {"action": "store_const", "const": False}),
     "--strict": ("data.strict", {"action": "store_const", "const": True}),
+    "--exclude": ("data.exclude", {"metavar": "FILE"}),
+    "--target-accuracy": ("train.target_accuracy", {}),
+    "--track": ("track", {"metavar": "SPEC"}),
 }
 
 

@@ -43,6 +43,8 @@ class DataConfig(_Section):
     cache: bool = Field(True, description="keep decoded images in a memory-mapped disk cache")
     cache_dir: Path | None = Field(None, description="default $MEDSCOPE_CACHE or ~/.cache/medscope")
     folds: int | None = Field(None, ge=2, description="k for k-fold cross-validation")
+    exclude: Path | None = Field(None, description="file listing images to leave out (one "
+                                 "path per line, as written by `medscope audit --write-exclude`)")
     strict: bool = Field(False, description="stop at the first unreadable image instead of "
                          "skipping it")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
@@ -83,6 +85,8 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
     )
     channels_last: bool | None = Field(None, description="None: on whenever bf16 is used")
+    target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy the refer-to-expert "
+                                   "threshold must reach on the validation split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation "
                       "(and of the split unless data.split_seed is set)")
@@ -91,6 +95,8 @@ class TrainConfig(_Section):
 
 class RunConfig(_Section):
     out: Path = Field(Path("runs/run"), description="run directory to create")
+    track: str | None = Field(None, description="mirror the run to mlflow, mlflow:URI or "
+                              "tensorboard (the run directory stays the source of truth)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -23,10 +23,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); a run's files are meant to be shared, so give
+        # them the permissions an ordinary open() would (0666 minus the umask).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -75,6 +84,9 @@ class RunDir:
     learning_curves = property(lambda self: self.root / "learning_curves.png")
     confusion_matrix = property(lambda self: self.root / "confusion_matrix.png")
     examples = property(lambda self: self.root / "examples.png")
+    roc_curves = property(lambda self: self.root / "roc_curves.png")
+    reliability_diagram = property(lambda self: self.root / "reliability_diagram.png")
+    coverage_accuracy = property(lambda self: self.root / "coverage_accuracy.png")
 
     def is_finished(self) -> bool:
         return self.metrics.is_file() and (self.best.with_suffix(".safetensors")).is_file()

@@ -49,7 +49,7 @@ def test_model_json_records_the_input_contract(trained_run, exported):
     ckpt = json.loads(trained_run.best.with_suffix(".json").read_text())
     assert meta["format"] == "medscope-onnx/1" and meta["classes"] == ckpt["classes"]
     assert meta["mean"] == ckpt["mean"] and meta["std"] == ckpt["std"]
-    assert meta["temperature"] == 1.0
+    assert meta["temperature"] == ckpt["temperature"]  # fitted on validation at training end
     spec = meta["onnx"]["input"]
     assert spec["shape"] == ["N", 3, 32, 32] and spec["range"] == [0, 255]
     assert "in graph" in spec["normalization"]

@@ -115,3 +115,32 @@ def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkey
     for a, b in zip(full_hist, resumed, strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
+
+
+def test_training_calibrates_and_evaluation_reports_cis(trained_run):
+    meta = json.loads(trained_run.best.with_suffix(".json").read_text())
+    assert meta["temperature"] > 0 and "selective_threshold" in meta
+    metrics = json.loads(trained_run.metrics.read_text())
+    assert metrics["calibration"]["temperature"] == pytest.approx(meta["temperature"])
+    low, high = metrics["ci"]["accuracy"]["low"], metrics["ci"]["accuracy"]["high"]
+    assert low <= metrics["accuracy"] <= high
+    for png in ("roc_curves.png", "reliability_diagram.png", "coverage_accuracy.png"):
+        assert (trained_run.root / png).is_file()
+
+
+def test_track_mlflow_mirrors_a_cli_run(image_folder, tmp_path):
+    pytest.importorskip("mlflow")
+    from medscope.cli import main
+
+    store = tmp_path / "mlflow.db"
+    out = tmp_path / "tracked"
+    code = main(["train", "-q", "--data", str(image_folder), "--out", str(out), "--img-size",
+                 "16", "--epochs", "1", "--batch-size", "8", "--track", f"mlflow:sqlite:///{store}"])
+    assert code == 0
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{store}")
+    run_id = json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "test.accuracy" in run.data.metrics and run.data.params["train.epochs"] == "1"

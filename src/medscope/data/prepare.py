@@ -51,6 +51,11 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
     """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
     dc = config.data
     source = load_source(dc.path, dc.format, multilabel=config.multilabel)
+    if dc.exclude is not None:
+        from medscope.data.exclude import drop_excluded, read_exclude
+
+        source, dropped = drop_excluded(source, read_exclude(dc.exclude))
+        log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
     assign = assign_splits(source, config)
     present = set(assign.tolist())
     if not present & {"val", "test"}:

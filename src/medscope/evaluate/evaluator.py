@@ -11,11 +11,13 @@ from typing import Any
 from medscope.data.prepare import PreparedData, labels_of, run_samples
 from medscope.data.sources import load_source
 from medscope.errors import MedscopeError
-from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
+from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
 from medscope.predict import Predictor
+from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
 from medscope.run import RunDir, atomic_write_json
+from medscope.train.checkpoint import read_meta, write_meta
 
 log = logging.getLogger("medscope")
 
@@ -45,15 +47,28 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
         samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
     if not samples:
         raise MedscopeError(f"{run.root}: no readable images to evaluate on")
-    probs = predictor.probs_from_pixels(pixels)
+    logits = predictor.logits_from_pixels(pixels)
+    probs = predictor.probs_from_logits(logits)
     labels = labels_of(samples)
-    multilabel = predictor.multilabel
-    metrics = (multilabel_metrics(labels, probs, classes) if multilabel
-               else classification_metrics(labels, probs, classes))
+    multilabel, info = predictor.multilabel, predictor.info
+    # Images of one slide or patient are resampled together, so the CIs are not too narrow.
+    groups = ([s.group or str(s.path) for s in samples] if any(s.group for s in samples)
+              else None)
+    selective = info.selective_threshold if info.selective_fitted else NOT_FITTED
+    target_accuracy = info.target_accuracy or 0.99
+    metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
+                                 logits=None if multilabel else logits,
+                                 temperature=info.temperature, groups=groups,
+                                 thresholds=info.thresholds, selective_threshold=selective,
+                                 target_accuracy=target_accuracy)
     metrics["data"] = str(data_dir) if data_dir else SPLIT_TITLES[split]
     target = Path(out) if out else (run.root if data_dir is None
                                     else run.root / f"eval-{Path(data_dir).name}")
     atomic_write_json(target / "metrics.json", metrics)
+    write_evaluation_plots(target, labels, probs, classes, multilabel=multilabel,
+                           logits=None if multilabel else logits, temperature=info.temperature,
+                           selective_threshold=None if selective is NOT_FITTED else selective,
+                           target_accuracy=target_accuracy)
     if not multilabel:  # a K x K confusion matrix only means something for one label per image
         plot_confusion_matrix(metrics["confusion_matrix"], classes,
                               target / "confusion_matrix.png")
@@ -64,3 +79,26 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def calibrate_run(run: RunDir, data: PreparedData, *, target_accuracy: float = 0.99,
+                  precision: str = "auto", device: str = "auto") -> dict[str, Any]:
+    """Fit on the validation split what the best checkpoint's metadata keeps for later use:
+    the temperature and the refer-to-expert threshold (multi-class), or per-label decision
+    thresholds (multi-label). Nothing is fitted without a validation split."""
+    if not data.samples["val"]:
+        log.warning("no validation split: probabilities stay uncalibrated (T = 1)")
+        return {}
+    predictor = Predictor.load(run.best, precision=precision, device=device)
+    logits = predictor.logits_from_pixels(data.pixels["val"])
+    outputs = predictor.probs_from_logits(logits) if predictor.multilabel else logits
+    fitted = fit_on_validation(data.labels("val"), outputs, multilabel=predictor.multilabel,
+                               target_accuracy=target_accuracy)
+    write_meta(run.best, read_meta(run.best).model_copy(update=fitted))
+    if "temperature" in fitted:
+        threshold = fitted["selective_threshold"]
+        log.info("calibration on %d validation images: temperature %.3f; refer-to-expert "
+                 "below confidence %s for %.0f%% accuracy", len(data.samples["val"]),
+                 fitted["temperature"], "n/a (unreachable)" if threshold is None
+                 else f"{threshold:.3f}", 100 * target_accuracy)
+    return fitted

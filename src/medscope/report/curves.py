@@ -81,8 +81,10 @@ def plot_coverage(labels: np.ndarray, probs: np.ndarray, path: Path,
     ax.plot(curve["coverage"], curve["accuracy"], "-", lw=1.5)
     if target is not None:
         ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:.3g}")
-    if threshold is not None:
-        point = selective_at(probs, labels, threshold)
+    point = selective_at(probs, labels, threshold) if threshold is not None else None
+    if point is not None and point["accuracy"] is None:  # no image this confident: none kept
+        ax.plot([], [], " ", label=f"threshold {threshold:.3f}: keeps none of these images")
+    elif point is not None:
         ax.plot(point["coverage"], point["accuracy"], "o", color="#b00020",
                 label=f"threshold {threshold:.3f}: keeps {point['coverage']:.0%}")
     ax.set_xlabel("coverage (share of images the model decides)")

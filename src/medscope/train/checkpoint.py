@@ -46,6 +46,11 @@ class CheckpointMeta(BaseModel):
     pretrained: str | None = None
     temperature: float = Field(1.0, gt=0)  # probabilities = softmax(logits / T)
     thresholds: list[float] | None = None  # multi-label decision thresholds, tuned on val
+    # Refer-to-expert: the confidence below which an image goes to a person, fitted on the
+    # validation split to reach ``target_accuracy``; null = sought but unreachable, absent =
+    # never fitted (an older checkpoint).
+    target_accuracy: float | None = None
+    selective_threshold: float | None = None
     versions: dict[str, str] = Field(default_factory=dict)
     # Training state: which epoch these weights are from and, in ``last``, how to resume.
     epoch: int | None = None
@@ -57,9 +62,15 @@ class CheckpointMeta(BaseModel):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def selective_fitted(self) -> bool:
+        return "selective_threshold" in self.model_fields_set
+
     def to_json(self) -> dict[str, Any]:
-        return {**self.model_dump(mode="json", exclude_none=True),
-                "num_classes": self.num_classes}
+        out = self.model_dump(mode="json", exclude_none=True)
+        if self.selective_fitted:
+            out["selective_threshold"] = self.selective_threshold
+        return {**out, "num_classes": self.num_classes}
 
 
 def library_versions() -> dict[str, str]:

@@ -23,8 +23,10 @@ def check_run_config(config: RunConfig, *, resume: bool = False) -> Runtime:
         raise MedscopeError("no training data given: pass --data DIR (or data.path in the config)")
     if not config.data.path.exists():
         raise MedscopeError(f"{config.data.path}: data directory not found")
-    if config.data.split_file is not None and not config.data.split_file.is_file():
-        raise MedscopeError(f"{config.data.split_file}: split file not found")
+    for what, path in (("split file", config.data.split_file),
+                       ("exclude file", config.data.exclude)):
+        if path is not None and not path.is_file():
+            raise MedscopeError(f"{path}: {what} not found")
     RunDir(config.out).check_can_start(resume=resume)
     runtime = select_runtime(config.train.device, config.train.precision,
                              config.train.channels_last)

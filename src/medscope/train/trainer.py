@@ -12,12 +12,13 @@ from medscope.data.balance import class_counts, distribution_line
 from medscope.data.prepare import SPLITS, PreparedData, prepare_data
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
-from medscope.evaluate.evaluator import evaluate_run
+from medscope.evaluate.evaluator import calibrate_run, evaluate_run
 from medscope.models import create_model
 from medscope.models.profile import count_params
 from medscope.models.transfer import apply_freeze
 from medscope.report.plots import plot_learning_curves
-from medscope.run import RunDir, atomic_write_text
+from medscope.run import RunDir, atomic_write_text, read_json
+from medscope.tracking import Tracker, make_tracker
 from medscope.train.checkpoint import CheckpointMeta, library_versions
 from medscope.train.engine import (
     FitState,
@@ -28,7 +29,7 @@ from medscope.train.engine import (
     resume_state,
 )
 from medscope.train.preflight import check_run_config
-from medscope.train.runtime import seed_everything
+from medscope.train.runtime import Runtime, seed_everything
 from medscope.train.setup import (
     balanced_sampler_for,
     eval_loader,
@@ -50,6 +51,7 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True)
     """Train as ``config`` says. With ``resume``, continue the interrupted run in ``config.out``
     from its last checkpoint, on its saved split."""
     runtime = check_run_config(config, resume=resume)
+    tracker = make_tracker(config.track)  # a bad spec or missing package fails before any work
     flush_denormals()
     run = RunDir(config.out)
     run.prepare_new(resume=resume)
@@ -65,6 +67,19 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True)
         config = config.model_copy(update={"data": config.data.model_copy(
             update={"split_file": run.splits})})
     atomic_write_text(run.config, config_to_yaml(config))
+    tracker.start(run.root, config.model_dump(mode="json"))
+    try:
+        _train(config, run, runtime, tracker, continuing=continuing, progress=progress)
+    except BaseException as exc:
+        tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.log_final(read_json(run.metrics), [run.report, run.metrics])
+    tracker.end()
+    return run
+
+
+def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *,
+           continuing: bool, progress: bool) -> None:
     seed_everything(config.train.seed, config.train.deterministic)
 
     data = prepare_data(config, run, progress=progress)
@@ -99,13 +114,16 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True)
                 eval_loader(data, "val", config.train.batch_size), cfg=config.train,
                 normalize=Normalize(mean, std), runtime=runtime,
                 loss_fn=loss_for(config, data.labels("train"), len(classes), multilabel),
-                optimizer=optimizer, state=state, on_epoch_end=[RunWriter(run, meta)],
+                optimizer=optimizer, state=state,
+                on_epoch_end=[RunWriter(run, meta),
+                              lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)],
                 sampler_generator=sampler_generator, multilabel=multilabel, progress=progress)
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
     plot_learning_curves(state.history, run.learning_curves)
+    calibrate_run(run, data, target_accuracy=config.train.target_accuracy,
+                  precision=config.train.precision, device=config.train.device)
     evaluate_run(run, data=data, precision=config.train.precision, device=config.train.device,
                  progress=progress)
-    return run
 
 
 def resume_config(out: Path | str, overrides: dict[str, Any] | None = None
