@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cv", parents=[common],
+                       help="k-fold cross-validation: a run per fold, out-of-fold predictions, "
+                            "mean and std table")
+    _add_train_args(p)
+    p.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("evaluate", parents=[common],
                        help="metrics of a run on its test split or on another folder")
     p.add_argument("run", type=Path, help="run directory")
@@ -308,6 +315,16 @@ def cmd_train(args) -> None:
     else:
         run = train(train_config(args), progress=args.progress)
     print(f"run finished: {run.root}  (report: {run.report})")
+
+
+def cmd_cv(args) -> None:
+    from medscope.evaluate.cv import run_cv
+
+    if args.opt_out is None:
+        raise MedscopeError("cv needs --out DIR (fold_1 ... fold_K go there)")
+    out = run_cv(train_config(args), args.folds, progress=args.progress)
+    print((out / "cv_summary.md").read_text())
+    print(f"wrote {out / 'cv_summary.csv'} and {out / 'oof_predictions.csv'}")
 
 
 def cmd_evaluate(args) -> None:

@@ -1,0 +1,145 @@
+"""k-fold cross-validation: K stratified, group-aware folds over the whole data set, a complete
+run directory per fold (``fold_k/``), every image's out-of-fold probabilities and the fungi
+study's table (a row per fold, then Average and Standard deviation).
+
+Byte-identical images are one group in every fold, so a copy never sits on both sides.
+Re-running the same command skips finished folds and resumes an interrupted one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medscope.config import RunConfig
+from medscope.data.info import content_hash
+from medscope.data.prepare import run_samples, write_splits
+from medscope.data.sources import DataSource, Sample, load_source
+from medscope.data.splits import kfold_indices, split_indices
+from medscope.errors import MedscopeError
+from medscope.predict import Predictor
+from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from medscope.train.preflight import check_model
+from medscope.train.runtime import select_runtime
+from medscope.train.trainer import train_run
+
+log = logging.getLogger("medscope")
+
+SUMMARY_METRICS = ("loss", "accuracy", "f1_macro", "roc_auc_macro")
+
+
+def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
+    """Cross-validate ``config`` with ``folds`` folds into ``config.out``; returns that folder."""
+    if config.data.path is None:
+        raise MedscopeError("no training data given: pass --data DIR")
+    select_runtime(config.train.device, config.train.precision)
+    check_model(config)
+    out = Path(config.out)
+    source = load_source(config.data.path, config.data.format, multilabel=config.multilabel)
+    groups = duplicate_aware_groups(source)
+    # Before any training: a class with fewer groups than folds stops here in one line.
+    fold_of = kfold_indices(source.targets(), groups, folds, config.split_seed, source.classes)
+    for k in range(folds):
+        fold_dir = out / f"fold_{k + 1}"
+        if RunDir(fold_dir).is_finished():
+            log.info("fold %d/%d already finished: %s", k + 1, folds, fold_dir)
+            continue
+        log.info("fold %d/%d", k + 1, folds)
+        split_file = out / "splits" / f"fold_{k + 1}.csv"
+        write_splits(split_file, source, fold_assignment(source, groups, fold_of, k, config))
+        fold_config = config.model_copy(update={
+            "out": fold_dir, "data": config.data.model_copy(update={"split_file": split_file})})
+        resume = (fold_dir / "config.yaml").is_file()
+        train_run(fold_config, resume=resume, progress=progress)
+    write_oof_predictions(out, folds, source, progress=progress)
+    return write_summary(out, config, folds)
+
+
+def duplicate_aware_groups(source: DataSource) -> list[str | None]:
+    """Each sample's group, with byte-identical files joined into one group (the first copy's
+    group when it has one), so no split or fold can separate them."""
+    if source.kind == "npz":
+        return [s.group for s in source.samples]
+    hashes = [_hash(s) for s in source.samples]
+    first: dict[str, str] = {}
+    groups = []
+    for s, h in zip(source.samples, hashes, strict=True):
+        groups.append(first.setdefault(h, s.group or f"sha1:{h}") if h else s.group)
+    copies = len(hashes) - len(set(hashes))
+    if copies:
+        log.info("%d byte-identical cop(ies) grouped with their originals", copies)
+    return groups
+
+
+def fold_assignment(source: DataSource, groups: list[str | None], fold_of: np.ndarray, k: int,
+                    config: RunConfig) -> np.ndarray:
+    """test = fold k; validation carved group-aware from the other folds for model selection."""
+    assign = np.where(fold_of == k, "test", "train").astype(object)
+    rest = np.flatnonzero(fold_of != k)
+    if config.data.val_fraction > 0:
+        inner = split_indices(source.targets()[rest], [groups[i] for i in rest], 0.0,
+                              config.data.val_fraction, config.split_seed + k, source.classes)
+        assign[rest[inner == "test"]] = "val"
+    return assign
+
+
+def write_oof_predictions(out: Path, folds: int, source: DataSource, *,
+                          progress: bool = True) -> Path:
+    """Every image's probabilities from the fold that held it out."""
+    rows = []
+    classes = source.classes
+    for k in range(folds):
+        run = RunDir(out / f"fold_{k + 1}")
+        predictor = Predictor.load(run.root)
+        samples, _ = run_samples(run, classes, split="test")
+        decoded = predictor.decode(samples, progress=progress, desc=f"oof fold {k + 1}")
+        probs = predictor.probs_from_pixels(decoded.pixels)
+        for i, p in zip(decoded.kept, probs, strict=True):
+            s = samples[i]
+            rows.append([source.sample_id(s), source.label_name(s), s.group or "", k + 1,
+                         *(f"{x:.6f}" for x in p)])
+    path = out / "oof_predictions.csv"
+    atomic_write_csv(path, ["path", "label", "group", "fold", *(f"p_{c}" for c in classes)],
+                     rows)
+    return path
+
+
+def write_summary(out: Path, config: RunConfig, folds: int) -> Path:
+    """cv_summary.json / .csv / .md: a row per fold, then mean and sample std (ddof=1)."""
+    rows = []
+    for k in range(folds):
+        m = read_json(out / f"fold_{k + 1}" / "metrics.json")
+        rows.append({"fold": k + 1, "loss": m.get("log_loss"), "accuracy": m["accuracy"],
+                     "f1_macro": m["f1_macro"], "roc_auc_macro": m.get("roc_auc_macro"),
+                     "n": m["n"]})
+    mean, std = {}, {}
+    for key in SUMMARY_METRICS:
+        values = np.array([r[key] for r in rows if r[key] is not None], dtype=float)
+        mean[key] = float(values.mean()) if len(values) else None
+        std[key] = float(values.std(ddof=1)) if len(values) > 1 else None
+    summary = {"model": config.model.name, "folds": folds, "rows": rows, "mean": mean,
+               "std": std, "std_ddof": 1, "data": str(config.data.path)}
+    atomic_write_json(out / "cv_summary.json", summary)
+    header = ["fold", *SUMMARY_METRICS, "n"]
+    table = [[r["fold"], *(_fmt(r[k]) for k in SUMMARY_METRICS), r["n"]] for r in rows]
+    table += [["Average", *(_fmt(mean[k]) for k in SUMMARY_METRICS), ""],
+              ["Standard deviation", *(_fmt(std[k]) for k in SUMMARY_METRICS), ""]]
+    atomic_write_csv(out / "cv_summary.csv", header, table)
+    lines = [f"{config.model.name}, {folds}-fold cross-validation on {config.data.path}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    atomic_write_text(out / "cv_summary.md", "\n".join(lines) + "\n")
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _hash(sample: Sample) -> str | None:
+    try:
+        return content_hash(Path(sample.path).read_bytes())
+    except OSError:
+        return None  # unreadable: decoding reports it
