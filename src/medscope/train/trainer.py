@@ -18,7 +18,7 @@ from medscope.models.profile import count_params
 from medscope.models.transfer import apply_freeze
 from medscope.report.plots import plot_learning_curves
 from medscope.run import RunDir, atomic_write_text, read_json
-from medscope.tracking import Tracker, make_tracker
+from medscope.tracking import Tracker, flatten, make_tracker
 from medscope.train.checkpoint import CheckpointMeta, library_versions
 from medscope.train.engine import (
     FitState,
@@ -150,18 +150,9 @@ def resume_config(out: Path | str, overrides: dict[str, Any] | None = None
 
 
 def _differences(before: RunConfig, after: RunConfig) -> list[str]:
-    a, b = _flatten(before.model_dump(mode="json")), _flatten(after.model_dump(mode="json"))
-    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(b) if a.get(k) != b.get(k)]
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and key != "kwargs":
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    a, b = flatten(before.model_dump(mode="json")), flatten(after.model_dump(mode="json"))
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k)]
 
 
 def _log_data(data: PreparedData) -> None:
