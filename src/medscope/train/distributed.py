@@ -12,6 +12,7 @@ What is shared between ranks and how:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -143,6 +144,8 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
                                                                    DEFAULT_TIMEOUT_S)))
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timeout)
+        # Kept for the whole process (cv trains one run per fold), left cleanly at exit.
+        atexit.register(_leave_group)
     return DistContext(rank, local_rank, world_size, backend)
 
 
@@ -153,6 +156,11 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _collective_device(backend: str | None) -> torch.device:

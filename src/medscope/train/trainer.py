@@ -53,11 +53,8 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True)
     """Train as ``config`` says. With ``resume``, continue the interrupted run in ``config.out``
     from its last checkpoint, on its saved split."""
     # --- distributed (torchrun): every rank checks, only rank 0 writes the run dir ---
-    dist = init_distributed(config.train.device)
-    try:
-        return _train_run(config, dist, resume=resume, progress=progress)
-    finally:
-        dist.destroy()
+    dist = init_distributed(config.train.device)  # joined once per process (cv: all folds)
+    return _train_run(config, dist, resume=resume, progress=progress)
 
 
 def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: bool
@@ -73,6 +70,7 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
     if not dist.is_main:
         logging.getLogger("medscope").setLevel(logging.WARNING)  # rank 0 tells the story
         _train(config, run, runtime, tracker, continuing=continuing, progress=False, dist=dist)
+        dist.barrier()  # returns once rank 0 has evaluated: the run dir is complete everywhere
         return run
     # --- end distributed ---
     run.prepare_new(resume=resume)
@@ -96,6 +94,7 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
         raise
     tracker.log_final(read_json(run.metrics), [run.report, run.metrics])
     tracker.end()
+    dist.barrier()
     return run
 
 
