@@ -45,6 +45,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--split-seed": ("data.split_seed", {}),
     "--precision": ("train.precision", {}),
     "--device": ("train.device", {}),
+    "--compile": ("train.compile", {"action": "store_const", "const": True}),
     "--workers": ("data.num_workers", {}),
     "--split-file": ("data.split_file", {}),
     "--cache-dir": ("data.cache_dir", {}),

@@ -81,9 +81,12 @@ class TrainConfig(_Section):
     monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs "
                                       "without improvement (patience); off if None")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32; "
+        "fp16: CUDA only, with loss scaling (torch.amp.GradScaler)"
     )
+    compile: bool = Field(False, description="torch.compile the model (slow first epoch, "
+                          "faster later ones; needs a C++ compiler)")
     channels_last: bool | None = Field(None, description="None: on whenever bf16 is used")
     target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy the refer-to-expert "
                                    "threshold must reach on the validation split")

@@ -29,6 +29,7 @@ from medscope.train.checkpoint import (
     optimizer_state,
     save_checkpoint,
 )
+from medscope.train.distributed import DistContext, unwrap
 from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
@@ -97,11 +98,12 @@ class FitState:
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False  # a resumed run that stopped early does not train on
+    grad_scaler: dict[str, Any] | None = None  # fp16 loss scale (plain numbers: JSON)
 
     def to_json(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "history": self.history,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, "grad_scaler": self.grad_scaler}
 
 
 # Called after every epoch with (model, optimizer, state, history row, improved): where
@@ -124,16 +126,23 @@ def fit(
     sampler_generator: torch.Generator | None = None,
     multilabel: bool = False,
     progress: bool = True,
+    dist: DistContext | None = None,
 ) -> FitState:
     """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
     ``cfg.epochs``; writes nothing itself. Returns the final state.
 
-    ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match."""
+    ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match.
+    ``dist``: under torchrun, ``model`` is DDP-wrapped and ``val_loader`` holds this rank's
+    shard; training metrics are averaged and validation logits gathered over the ranks."""
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
     optimizer = optimizer or build_optimizer(model, cfg)
     state = state or FitState()
+    dist = dist or DistContext()
+    scaler = runtime.grad_scaler()
+    if state.grad_scaler and scaler.is_enabled():
+        scaler.load_state_dict(state.grad_scaler)
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
@@ -151,18 +160,25 @@ def fit(
             train_loader.generator.manual_seed(seed)
         if sampler_generator is not None:  # a weighted sampler draws from its own generator
             sampler_generator.manual_seed(seed)
+        if dist.rank:  # other augmentation draws on each rank; rank 0 keeps the usual stream
+            torch.manual_seed(epoch_seed(seed, dist.rank))
+        if hasattr(train_loader.sampler, "set_epoch"):  # distributed samplers shuffle by epoch
+            train_loader.sampler.set_epoch(epoch)
         if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
-            unfreeze(model)  # second phase of two-phase fine-tuning
+            unfreeze(unwrap(model))  # second phase of two-phase fine-tuning
         model.train()
-        set_frozen_bn_eval(model)  # frozen stages keep their running statistics
+        set_frozen_bn_eval(unwrap(model))  # frozen stages keep their running statistics
         train = _train_epoch(model, train_loader, optimizer, loss_fn, normalize, runtime,
                              lambda step, e=epoch: set_lr(optimizer, lr_factor(
                                  e * steps_per_epoch + step, total_steps, warmup_steps,
                                  cfg.scheduler)),
                              progress, desc=f"train {epoch + 1}/{cfg.epochs}",
-                             multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch)
-        val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel)
+                             multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch,
+                             scaler=scaler)
+        train = dist.mean(train)
+        val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel, dist)
                if val_loader is not None else {})
+        state.grad_scaler = scaler.state_dict() if scaler.is_enabled() else None
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
                "train_accuracy": train["accuracy"], "val_loss": val.get("loss"),
                "val_accuracy": val.get("accuracy"), "val_f1_macro": val.get("f1_macro"),
@@ -191,8 +207,9 @@ def fit(
 
 
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
-                 desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0
-                 ) -> dict[str, float]:
+                 desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0,
+                 scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    scaler = scaler or runtime.grad_scaler()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
@@ -210,10 +227,12 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
                 f"training loss became {loss.item()} in epoch 1, step {step + 1}; lower --lr "
                 "or set --clip-grad (e.g. 1.0) and start again")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if clip_grad:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         total_loss += loss.item() * len(labels)
         correct += n_correct(logits.detach(), labels, multilabel)
         seen += len(labels)
@@ -230,16 +249,28 @@ def n_correct(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> i
     return int((logits.argmax(1) == hard).sum().item())
 
 
-def evaluate_loss(model, loader, loss_fn, normalize, runtime, multilabel: bool = False
-                  ) -> dict[str, float]:
+def evaluate_loss(model, loader, loss_fn, normalize, runtime, multilabel: bool = False,
+                  dist: DistContext | None = None) -> dict[str, float]:
+    """Loss, accuracy and macro F1 over ``loader``; with ``dist``, over all ranks' shards."""
     from sklearn.metrics import f1_score
 
-    logits, labels = predict_logits(model, loader, normalize, runtime)
+    logits, labels = gathered_logits(model, loader, normalize, runtime, dist or DistContext())
     pred = (logits > 0).int() if multilabel else logits.argmax(1)
     truth = labels.int() if multilabel else labels
     return {"loss": float(loss_fn(logits.to(runtime.device), labels.to(runtime.device))),
             "accuracy": n_correct(logits, labels, multilabel) / max(len(labels), 1),
             "f1_macro": float(f1_score(truth, pred, average="macro", zero_division=0))}
+
+
+def gathered_logits(model: nn.Module, loader: DataLoader, normalize: Normalize,
+                    runtime: Runtime, dist: DistContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of the whole split in dataset order when each rank's ``loader`` holds
+    its ``dist.shard``; the plain model predicts (no DDP collectives: shards may differ by one
+    batch), with rank 0's buffers so that every rank evaluates the model rank 0 saves."""
+    net = unwrap(model)
+    dist.sync_buffers(net)
+    logits, labels = predict_logits(net, loader, normalize, runtime)
+    return dist.gather_shards(logits), dist.gather_shards(labels)
 
 
 # ---------------------------------------------------------------- persistence
@@ -254,6 +285,7 @@ class RunWriter:
 
     def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: FitState,
                  row: dict[str, Any], improved: bool) -> None:
+        model = unwrap(model)  # checkpoints hold the plain model's parameter names
         if improved:
             save_checkpoint(self.run.best, model,
                             self.meta.model_copy(update={"epoch": state.epoch, "val": dict(row)}))
@@ -272,7 +304,8 @@ def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
     return FitState(epoch=meta.epoch or 0, best_score=fs.get("best_score"),
                     best_epoch=fs.get("best_epoch"), bad_epochs=fs.get("bad_epochs", 0),
                     history=fs.get("history", []),
-                    stopped_early=fs.get("stopped_early", False))
+                    stopped_early=fs.get("stopped_early", False),
+                    grad_scaler=fs.get("grad_scaler"))
 
 
 def _fmt(value: Any) -> Any:

@@ -35,11 +35,23 @@ class Runtime:
     device: torch.device
     bf16: bool
     channels_last: bool
+    fp16: bool = False  # CUDA only; training then scales the loss (torch.amp.GradScaler)
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        if self.fp16:
+            return torch.autocast(self.device.type, dtype=torch.float16)
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def pin_memory(self) -> bool:
+        """Page-locked host batches let the copy to a GPU overlap compute (non_blocking)."""
+        return self.device.type == "cuda"
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16 gradients underflow without loss scaling; a disabled scaler passes through."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.fp16)
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -50,7 +62,9 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def describe(self) -> str:
-        return (f"device {self.device}, {'bf16 autocast' if self.bf16 else 'fp32'}"
+        amp = "fp16 autocast + grad scaler" if self.fp16 else "bf16 autocast" if self.bf16 \
+            else "fp32"
+        return (f"device {self.device}, {amp}"
                 f"{', channels_last' if self.channels_last else ''}")
 
 
@@ -78,13 +92,27 @@ def resolve_device(device: str = "auto") -> torch.device:
 def select_runtime(device: str = "auto", precision: str = "auto",
                    channels_last: bool | None = None) -> Runtime:
     dev = resolve_device(device)
+    if precision == "fp16":
+        if dev.type != "cuda":
+            # CPU fp16 autocast is slow and its gradients need scaling: refuse, do not degrade.
+            raise MedscopeError(f"--precision fp16 needs a CUDA GPU (device here: {dev}); "
+                                "use --precision bf16 or fp32")
+        return Runtime(dev, False, True if channels_last is None else channels_last, fp16=True)
     if precision == "auto":
         bf16 = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_bf16()
     elif precision in ("bf16", "fp32"):
         bf16 = precision == "bf16"
     else:
-        raise MedscopeError(f"--precision {precision!r}: use auto, fp32 or bf16")
+        raise MedscopeError(f"--precision {precision!r}: use auto, fp32, bf16 or fp16")
     return Runtime(dev, bf16, bf16 if channels_last is None else channels_last)
+
+
+def tune_backends(runtime: Runtime, deterministic: bool) -> None:
+    """cuDNN autotuning pays off when input shapes are fixed, as in training (one image size,
+    full batches); it picks algorithms nondeterministically, so not for deterministic runs.
+    Process-wide: called when training starts, never at import."""
+    if runtime.device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -5,16 +5,18 @@ exactly the same pieces."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from medscope.config import RunConfig
-from medscope.data.balance import balanced_sampler, class_weights
+from medscope.data.balance import balanced_sampler, class_weights, sample_weights
 from medscope.data.dataset import PixelDataset
 from medscope.data.prepare import PreparedData
 from medscope.data.transforms import augmentation, batch_mixing, channel_stats
+from medscope.train.distributed import DistContext, DistributedWeightedSampler
 
 log = logging.getLogger("medscope")
 
@@ -53,18 +55,20 @@ def normalisation_for(config: RunConfig, model: torch.nn.Module, train_pixels: n
     return channel_stats(train_pixels, seed=config.train.seed)
 
 
-def train_loader(config: RunConfig, data: PreparedData, sampler: Sampler | None = None
-                 ) -> DataLoader:
+def train_loader(config: RunConfig, data: PreparedData, sampler: Sampler | None = None,
+                 pin_memory: bool = False) -> DataLoader:
     """Shuffled (or ``sampler``-drawn), augmented, mixed when MixUp/CutMix is on; the loader's
-    generator is re-seeded every epoch by the loop."""
+    generator is re-seeded every epoch by the loop. ``pin_memory`` when batches go to a GPU
+    (the copies are then non-blocking)."""
     classes, multilabel = data.source.classes, data.source.multilabel
     targets = data.labels("train")
+    per_epoch = len(sampler) if sampler is not None else len(targets)
     return DataLoader(
         PixelDataset(data.pixels["train"], targets, augmentation(config.data.augment)),
         batch_size=config.train.batch_size, shuffle=sampler is None, sampler=sampler,
-        drop_last=_drop_last(len(targets), config.train.batch_size),
+        drop_last=_drop_last(per_epoch, config.train.batch_size),
         generator=torch.Generator().manual_seed(config.train.seed),
-        num_workers=config.data.num_workers,
+        num_workers=config.data.num_workers, pin_memory=pin_memory,
         collate_fn=None if multilabel else batch_mixing(len(classes), config.data.mixup,
                                                         config.data.cutmix))
 
@@ -78,11 +82,32 @@ def balanced_sampler_for(config: RunConfig, data: PreparedData
     return balanced_sampler(data.labels("train"), len(data.source.classes), generator), generator
 
 
-def eval_loader(data: PreparedData, split: str, batch_size: int) -> DataLoader | None:
+def train_sampler_for(config: RunConfig, data: PreparedData, dist: DistContext
+                      ) -> tuple[Sampler | None, torch.Generator | None]:
+    """(sampler, its generator). Under torchrun each rank draws its share of the epoch: a
+    seeded ``DistributedSampler``, or the distributed weighted sampler for 'sampler' balance;
+    both are re-seeded by the loop through ``set_epoch``."""
+    if not dist.enabled:
+        return balanced_sampler_for(config, data)
+    targets = data.labels("train")
+    if config.data.balance == "sampler":
+        weights = sample_weights(targets, len(data.source.classes))
+        return DistributedWeightedSampler(weights, dist.world_size, dist.rank,
+                                          seed=config.train.seed), None
+    return DistributedSampler(range(len(targets)), num_replicas=dist.world_size,
+                              rank=dist.rank, shuffle=True, seed=config.train.seed), None
+
+
+def eval_loader(data: PreparedData, split: str, batch_size: int,
+                shard: Sequence[int] | None = None, pin_memory: bool = False
+                ) -> DataLoader | None:
+    """Batches of a split in order; only the ``shard`` indices when given (distributed
+    evaluation, where the ranks' shards are gathered back afterwards)."""
     if not data.samples[split]:
         return None
-    return DataLoader(PixelDataset(data.pixels[split], data.labels(split)),
-                      batch_size=batch_size * 2)
+    dataset = PixelDataset(data.pixels[split], data.labels(split))
+    return DataLoader(dataset if shard is None else Subset(dataset, list(shard)),
+                      batch_size=batch_size * 2, pin_memory=pin_memory)
 
 
 def _drop_last(n: int, batch_size: int) -> bool:

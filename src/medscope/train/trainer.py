@@ -4,6 +4,7 @@ with a ``RunWriter``, then evaluate. Everything lands in the run directory ``con
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from medscope.report.plots import plot_learning_curves
 from medscope.run import RunDir, atomic_write_text, read_json
 from medscope.tracking import Tracker, flatten, make_tracker
 from medscope.train.checkpoint import CheckpointMeta, library_versions
+from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
     FitState,
     RunWriter,
@@ -29,14 +31,14 @@ from medscope.train.engine import (
     resume_state,
 )
 from medscope.train.preflight import check_run_config
-from medscope.train.runtime import Runtime, seed_everything
+from medscope.train.runtime import Runtime, seed_everything, tune_backends
 from medscope.train.setup import (
-    balanced_sampler_for,
     eval_loader,
     ignored_for_multilabel,
     loss_for,
     normalisation_for,
     train_loader,
+    train_sampler_for,
 )
 
 log = logging.getLogger("medscope")
@@ -50,12 +52,28 @@ FIXED_ON_RESUME = ("model.", "data.path", "data.format", "data.img_size", "data.
 def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunDir:
     """Train as ``config`` says. With ``resume``, continue the interrupted run in ``config.out``
     from its last checkpoint, on its saved split."""
-    runtime = check_run_config(config, resume=resume)
-    tracker = make_tracker(config.track)  # a bad spec or missing package fails before any work
+    # --- distributed (torchrun): every rank checks, only rank 0 writes the run dir ---
+    dist = init_distributed(config.train.device)  # joined once per process (cv: all folds)
+    return _train_run(config, dist, resume=resume, progress=progress)
+
+
+def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: bool
+               ) -> RunDir:
+    runtime = dist.runtime_for(check_run_config(config, resume=resume))
+    _check_distributed(config, dist)
+    tracker = make_tracker(config.track if dist.is_main else None)
+    progress = progress and dist.is_main
     flush_denormals()
     run = RunDir(config.out)
-    run.prepare_new(resume=resume)
     continuing = resume and run.has_partial_run()
+    dist.barrier()  # every rank has checked the run dir before rank 0 creates it
+    if not dist.is_main:
+        logging.getLogger("medscope").setLevel(logging.WARNING)  # rank 0 tells the story
+        _train(config, run, runtime, tracker, continuing=continuing, progress=False, dist=dist)
+        dist.barrier()  # returns once rank 0 has evaluated: the run dir is complete everywhere
+        return run
+    # --- end distributed ---
+    run.prepare_new(resume=resume)
     if resume and run.config.is_file():
         for change in _differences(load_config(run.config), config):
             if not change.startswith("data.split_file"):
@@ -69,20 +87,24 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True)
     atomic_write_text(run.config, config_to_yaml(config))
     tracker.start(run.root, config.model_dump(mode="json"))
     try:
-        _train(config, run, runtime, tracker, continuing=continuing, progress=progress)
+        _train(config, run, runtime, tracker, continuing=continuing, progress=progress,
+               dist=dist)
     except BaseException as exc:
         tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     tracker.log_final(read_json(run.metrics), [run.report, run.metrics])
     tracker.end()
+    dist.barrier()
     return run
 
 
 def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *,
-           continuing: bool, progress: bool) -> None:
+           continuing: bool, progress: bool, dist: DistContext | None = None) -> None:
+    dist = dist or DistContext()
     seed_everything(config.train.seed, config.train.deterministic)
+    tune_backends(runtime, config.train.deterministic)
 
-    data = prepare_data(config, run, progress=progress)
+    data = _prepare_data_ranked(config, run, dist, progress)
     classes, multilabel = data.source.classes, data.source.multilabel
     _log_data(data)
     if multilabel:
@@ -109,21 +131,72 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
     model = runtime.prepare(model)
     optimizer = build_optimizer(model, config.train)
     state = resume_state(run.last, model, optimizer) if continuing else FitState()
-    sampler, sampler_generator = balanced_sampler_for(config, data)
-    state = fit(model, train_loader(config, data, sampler),
-                eval_loader(data, "val", config.train.batch_size), cfg=config.train,
+    model = _compiled(dist.wrap_ddp(model), config.train.compile)
+    sampler, sampler_generator = train_sampler_for(config, data, dist)
+    _log_distributed(config, dist)
+    val_split = len(data.samples["val"])
+    writers = [RunWriter(run, meta),
+               lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)]
+    state = fit(model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
+                eval_loader(data, "val", config.train.batch_size,
+                            shard=dist.shard(val_split) if dist.enabled else None,
+                            pin_memory=runtime.pin_memory), cfg=config.train,
                 normalize=Normalize(mean, std), runtime=runtime,
                 loss_fn=loss_for(config, data.labels("train"), len(classes), multilabel),
                 optimizer=optimizer, state=state,
-                on_epoch_end=[RunWriter(run, meta),
-                              lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)],
-                sampler_generator=sampler_generator, multilabel=multilabel, progress=progress)
+                on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
+                sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
+                dist=dist)
+    if not dist.is_main:
+        return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
     plot_learning_curves(state.history, run.learning_curves)
     calibrate_run(run, data, target_accuracy=config.train.target_accuracy,
                   precision=config.train.precision, device=config.train.device)
     evaluate_run(run, data=data, precision=config.train.precision, device=config.train.device,
                  progress=progress)
+
+
+# ---------------------------------------------------------------- distributed (torchrun)
+
+
+def _check_distributed(config: RunConfig, dist: DistContext) -> None:
+    if dist.enabled and config.train.unfreeze_at is not None:
+        # DDP syncs only the parameters that were trainable when it wrapped the model.
+        raise MedscopeError(f"train.unfreeze_at {config.train.unfreeze_at}: not supported "
+                            "under torchrun yet; run the two phases as two runs")
+
+
+def _prepare_data_ranked(config: RunConfig, run: RunDir, dist: DistContext, progress: bool
+                         ) -> PreparedData:
+    """Rank 0 scans, splits, writes splits.csv and decodes into the disk cache; the other ranks
+    then read its split and memory-map the cache (writing their copies of the split aside)."""
+    if dist.is_main:
+        data = prepare_data(config, run, progress=progress)
+        dist.barrier()
+        return data
+    dist.barrier()
+    same_split = config.model_copy(update={"data": config.data.model_copy(
+        update={"split_file": run.splits})})
+    with tempfile.TemporaryDirectory(prefix=f"medscope-rank{dist.rank}-") as scratch:
+        return prepare_data(same_split, RunDir(scratch), progress=False)
+
+
+def _compiled(model: Any, compile_model: bool) -> Any:
+    if not compile_model:
+        return model
+    import torch
+
+    return torch.compile(model)
+
+
+def _log_distributed(config: RunConfig, dist: DistContext) -> None:
+    if dist.enabled:
+        batch = config.train.batch_size
+        log.info("distributed: %d processes (%s); global batch %d = %d per rank x %d; "
+                 "lr %g as given (linear scaling rule: lr x %d for the same per-image "
+                 "step, see README)", dist.world_size, dist.backend, batch * dist.world_size,
+                 batch, dist.world_size, config.train.lr, dist.world_size)
 
 
 def resume_config(out: Path | str, overrides: dict[str, Any] | None = None

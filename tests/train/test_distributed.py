@@ -1,0 +1,205 @@
+"""Distributed training on CPU: 2 gloo processes on loopback, the samplers' shards, and
+distributed evaluation that counts each image exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from sklearn.metrics import confusion_matrix
+from torch.utils.data import DataLoader, Subset
+
+from medscope.config import load_config
+from medscope.data.dataset import PixelDataset
+from medscope.data.prepare import run_samples
+from medscope.errors import MedscopeError
+from medscope.predict import Predictor
+from medscope.train.distributed import (
+    DistContext,
+    DistributedWeightedSampler,
+    init_distributed,
+    unwrap,
+)
+from medscope.train.engine import gathered_logits
+from medscope.train.runtime import predict_logits, select_runtime
+from medscope.train.setup import train_sampler_for
+from tests.conftest import tiny_config
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+class _Data:
+    """The two things a sampler reads from ``PreparedData``: training labels and classes."""
+
+    def __init__(self, labels: np.ndarray, n_classes: int) -> None:
+        self._labels = labels
+        self.source = type("Source", (), {"classes": [f"c{i}" for i in range(n_classes)]})()
+
+    def labels(self, split: str) -> np.ndarray:
+        return self._labels
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _epoch_shards(config, data, epoch: int, world: int = 2) -> list[list[int]]:
+    shards = []
+    for rank in range(world):
+        sampler, _ = train_sampler_for(config, data, DistContext(rank, rank, world, "gloo"))
+        sampler.set_epoch(epoch)
+        shards.append(list(sampler))
+    return shards
+
+
+# ---------------------------------------------------------------- single process
+
+
+def test_without_torchrun_the_context_is_single_process(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.enabled, ctx.is_main, ctx.world_size) == (False, True, 1)
+    part = torch.arange(5)
+    assert ctx.gather_shards(part) is part and list(ctx.shard(5)) == [0, 1, 2, 3, 4]
+    ctx.barrier()  # a no-op, not a hang
+    assert ctx.wrap_ddp(model := torch.nn.Linear(2, 2)) is model
+
+
+def test_world_size_without_rank_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(MedscopeError, match="torchrun"):
+        init_distributed("cpu")
+
+
+def test_unwrap_reaches_the_plain_model():
+    model = torch.nn.Linear(2, 2)
+    wrapped = type("Wrapper", (torch.nn.Module,), {})()
+    wrapped.module = model
+    assert unwrap(wrapped) is model and unwrap(model) is model
+
+
+def test_fp16_on_cpu_is_refused_in_one_line():
+    with pytest.raises(MedscopeError, match="fp16 needs a CUDA GPU"):
+        select_runtime("cpu", "fp16")
+
+
+# ---------------------------------------------------------------- samplers
+
+
+@pytest.mark.parametrize("n", [24, 25])
+def test_rank_shards_of_an_epoch_are_disjoint_and_cover_the_training_set(tmp_path, n):
+    config = tiny_config(tmp_path, tmp_path / "out")
+    data = _Data(np.arange(n) % 3, 3)
+    shards = _epoch_shards(config, data, epoch=3)
+    assert len(shards[0]) == len(shards[1])  # equal steps on every rank, or DDP hangs
+    assert set(shards[0]) | set(shards[1]) == set(range(n))
+    # An odd count is padded with one repeated sample so both ranks step equally often.
+    assert len(set(shards[0]) & set(shards[1])) == n % 2
+    assert _epoch_shards(config, data, epoch=3) == shards  # a resumed epoch reshuffles alike
+    assert _epoch_shards(config, data, epoch=4) != shards
+
+
+def test_distributed_weighted_sampler_splits_one_seeded_draw(tmp_path):
+    config = tiny_config(tmp_path, tmp_path / "out", **{"data.balance": "sampler"})
+    labels = np.array([0] * 40 + [1] * 8 + [2] * 4)  # 10:2:1
+    shards = _epoch_shards(config, _Data(labels, 3), epoch=1)
+    whole = DistributedWeightedSampler(np.ones(len(labels)), 2, 0, seed=0)
+    assert len(shards[0]) == len(shards[1]) == whole.num_samples == 26
+    sampler, _ = train_sampler_for(config, _Data(labels, 3), DistContext(0, 0, 2, "gloo"))
+    sampler.set_epoch(1)
+    draw = sampler.epoch_draw().tolist()
+    assert draw[0::2] == shards[0] and draw[1::2] == shards[1]
+    counts = np.bincount(labels[draw], minlength=3)
+    assert counts.min() >= 8  # each class about a third of 52 draws, not 4/52
+
+
+# ---------------------------------------------------------------- 2 gloo processes
+
+
+def _evaluate_shard(rank: int, world: int, port: int, run_root: str, tmp: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu", timeout_s=60)
+    try:
+        predictor = Predictor.load(run_root, precision="fp32", device="cpu")
+        pixels, labels = np.load(Path(tmp) / "pixels.npy"), np.load(Path(tmp) / "labels.npy")
+        dataset = Subset(PixelDataset(pixels, labels), list(ctx.shard(len(labels))))
+        logits, gathered = gathered_logits(ctx.wrap_ddp(predictor.model),
+                                           DataLoader(dataset, batch_size=2),
+                                           predictor.normalize, predictor.runtime, ctx)
+        order = ctx.gather_shards(torch.arange(rank, len(labels), world))
+        if ctx.is_main:
+            np.save(Path(tmp) / "dist_logits.npy", logits.numpy())
+            np.save(Path(tmp) / "dist_labels.npy", gathered.numpy())
+            np.save(Path(tmp) / "order.npy", order.numpy())
+    finally:
+        ctx.destroy()
+
+
+def test_distributed_evaluation_gives_the_single_process_confusion_matrix(trained_run,
+                                                                          tmp_path):
+    predictor = Predictor.load(trained_run.root, precision="fp32", device="cpu")
+    samples, _ = run_samples(trained_run, predictor.classes)
+    pixels = predictor.decode(samples, progress=False).pixels
+    labels = np.array([s.label for s in samples])
+    np.save(tmp_path / "pixels.npy", pixels)
+    np.save(tmp_path / "labels.npy", labels)
+    mp.spawn(_evaluate_shard, args=(2, _free_port(), str(trained_run.root), str(tmp_path)),
+             nprocs=2, join=True)
+    single, _ = predict_logits(predictor.model, DataLoader(PixelDataset(pixels, labels),
+                                                           batch_size=16),
+                               predictor.normalize, predictor.runtime)
+    dist_logits = np.load(tmp_path / "dist_logits.npy")
+    assert np.load(tmp_path / "order.npy").tolist() == list(range(len(labels)))
+    assert np.load(tmp_path / "dist_labels.npy").tolist() == labels.tolist()
+    assert len(dist_logits) == len(labels)  # each image exactly once
+    k = range(len(predictor.classes))
+    assert confusion_matrix(labels, dist_logits.argmax(1), labels=k).tolist() == \
+        confusion_matrix(labels, single.numpy().argmax(1), labels=k).tolist()
+    np.testing.assert_allclose(dist_logits, single.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "medscope", "train", "-q", *args],
+                          env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_torchrun_two_cpu_processes_train_resume_and_write_one_run(image_folder, trained_run,
+                                                                   tmp_path):
+    out = tmp_path / "ddp"
+    common = ["--out", str(out), "--device", "cpu", "--precision", "fp32"]
+    first = _torchrun("--data", str(image_folder), "--img-size", "32", "--model", "simple_cnn",
+                      "--epochs", "1", "--batch-size", "8", "--lr", "1e-3",
+                      "--set", "data.val_fraction=0.2", "--set", "data.test_fraction=0.25",
+                      *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (out / "metrics.json").unlink()  # as if stopped after epoch 1: checkpoints and history kept
+    resumed = _torchrun("--resume", "--epochs", "2", *common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    history = (out / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]
+    assert load_config(out / "config.yaml").train.epochs == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
+        p.name for p in trained_run.checkpoints.iterdir())
+    assert (out / "report.html").is_file()
+    assert (out / "splits.csv").read_text() == trained_run.splits.read_text()
+    metrics, single = json.loads((out / "metrics.json").read_text()), \
+        json.loads(trained_run.metrics.read_text())
+    assert metrics["n"] == single["n"]  # every test image once, none padded in
+    # 9 test images: one image is 11 points, so only a loose comparison is meaningful here.
+    assert metrics["accuracy"] >= single["accuracy"] - 0.34
