@@ -51,6 +51,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--no-cache": ("data.cache", {"action": "store_const", "const": False}),
     "--strict": ("data.strict", {"action": "store_const", "const": True}),
     "--exclude": ("data.exclude", {"metavar": "FILE"}),
+    "--duplicates": ("data.duplicates", {}),
     "--target-accuracy": ("train.target_accuracy", {}),
     "--track": ("track", {"metavar": "SPEC"}),
 }

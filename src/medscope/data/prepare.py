@@ -50,12 +50,7 @@ def labels_of(samples: list[Sample]) -> np.ndarray:
 def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> PreparedData:
     """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
     dc = config.data
-    source = load_source(dc.path, dc.format, multilabel=config.multilabel)
-    if dc.exclude is not None:
-        from medscope.data.exclude import drop_excluded, read_exclude
-
-        source, dropped = drop_excluded(source, read_exclude(dc.exclude))
-        log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
+    source = scan_source(config)
     assign = assign_splits(source, config)
     present = set(assign.tolist())
     if not present & {"val", "test"}:
@@ -79,6 +74,22 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
     if not samples["train"]:
         raise MedscopeError(f"{dc.path}: no readable training images")
     return PreparedData(source, samples, pixels)
+
+
+def scan_source(config: RunConfig) -> DataSource:
+    """The samples a run (or every CV fold) uses: the data without the excluded images, with
+    byte-identical copies grouped or dropped as ``data.duplicates`` says."""
+    from medscope.data.duplicates import handle_duplicates
+
+    dc = config.data
+    source = load_source(dc.path, dc.format, multilabel=config.multilabel)
+    if dc.exclude is not None:
+        from medscope.data.exclude import drop_excluded, read_exclude
+
+        source, dropped = drop_excluded(source, read_exclude(dc.exclude))
+        log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
+    source, _ = handle_duplicates(source, dc.duplicates, cache_dir(config))
+    return source
 
 
 def assign_splits(source: DataSource, config: RunConfig) -> np.ndarray:
