@@ -91,6 +91,7 @@ def kfold_indices(
         raise MedscopeError(f"--folds {k}: k-fold needs at least 2 folds")
     _require_per_class(labels, k, f"{k}-fold cross-validation", class_names)
     group_ids = _group_ids(groups, len(labels))
+    _require_groups_per_class(labels, group_ids, k, class_names)
     n_groups = len(set(group_ids.tolist()))
     if n_groups < k:
         raise MedscopeError(f"only {n_groups} group(s); {k} folds need at least {k}")
@@ -170,3 +171,18 @@ def _require_per_class(labels: np.ndarray, n: int, what: str,
             name = class_names[label] if class_names else label
             raise MedscopeError(f"class {name!r} has {count} image(s); {what} needs at "
                                 f"least {n}")
+
+
+def _require_groups_per_class(labels: np.ndarray, group_ids: np.ndarray, k: int,
+                              class_names: Sequence[str] | None) -> None:
+    """Whole groups go to one fold, so a class needs k groups (not k images) to be in every
+    test fold."""
+    columns = labels.T if labels.ndim == 2 else [labels == c for c in np.unique(labels)]
+    keys = range(labels.shape[1]) if labels.ndim == 2 else np.unique(labels).tolist()
+    for key, member in zip(keys, columns, strict=True):
+        n_groups = len(set(group_ids[np.asarray(member, dtype=bool)].tolist()))
+        if n_groups < k:
+            name = class_names[key] if class_names else key
+            raise MedscopeError(f"class {name!r} has {n_groups} distinct group(s) after "
+                                f"grouping identical images and given groups; {k}-fold "
+                                f"cross-validation needs at least {k}")
