@@ -91,10 +91,10 @@ def kfold_indices(
         raise MedscopeError(f"--folds {k}: k-fold needs at least 2 folds")
     _require_per_class(labels, k, f"{k}-fold cross-validation", class_names)
     group_ids = _group_ids(groups, len(labels))
-    _require_groups_per_class(labels, group_ids, k, class_names)
     n_groups = len(set(group_ids.tolist()))
     if n_groups < k:
         raise MedscopeError(f"only {n_groups} group(s); {k} folds need at least {k}")
+    _require_groups_per_class(labels, group_ids, k, class_names)
     if labels.ndim == 2:
         return _grouped_iterative(labels, group_ids, [1 / k] * k, seed)
     folds = np.empty(len(labels), dtype=np.int64)
@@ -183,6 +183,6 @@ def _require_groups_per_class(labels: np.ndarray, group_ids: np.ndarray, k: int,
         n_groups = len(set(group_ids[np.asarray(member, dtype=bool)].tolist()))
         if n_groups < k:
             name = class_names[key] if class_names else key
-            raise MedscopeError(f"class {name!r} has {n_groups} distinct group(s) after "
-                                f"grouping identical images and given groups; {k}-fold "
+            raise MedscopeError(f"class {name!r} spans only {n_groups} group(s) (a group and "
+                                f"a set of identical images count once); {k}-fold "
                                 f"cross-validation needs at least {k}")
