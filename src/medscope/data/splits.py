@@ -69,7 +69,10 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
         mask = np.zeros(len(labels), dtype=bool)
         mask[held] = True
         return mask
-    n_splits = max(2, min(round(1 / fraction), n_unique_groups))
+    # sklearn refuses more splits than the largest class has members: on tiny data the held-out
+    # part is then a little larger than asked rather than an error.
+    largest = max(np.unique(labels, return_counts=True)[1])
+    n_splits = max(2, min(round(1 / fraction), n_unique_groups, largest))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
