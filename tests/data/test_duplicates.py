@@ -39,7 +39,7 @@ def test_group_mode_joins_copies_and_drops_conflicting_labels(folder_with_copies
     assert named["alpha/alpha_001.png"].group is None  # unique images are left alone
     assert "beta/beta_001.png" not in named and "gamma/mislabelled.png" not in named
     assert report.conflicts == [["beta/beta_001.png", "gamma/mislabelled.png"]]
-    assert (report.groups, report.copies, report.dropped) == (2, 3, 2)
+    assert (report.groups, report.copies, report.dropped) == (1, 2, 2)
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warning) == 1 and "gamma/mislabelled.png" in warning[0]
 

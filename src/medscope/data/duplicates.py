@@ -36,8 +36,8 @@ _SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, None: 0}
 class DuplicateReport:
     """What ``handle_duplicates`` found and did, for logs and reports."""
 
-    groups: int = 0  # sets of byte-identical images (2+ copies)
-    copies: int = 0  # images beyond the first of each set
+    groups: int = 0  # sets of byte-identical images (2+ copies) with one label
+    copies: int = 0  # images beyond the first of each such set
     conflicts: list[list[str]] | None = None  # sample ids of each set with different labels
     dropped: int = 0  # images removed (conflicts, and extra copies with ``drop``)
     test_leaks: int = 0  # test images with a copy in train/val (pre-split data)
@@ -51,12 +51,12 @@ def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path |
         return source, report
     hashes = sample_hashes(source.samples, cache_dir)
     sets = _identical_sets(hashes)
-    report.groups = len(sets)
-    report.copies = sum(len(idx) - 1 for idx in sets)
     conflicting = [idx for idx in sets if len({_label_key(source.samples[i]) for i in idx}) > 1]
     report.conflicts = [[source.sample_id(source.samples[i]) for i in idx] for idx in conflicting]
     drop = {i for idx in conflicting for i in idx}
     clean = [idx for idx in sets if not drop & set(idx)]
+    report.groups = len(clean)
+    report.copies = sum(len(idx) - 1 for idx in clean)
     report.test_leaks = sum(_test_side_copies(source.samples, idx) for idx in clean)
     if mode == "drop":
         drop |= {i for idx in clean for i in _extra_copies(source.samples, idx)}

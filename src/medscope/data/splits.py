@@ -7,6 +7,7 @@ rarest label first so that every label keeps its share in every set."""
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -74,7 +75,9 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
     largest = max(np.unique(labels, return_counts=True)[1])
     n_splits = max(2, min(round(1 / fraction), n_unique_groups, largest))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    with warnings.catch_warnings():  # a class smaller than n_splits: expected on small data
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
