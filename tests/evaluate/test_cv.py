@@ -157,3 +157,19 @@ def test_class_smaller_than_k_fails_before_training(tmp_path, capsys, shrink):
     assert code == 2 and "'gamma'" in err and "\n" not in err.strip()
     assert ("group" in err) == (shrink == "copies")
     assert not (tmp_path / "cv" / "fold_1").exists()
+
+
+def test_rerun_with_other_settings_is_refused(cv_dir, capsys):
+    data, out, _ = cv_dir
+    code = main(_cv(data, out, "-q", "--model", "lenet5"))
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the duplicate warning
+    assert code == 2 and "model.name: simple_cnn -> lenet5" in last and "use another" in last
+
+
+def test_same_command_again_retrains_nothing(cv_dir):
+    data, out, _ = cv_dir
+    best = [out / f"fold_{k}" / "checkpoints" / "best.safetensors" for k in (1, 2, 3)]
+    before = [p.stat().st_mtime_ns for p in best]
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main(_cv(data, out, "-q", "--workers", "0")) == 0
+    assert [p.stat().st_mtime_ns for p in best] == before

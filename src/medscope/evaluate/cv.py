@@ -34,6 +34,9 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     """Cross-validate ``config`` with ``folds`` folds into ``config.out``; returns that folder."""
     if config.data.path is None:
         raise MedscopeError("no training data given: pass --data DIR")
+    if config.data.split_file is not None:
+        raise MedscopeError(f"--split-file {config.data.split_file}: cv makes its own fold "
+                            "splits; leave it out")
     select_runtime(config.train.device, config.train.precision)
     check_model(config)
     out = Path(config.out)
@@ -42,6 +45,7 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     groups = [s.group for s in source.samples]
     # Before any training: a class with fewer groups than folds stops here in one line.
     fold_of = kfold_indices(source.targets(), groups, folds, config.split_seed, source.classes)
+    check_same_settings(out, config, folds)
     for k in range(folds):
         fold_dir = out / f"fold_{k + 1}"
         if RunDir(fold_dir).is_finished():
@@ -56,6 +60,37 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
         train_run(fold_config, resume=resume, progress=progress)
     write_oof_predictions(out, folds, source, progress=progress)
     return write_summary(out, config, folds)
+
+
+def check_same_settings(out: Path, config: RunConfig, folds: int) -> None:
+    """Finished folds are re-used, so a re-run must ask for the same CV; the settings are kept
+    in ``cv_settings.json`` (where the machine runs it may change: device, workers, cache)."""
+    path = out / "cv_settings.json"
+    settings = {"folds": folds, **_cv_settings(config)}
+    if path.is_file():
+        before = read_json(path)
+        changed = [f"{k}: {before.get(k)} -> {v}" for k, v in settings.items()
+                   if before.get(k) != v]
+        if changed:
+            raise MedscopeError(f"{out}: holds a cross-validation made with other settings "
+                                f"({'; '.join(changed[:3])}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
+
+
+def _cv_settings(config: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section in ("data", "model", "train"):
+        for key, value in getattr(config, section).model_dump(mode="json").items():
+            flat[f"{section}.{key}"] = value
+    for where in _WHERE_IT_RUNS:
+        flat.pop(where, None)
+    return flat
+
+
+_WHERE_IT_RUNS = ("data.num_workers", "data.cache", "data.cache_dir", "data.split_file",
+                  "train.device", "train.precision", "train.channels_last")
 
 
 def fold_assignment(source: DataSource, groups: list[str | None], fold_of: np.ndarray, k: int,
