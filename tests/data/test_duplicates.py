@@ -109,9 +109,10 @@ def test_hashes_are_cached_by_size_and_mtime(folder_with_copies, tmp_path, monke
 
 
 def test_runs_scan_with_the_configured_mode(folder_with_copies, tmp_path):
-    grouped = scan_source(tiny_config(folder_with_copies, tmp_path / "r"))
-    kept = scan_source(tiny_config(folder_with_copies, tmp_path / "r",
-                                   **{"data.duplicates": "keep"}))
+    grouped, report = scan_source(tiny_config(folder_with_copies, tmp_path / "r"))
+    kept, _ = scan_source(tiny_config(folder_with_copies, tmp_path / "r",
+                                      **{"data.duplicates": "keep"}))
+    assert report.dropped == 2 and len(report.conflicts) == 1
     assert len(kept.samples) == len(grouped.samples) + 2
     assert all(s.group is None for s in kept.samples)
     assert replace(kept, samples=[]) == replace(grouped, samples=[])
