@@ -86,6 +86,9 @@ def test_test_side_copies_of_presplit_data_are_counted_then_dropped(tmp_path, ca
     dropped, _ = handle_duplicates(load_source(root), "drop")
     names = set(_by_name(dropped))
     assert "test/beta/leak.png" not in names and "train/beta/beta_002.png" in names
+    # With a split file (or in CV) the given folders are not used: no leak to report.
+    _, report = handle_duplicates(load_source(root), "group", given_splits=False)
+    assert report.test_leaks == 0 and report.groups == 1
 
 
 def test_hashes_are_cached_by_size_and_mtime(folder_with_copies, tmp_path, monkeypatch):

@@ -43,9 +43,11 @@ class DuplicateReport:
     test_leaks: int = 0  # test images with a copy in train/val (pre-split data)
 
 
-def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path | None = None
-                      ) -> tuple[DataSource, DuplicateReport]:
-    """``source`` with byte-identical images grouped or dropped as ``mode`` says."""
+def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path | None = None,
+                      *, given_splits: bool = True) -> tuple[DataSource, DuplicateReport]:
+    """``source`` with byte-identical images grouped or dropped as ``mode`` says.
+    ``given_splits`` False: the data's own train/test folders are not used (a split file, CV),
+    so copies across them are not a leak."""
     report = DuplicateReport(conflicts=[])
     if mode == "keep" or not source.samples:
         return source, report
@@ -57,9 +59,10 @@ def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path |
     clean = [idx for idx in sets if not drop & set(idx)]
     report.groups = len(clean)
     report.copies = sum(len(idx) - 1 for idx in clean)
-    report.test_leaks = sum(_test_side_copies(source.samples, idx) for idx in clean)
+    if given_splits:
+        report.test_leaks = sum(_test_side_copies(source.samples, idx) for idx in clean)
     if mode == "drop":
-        drop |= {i for idx in clean for i in _extra_copies(source.samples, idx)}
+        drop |= {i for idx in clean for i in _extra_copies(source.samples, idx, given_splits)}
     samples = merged_groups(source.samples, hashes)
     kept = [s for i, s in enumerate(samples) if i not in drop]
     report.dropped = len(source.samples) - len(kept)
@@ -184,9 +187,10 @@ def _test_side_copies(samples: list[Sample], idx: list[int]) -> int:
     return splits.count("test")
 
 
-def _extra_copies(samples: list[Sample], idx: list[int]) -> list[int]:
+def _extra_copies(samples: list[Sample], idx: list[int], given_splits: bool) -> list[int]:
     """All but one copy: the one kept is the first train-side copy (then val, then test)."""
-    keep = min(idx, key=lambda i: (_SPLIT_ORDER.get(samples[i].split, 0), i))
+    keep = min(idx, key=lambda i: (_SPLIT_ORDER.get(samples[i].split, 0) if given_splits else 0,
+                                   i))
     return [i for i in idx if i != keep]
 
 

@@ -79,9 +79,12 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
     return PreparedData(source, samples, pixels, duplicates)
 
 
-def scan_source(config: RunConfig) -> tuple[DataSource, DuplicateReport]:
+def scan_source(config: RunConfig, *, given_splits: bool | None = None
+                ) -> tuple[DataSource, DuplicateReport]:
     """The samples a run (or every CV fold) uses: the data without the excluded images, with
-    byte-identical copies grouped or dropped as ``data.duplicates`` says; and what was found."""
+    byte-identical copies grouped or dropped as ``data.duplicates`` says; and what was found.
+    ``given_splits``: whether the data's own train/test folders are used (default: unless a
+    split file is given)."""
     dc = config.data
     source = load_source(dc.path, dc.format, multilabel=config.multilabel)
     if dc.exclude is not None:
@@ -89,7 +92,9 @@ def scan_source(config: RunConfig) -> tuple[DataSource, DuplicateReport]:
 
         source, dropped = drop_excluded(source, read_exclude(dc.exclude))
         log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
-    return handle_duplicates(source, dc.duplicates, cache_dir(config))
+    if given_splits is None:
+        given_splits = dc.split_file is None
+    return handle_duplicates(source, dc.duplicates, cache_dir(config), given_splits=given_splits)
 
 
 def assign_splits(source: DataSource, config: RunConfig) -> np.ndarray:

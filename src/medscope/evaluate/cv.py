@@ -41,7 +41,7 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     check_model(config)
     out = Path(config.out)
     # The same scan every fold's run makes: excluded images out, identical copies grouped.
-    source, _ = scan_source(config)
+    source, _ = scan_source(config, given_splits=False)  # the folds replace them
     groups = [s.group for s in source.samples]
     # Before any training: a class with fewer groups than folds stops here in one line.
     fold_of = kfold_indices(source.targets(), groups, folds, config.split_seed, source.classes)
