@@ -52,6 +52,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--no-cache": ("data.cache", {"action": "store_const", "const": False}),
     "--strict": ("data.strict", {"action": "store_const", "const": True}),
     "--exclude": ("data.exclude", {"metavar": "FILE"}),
+    "--duplicates": ("data.duplicates", {}),
     "--target-accuracy": ("train.target_accuracy", {}),
     "--track": ("track", {"metavar": "SPEC"}),
 }
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="k-fold cross-validation: a run per fold, out-of-fold predictions, "
                             "mean and std table")
     _add_train_args(p)
-    p.add_argument("--folds", type=int, default=5, help="number of folds K (default 5)")
+    p.add_argument("--folds", type=int, default=None,
+                   help="number of folds K (default data.folds, else 5)")
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("evaluate", parents=[common],
@@ -323,9 +325,11 @@ def cmd_cv(args) -> None:
 
     if args.opt_out is None:
         raise MedscopeError("cv needs --out DIR (fold_1 ... fold_K go there)")
-    out = run_cv(train_config(args), args.folds, progress=args.progress)
+    config = train_config(args)
+    out = run_cv(config, args.folds or config.data.folds or 5, progress=args.progress)
     print((out / "cv_summary.md").read_text())
-    print(f"wrote {out / 'cv_summary.csv'} and {out / 'oof_predictions.csv'}")
+    print(f"wrote {out / 'cv_summary.csv'}, {out / 'oof_predictions.csv'} and "
+          f"{out / 'cv_report.html'}")
 
 
 def cmd_evaluate(args) -> None:

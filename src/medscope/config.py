@@ -45,6 +45,10 @@ class DataConfig(_Section):
     folds: int | None = Field(None, ge=2, description="k for k-fold cross-validation")
     exclude: Path | None = Field(None, description="file listing images to leave out (one "
                                  "path per line, as written by `medscope audit --write-exclude`)")
+    duplicates: Literal["group", "drop", "keep"] = Field(
+        "group", description="byte-identical images: group = one group in every split and fold, "
+        "drop = keep one copy (train-side first), keep = leave as they are; copies with "
+        "different labels are dropped unless keep")
     strict: bool = Field(False, description="stop at the first unreadable image instead of "
                          "skipping it")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)

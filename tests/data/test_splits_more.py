@@ -79,3 +79,21 @@ def test_class_too_small_for_folds_is_a_clear_error():
 def test_too_few_groups_for_folds():
     with pytest.raises(MedscopeError, match="only 2 group"):
         kfold_indices([0, 1] * 10, ["a"] * 10 + ["b"] * 10, 3, 0)
+
+
+def test_a_class_needs_k_groups_not_k_images():
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    groups = ["a", "a", "b", "b", "c", "d", "e", "f"]
+    with pytest.raises(MedscopeError, match="class 'x' spans only 2 group"):
+        kfold_indices(labels, groups, 3, 0, ["x", "y"])
+    folds = kfold_indices(labels, groups, 2, 0, ["x", "y"])
+    assert folds[0] == folds[1] and folds[2] == folds[3]
+
+
+def test_grouped_holdout_on_classes_smaller_than_one_over_fraction():
+    labels = np.repeat([0, 1, 2], 8)
+    groups = [f"g{i // 2}" for i in range(len(labels))]  # pairs of copies
+    assign = split_indices(labels, groups, 0.0, 0.1, 0, ["a", "b", "c"])
+    held = {g for g, a in zip(groups, assign, strict=True) if a == "test"}
+    assert 0 < (assign == "test").sum() < len(labels) / 4
+    assert not held & {g for g, a in zip(groups, assign, strict=True) if a == "train"}

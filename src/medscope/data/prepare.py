@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medscope.config import RunConfig
 from medscope.data.cache import decode_images, default_cache_dir
+from medscope.data.duplicates import DuplicateReport, handle_duplicates
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
@@ -30,6 +31,8 @@ class PreparedData:
     source: DataSource
     samples: dict[str, list[Sample]]  # per split, readable images only
     pixels: dict[str, np.ndarray]
+    # What data.duplicates found (e.g. test images copied in train), for the report.
+    duplicates: DuplicateReport = field(default_factory=DuplicateReport)
 
     def labels(self, split: str) -> np.ndarray:
         return labels_of(self.samples[split])
@@ -50,12 +53,7 @@ def labels_of(samples: list[Sample]) -> np.ndarray:
 def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> PreparedData:
     """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
     dc = config.data
-    source = load_source(dc.path, dc.format, multilabel=config.multilabel)
-    if dc.exclude is not None:
-        from medscope.data.exclude import drop_excluded, read_exclude
-
-        source, dropped = drop_excluded(source, read_exclude(dc.exclude))
-        log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
+    source, duplicates = scan_source(config)
     assign = assign_splits(source, config)
     present = set(assign.tolist())
     if not present & {"val", "test"}:
@@ -78,7 +76,25 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
     pixels = {k: decoded.pixels[kept_assign == k] for k in SPLITS}
     if not samples["train"]:
         raise MedscopeError(f"{dc.path}: no readable training images")
-    return PreparedData(source, samples, pixels)
+    return PreparedData(source, samples, pixels, duplicates)
+
+
+def scan_source(config: RunConfig, *, given_splits: bool | None = None
+                ) -> tuple[DataSource, DuplicateReport]:
+    """The samples a run (or every CV fold) uses: the data without the excluded images, with
+    byte-identical copies grouped or dropped as ``data.duplicates`` says; and what was found.
+    ``given_splits``: whether the data's own train/test folders are used (default: unless a
+    split file is given)."""
+    dc = config.data
+    source = load_source(dc.path, dc.format, multilabel=config.multilabel)
+    if dc.exclude is not None:
+        from medscope.data.exclude import drop_excluded, read_exclude
+
+        source, dropped = drop_excluded(source, read_exclude(dc.exclude))
+        log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
+    if given_splits is None:
+        given_splits = dc.split_file is None
+    return handle_duplicates(source, dc.duplicates, cache_dir(config), given_splits=given_splits)
 
 
 def assign_splits(source: DataSource, config: RunConfig) -> np.ndarray:

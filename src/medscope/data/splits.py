@@ -7,6 +7,7 @@ rarest label first so that every label keeps its share in every set."""
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -69,9 +70,14 @@ def _holdout(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int)
         mask = np.zeros(len(labels), dtype=bool)
         mask[held] = True
         return mask
-    n_splits = max(2, min(round(1 / fraction), n_unique_groups))
+    # sklearn refuses more splits than the largest class has members: on tiny data the held-out
+    # part is then a little larger than asked rather than an error.
+    largest = max(np.unique(labels, return_counts=True)[1])
+    n_splits = max(2, min(round(1 / fraction), n_unique_groups, largest))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    with warnings.catch_warnings():  # a class smaller than n_splits: expected on small data
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        _, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
     mask[held] = True
     return mask
@@ -94,6 +100,7 @@ def kfold_indices(
     n_groups = len(set(group_ids.tolist()))
     if n_groups < k:
         raise MedscopeError(f"only {n_groups} group(s); {k} folds need at least {k}")
+    _require_groups_per_class(labels, group_ids, k, class_names)
     if labels.ndim == 2:
         return _grouped_iterative(labels, group_ids, [1 / k] * k, seed)
     folds = np.empty(len(labels), dtype=np.int64)
@@ -170,3 +177,18 @@ def _require_per_class(labels: np.ndarray, n: int, what: str,
             name = class_names[label] if class_names else label
             raise MedscopeError(f"class {name!r} has {count} image(s); {what} needs at "
                                 f"least {n}")
+
+
+def _require_groups_per_class(labels: np.ndarray, group_ids: np.ndarray, k: int,
+                              class_names: Sequence[str] | None) -> None:
+    """Whole groups go to one fold, so a class needs k groups (not k images) to be in every
+    test fold."""
+    columns = labels.T if labels.ndim == 2 else [labels == c for c in np.unique(labels)]
+    keys = range(labels.shape[1]) if labels.ndim == 2 else np.unique(labels).tolist()
+    for key, member in zip(keys, columns, strict=True):
+        n_groups = len(set(group_ids[np.asarray(member, dtype=bool)].tolist()))
+        if n_groups < k:
+            name = class_names[key] if class_names else key
+            raise MedscopeError(f"class {name!r} spans only {n_groups} group(s) (a group and "
+                                f"a set of identical images count once); {k}-fold "
+                                f"cross-validation needs at least {k}")

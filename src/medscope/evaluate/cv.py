@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from medscope.config import RunConfig
-from medscope.data.info import content_hash
-from medscope.data.prepare import run_samples, write_splits
-from medscope.data.sources import DataSource, Sample, load_source
+from medscope.data.prepare import read_splits, scan_source, write_splits
+from medscope.data.sources import DataSource
 from medscope.data.splits import kfold_indices, split_indices
 from medscope.errors import MedscopeError
 from medscope.predict import Predictor
+from medscope.report.cv import render_cv_report
 from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
 from medscope.train.preflight import check_model
 from medscope.train.runtime import select_runtime
@@ -34,13 +34,18 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     """Cross-validate ``config`` with ``folds`` folds into ``config.out``; returns that folder."""
     if config.data.path is None:
         raise MedscopeError("no training data given: pass --data DIR")
+    if config.data.split_file is not None:
+        raise MedscopeError(f"--split-file {config.data.split_file}: cv makes its own fold "
+                            "splits; leave it out")
     select_runtime(config.train.device, config.train.precision)
     check_model(config)
     out = Path(config.out)
-    source = load_source(config.data.path, config.data.format, multilabel=config.multilabel)
-    groups = duplicate_aware_groups(source)
+    # The same scan every fold's run makes: excluded images out, identical copies grouped.
+    source, _ = scan_source(config, given_splits=False)  # the folds replace them
+    groups = [s.group for s in source.samples]
     # Before any training: a class with fewer groups than folds stops here in one line.
     fold_of = kfold_indices(source.targets(), groups, folds, config.split_seed, source.classes)
+    check_same_settings(out, config, folds)
     for k in range(folds):
         fold_dir = out / f"fold_{k + 1}"
         if RunDir(fold_dir).is_finished():
@@ -57,20 +62,35 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     return write_summary(out, config, folds)
 
 
-def duplicate_aware_groups(source: DataSource) -> list[str | None]:
-    """Each sample's group, with byte-identical files joined into one group (the first copy's
-    group when it has one), so no split or fold can separate them."""
-    if source.kind == "npz":
-        return [s.group for s in source.samples]
-    hashes = [_hash(s) for s in source.samples]
-    first: dict[str, str] = {}
-    groups = []
-    for s, h in zip(source.samples, hashes, strict=True):
-        groups.append(first.setdefault(h, s.group or f"sha1:{h}") if h else s.group)
-    copies = len(hashes) - len(set(hashes))
-    if copies:
-        log.info("%d byte-identical cop(ies) grouped with their originals", copies)
-    return groups
+def check_same_settings(out: Path, config: RunConfig, folds: int) -> None:
+    """Finished folds are re-used, so a re-run must ask for the same CV; the settings are kept
+    in ``cv_settings.json`` (where the machine runs it may change: device, workers, cache)."""
+    path = out / "cv_settings.json"
+    settings = {"folds": folds, **_cv_settings(config)}
+    if path.is_file():
+        before = read_json(path)
+        changed = [f"{k}: {before.get(k)} -> {v}" for k, v in settings.items()
+                   if before.get(k) != v]
+        if changed:
+            raise MedscopeError(f"{out}: holds a cross-validation made with other settings "
+                                f"({'; '.join(changed[:3])}); use another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
+
+
+def _cv_settings(config: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for section in ("data", "model", "train"):
+        for key, value in getattr(config, section).model_dump(mode="json").items():
+            flat[f"{section}.{key}"] = value
+    for where in _WHERE_IT_RUNS:
+        flat.pop(where, None)
+    return flat
+
+
+_WHERE_IT_RUNS = ("data.num_workers", "data.cache", "data.cache_dir", "data.split_file",
+                  "train.device", "train.precision", "train.channels_last")
 
 
 def fold_assignment(source: DataSource, groups: list[str | None], fold_of: np.ndarray, k: int,
@@ -93,7 +113,8 @@ def write_oof_predictions(out: Path, folds: int, source: DataSource, *,
     for k in range(folds):
         run = RunDir(out / f"fold_{k + 1}")
         predictor = Predictor.load(run.root)
-        samples, _ = run_samples(run, classes, split="test")
+        held_out = {r["path"] for r in read_splits(run.splits) if r["split"] == "test"}
+        samples = [s for s in source.samples if source.sample_id(s) in held_out]
         decoded = predictor.decode(samples, progress=progress, desc=f"oof fold {k + 1}")
         probs = predictor.probs_from_pixels(decoded.pixels)
         for i, p in zip(decoded.kept, probs, strict=True):
@@ -130,16 +151,11 @@ def write_summary(out: Path, config: RunConfig, folds: int) -> Path:
     lines = [f"{config.model.name}, {folds}-fold cross-validation on {config.data.path}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
+    lines += ["", "Standard deviation: sample standard deviation over the folds (ddof = 1)."]
     atomic_write_text(out / "cv_summary.md", "\n".join(lines) + "\n")
+    render_cv_report(out, lines[0], header, table, folds)
     return out
 
 
 def _fmt(value: Any) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def _hash(sample: Sample) -> str | None:
-    try:
-        return content_hash(Path(sample.path).read_bytes())
-    except OSError:
-        return None  # unreadable: decoding reports it
