@@ -87,6 +87,8 @@ class RunDir:
     roc_curves = property(lambda self: self.root / "roc_curves.png")
     reliability_diagram = property(lambda self: self.root / "reliability_diagram.png")
     coverage_accuracy = property(lambda self: self.root / "coverage_accuracy.png")
+    gradcam_mistakes = property(lambda self: self.root / "gradcam_mistakes.png")
+    duplicates = property(lambda self: self.root / "duplicates.json")
 
     def is_finished(self) -> bool:
         return self.metrics.is_file() and (self.best.with_suffix(".safetensors")).is_file()

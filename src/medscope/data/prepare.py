@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from medscope.data.duplicates import DuplicateReport, handle_duplicates
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
-from medscope.run import RunDir, atomic_write_csv
+from medscope.run import RunDir, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("medscope")
 
@@ -63,6 +63,7 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
         log.warning("no test split: the final metrics come from the validation split, which "
                     "also chose the best epoch, so they are optimistic")
     write_splits(run.splits, source, assign)
+    atomic_write_json(run.duplicates, {"mode": dc.duplicates, **asdict(duplicates)})
     decoded = decode_images(source.samples, dc.img_size, dc.in_chans, strict=dc.strict,
                             max_bad_fraction=dc.max_bad_fraction, progress=progress,
                             cache_dir=cache_dir(config))

@@ -75,10 +75,22 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     if data_dir is None and out is None:
         if not multilabel:
             plot_prediction_examples(pixels, labels, probs, classes, run.examples)
+            _gradcam_of_mistakes(predictor, pixels, labels, probs, run)
         render_report(run)
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def _gradcam_of_mistakes(predictor: Predictor, pixels, labels, probs, run: RunDir) -> None:
+    """Where the model looked on its most confident mistakes; a model Grad-CAM cannot explain
+    (no convolutional or token layer found) leaves the report without the section."""
+    from medscope.explain import report_gradcam
+
+    try:
+        report_gradcam(predictor, pixels, labels, probs, predictor.classes, run.gradcam_mistakes)
+    except MedscopeError as exc:
+        log.info("no Grad-CAM in the report: %s", exc)
 
 
 def calibrate_run(run: RunDir, data: PreparedData, *, target_accuracy: float = 0.99,

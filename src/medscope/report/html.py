@@ -26,10 +26,11 @@ def render_report(run: RunDir) -> Path:
     page = template.substitute(
         title=html.escape(f"medscope run: {run.root.name}"),
         summary=_summary_table(metrics, meta, history),
-        dataset=_dataset_table(splits, meta["classes"]),
+        dataset=_dataset_table(splits, meta["classes"]) + _duplicates_note(run.duplicates),
         curves=_img(run.learning_curves, "learning curves"),
         confusion=_img(run.confusion_matrix, "confusion matrix"),
         examples=_img(run.examples, "test examples"),
+        gradcam=_gradcam(run.gradcam_mistakes),
         per_class=_per_class_table(metrics),
         evaluation=_evaluation_sections(metrics, run.root),
         bad_files=_bad_files(bad),
@@ -106,6 +107,41 @@ def _dataset_table(splits: list[dict[str, str]], classes: list[str]) -> str:
     rows = [(c, *(counts[c][s] for s in names), sum(counts[c].values())) for c in classes]
     rows.append(("images", *(images[s] for s in names), sum(images.values())))
     return _table(("class", *names, "total"), rows)
+
+
+def _duplicates_note(path: Path) -> str:
+    """What ``data.duplicates`` found: leaks across the data's own train/test folders make the
+    test figure optimistic, and the reader must see that next to the counts."""
+    if not path.is_file():
+        return ""
+    found = read_json(path)
+    parts = []
+    if found.get("groups"):
+        parts.append(f"{found['copies']} byte-identical cop(ies) of other images in "
+                     f"{found['groups']} set(s)"
+                     + (", each set kept in one split" if found["mode"] == "group" else ""))
+    if found.get("conflicts"):
+        parts.append(f"{len(found['conflicts'])} set(s) of identical images with different "
+                     "labels, dropped")
+    if found.get("test_leaks") and found["mode"] == "group":
+        parts.append(f"<strong>{found['test_leaks']} test image(s) have a byte-identical copy "
+                     "in the given training data: the test figure is optimistic</strong> "
+                     "(<code>--set data.duplicates=drop</code> removes them)")
+    elif found.get("dropped") and found["mode"] == "drop":
+        parts.append(f"{found['dropped']} image(s) removed by data.duplicates=drop "
+                     f"({found['test_leaks']} of them test-side copies of training images)")
+    if not parts:
+        return ""
+    return f"<p>Duplicates (data.duplicates = {html.escape(found['mode'])}): " + \
+        "; ".join(parts) + ".</p>"
+
+
+def _gradcam(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    return ("<h2>Where the model looked: Grad-CAM on its most confident mistakes</h2>\n"
+            "<p>Heat maps for the predicted class (red: the regions that raised its score); "
+            "titles read true → predicted, probability.</p>\n" + _img(path, "Grad-CAM"))
 
 
 def _per_class_table(metrics: dict[str, Any]) -> str:
