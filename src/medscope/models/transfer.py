@@ -78,6 +78,14 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, in_chans: int =
     Classifier weights whose shape does not fit (other num_classes, head_pool) are dropped and
     the model keeps its freshly initialised head; a 3-channel first conv is adapted to
     ``in_chans``. Any other missing, unexpected or mis-shaped key is a MedscopeError.
+
+    Why not ``timm.create_model(..., pretrained_cfg_overlay=dict(file=path))``: it only serves
+    timm's registered models (not simple_cnn, lenet5, vit_seed or the plain ResNets), drops the
+    head only when the *config's* class count differs (not when head_pool changes its shape),
+    cannot read a medscope checkpoint's ``model.``/``module.`` prefixes, and reports a mismatch
+    as a many-line RuntimeError. The pieces timm does well are used here: its per-model
+    ``checkpoint_filter_fn`` (``_apply_timm_filter``) and ``adapt_input_conv``; file reading is
+    safetensors or ``torch.load(weights_only=True)``, as in timm's own ``load_state_dict``.
     """
     path = _resolve_source(str(source), model)
     state = read_state_dict(path)
@@ -350,6 +358,13 @@ def apply_freeze(model: nn.Module, spec: str | None) -> FreezeReport:
 
     ``none``: everything trains. ``backbone``: only the classifier trains. ``stages:N``: the
     first N stages (see :func:`stage_param_names`) are frozen, the rest trains.
+
+    Why not ``timm.utils.freeze``: to freeze BatchNorm statistics it swaps the layers for
+    ``FrozenBatchNorm2d`` (new modules, parameters turned into buffers), so the optimizer built
+    before ``unfreeze_at``, DDP's parameter list and the checkpoint's keys would all go stale;
+    and it needs module names, while stages here come from ``feature_info``, which medscope's
+    own models define too (timm's ``group_matcher`` they do not). ``requires_grad`` plus
+    eval-mode BatchNorm freezes the same weights and statistics and is undone in place.
     """
     kind, n = parse_freeze(spec)
     frozen: set[str] = set()
