@@ -322,6 +322,10 @@ def test_cache_key_has_decoder_version_and_cache_commands(data, tmp_path, capsys
     monkeypatch.setattr(cache, "decoder_version", lambda: "a-newer-decoder")
     assert cache.dataset_key(samples, 16, 3) != key  # a changed decoder never serves old pixels
     cache.decode_images(samples, 16, 3, cache_dir=where, progress=False)
+    from medscope.data.duplicates import HASH_CACHE, sample_hashes
+
+    sample_hashes(samples, where)
+    assert (where / HASH_CACHE).is_file()
     code, _ = _run(["cache", "info", "--cache-dir", str(where)], capsys)
     assert code == 0
     assert main(["cache", "info", "--cache-dir", str(where)]) == 0
@@ -330,6 +334,7 @@ def test_cache_key_has_decoder_version_and_cache_commands(data, tmp_path, capsys
     assert main(["cache", "clear", "--cache-dir", str(where)]) == 0
     assert "removed 2 cached dataset(s)" in capsys.readouterr().out
     assert not list(where.glob("*.npy"))
+    assert not (where / HASH_CACHE).exists()  # the duplicates' hashes go with the pixels
 
 
 def test_cache_prunes_least_recently_used_datasets(data, tmp_path):

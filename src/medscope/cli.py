@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -126,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--data", type=Path, default=None, help="folder with the same classes")
     p.add_argument("--out", type=Path, default=None, help="where metrics.json goes")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="fp16: CUDA only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
@@ -134,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory or checkpoint")
     p.add_argument("inputs", type=Path, nargs="+", help="image files and/or folders")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: print)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="fp16: CUDA only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--tta", action="store_true",
                    help="average over the 8 flips/rotations of each image")
@@ -317,7 +320,8 @@ def cmd_train(args) -> None:
         run = resume(args.opt_out, explicit_overrides(args), progress=args.progress)
     else:
         run = train(train_config(args), progress=args.progress)
-    print(f"run finished: {run.root}  (report: {run.report})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+        print(f"run finished: {run.root}  (report: {run.report})")
 
 
 def cmd_cv(args) -> None:

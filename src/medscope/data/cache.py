@@ -283,4 +283,6 @@ def clear_cache(cache_dir: Path | str) -> list[CacheEntry]:
         remove_entry(cache_dir, entry.key)
     for tmp in Path(cache_dir).glob(".*.tmp") if Path(cache_dir).is_dir() else ():
         tmp.unlink(missing_ok=True)
+    # data.duplicates' content hashes live beside the pixels and go with them.
+    (Path(cache_dir) / "content_hashes.json").unlink(missing_ok=True)
     return entries
