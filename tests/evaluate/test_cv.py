@@ -173,3 +173,23 @@ def test_same_command_again_retrains_nothing(cv_dir):
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(_cv(data, out, "-q", "--workers", "0")) == 0
     assert [p.stat().st_mtime_ns for p in best] == before
+
+
+def test_oof_probabilities_are_each_fold_models_own_predictions(cv_dir):
+    """oof_predictions.csv re-uses each fold's predictions.csv: they must be what the fold's
+    best checkpoint gives on those images."""
+    from medscope.data.sources import load_source
+    from medscope.predict import Predictor
+
+    data, out, _ = cv_dir
+    rows = [r for r in csv.DictReader((out / "oof_predictions.csv").open()) if r["fold"] == "2"]
+    saved = {r["path"]: r for r in csv.DictReader((out / "fold_2" / "predictions.csv").open())}
+    assert {r["path"] for r in rows} == set(saved)
+    predictor = Predictor.load(out / "fold_2")
+    source = load_source(data)
+    by_id = {source.sample_id(s): s for s in source.samples}
+    samples = [by_id[r["path"]] for r in rows]
+    probs = predictor.probs_from_pixels(predictor.decode(samples, progress=False).pixels)
+    for r, p in zip(rows, probs, strict=True):
+        assert [float(r[f"p_{c}"]) for c in CLASSES] == pytest.approx(p.tolist(), abs=1e-5)
+        assert saved[r["path"]]["predicted"] == CLASSES[int(p.argmax())]

@@ -172,6 +172,13 @@ def run_samples(run: RunDir, classes: list[str], split: str | None = None
                 ) -> tuple[list[Sample], str]:
     """A finished run's evaluation images from its saved config and split: the test split, or
     the validation split when there is no test split. Returns (samples, split name)."""
+    samples, split, _ = run_split(run, classes, split)
+    return samples, split
+
+
+def run_split(run: RunDir, classes: list[str], split: str | None = None
+              ) -> tuple[list[Sample], str, DataSource]:
+    """:func:`run_samples` and the source they come from (which names them)."""
     from medscope.config import load_config
 
     config = load_config(run.config)
@@ -181,4 +188,4 @@ def run_samples(run: RunDir, classes: list[str], split: str | None = None
     if split is None:
         split = "test" if any(r["split"] == "test" for r in rows) else "val"
     chosen = {r["path"] for r in rows if r["split"] == split}
-    return [s for s in source.samples if source.sample_id(s) in chosen], split
+    return [s for s in source.samples if source.sample_id(s) in chosen], split, source

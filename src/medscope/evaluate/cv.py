@@ -7,6 +7,7 @@ Re-running the same command skips finished folds and resumes an interrupted one.
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from medscope.data.prepare import read_splits, scan_source, write_splits
 from medscope.data.sources import DataSource
 from medscope.data.splits import kfold_indices, split_indices
 from medscope.errors import MedscopeError
+from medscope.evaluate.evaluator import PREDICTIONS
 from medscope.predict import Predictor
 from medscope.report.cv import render_cv_report
 from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
@@ -112,19 +114,32 @@ def write_oof_predictions(out: Path, folds: int, source: DataSource, *,
     classes = source.classes
     for k in range(folds):
         run = RunDir(out / f"fold_{k + 1}")
-        predictor = Predictor.load(run.root)
         held_out = {r["path"] for r in read_splits(run.splits) if r["split"] == "test"}
         samples = [s for s in source.samples if source.sample_id(s) in held_out]
-        decoded = predictor.decode(samples, progress=progress, desc=f"oof fold {k + 1}")
-        probs = predictor.probs_from_pixels(decoded.pixels)
-        for i, p in zip(decoded.kept, probs, strict=True):
-            s = samples[i]
+        for s, p in _held_out_probs(run, source, samples, progress, k + 1):
             rows.append([source.sample_id(s), source.label_name(s), s.group or "", k + 1,
                          *(f"{x:.6f}" for x in p)])
     path = out / "oof_predictions.csv"
     atomic_write_csv(path, ["path", "label", "group", "fold", *(f"p_{c}" for c in classes)],
                      rows)
     return path
+
+
+def _held_out_probs(run: RunDir, source: DataSource, samples: list, progress: bool, fold: int):
+    """(sample, probabilities) of a fold's test images: from the predictions.csv its evaluation
+    wrote, or predicted again for fold runs made before it existed."""
+    saved = run.root / PREDICTIONS
+    if saved.is_file():
+        with saved.open(newline="") as fh:
+            by_id = {r["path"]: r for r in csv.DictReader(fh)}
+        columns = [f"p_{c}" for c in source.classes]
+        # An image missing there could not be decoded: it has no prediction either way.
+        found = [(s, by_id.get(source.sample_id(s))) for s in samples]
+        return [(s, [float(row[c]) for c in columns]) for s, row in found if row is not None]
+    predictor = Predictor.load(run.root)
+    decoded = predictor.decode(samples, progress=progress, desc=f"oof fold {fold}")
+    probs = predictor.probs_from_pixels(decoded.pixels)
+    return [(samples[i], p) for i, p in zip(decoded.kept, probs, strict=True)]
 
 
 def write_summary(out: Path, config: RunConfig, folds: int) -> Path:

@@ -8,18 +8,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medscope.data.prepare import PreparedData, labels_of, run_samples
-from medscope.data.sources import load_source
+import numpy as np
+
+from medscope.data.prepare import PreparedData, labels_of, run_split
+from medscope.data.sources import DataSource, Sample, load_source
 from medscope.errors import MedscopeError
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
 from medscope.predict import Predictor
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
-from medscope.run import RunDir, atomic_write_json
+from medscope.run import RunDir, atomic_write_csv, atomic_write_json
 from medscope.train.checkpoint import read_meta, write_meta
 
 log = logging.getLogger("medscope")
+
+PREDICTIONS = "predictions.csv"
 
 SPLIT_TITLES = {"test": "test split",
                 "val": "validation split (no test split: optimistic, it also chose the epoch)"}
@@ -36,13 +40,14 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     predictor = Predictor.load(run.root, precision=precision, device=device)
     classes = predictor.classes
     if data is not None:
-        split = data.eval_split
+        split, source = data.eval_split, data.source
         samples, pixels = data.samples[split], data.pixels[split]
     else:
         if data_dir is not None:
-            samples, split = load_source(data_dir, classes=classes).samples, None
+            source = load_source(data_dir, classes=classes)
+            samples, split = source.samples, None
         else:
-            samples, split = run_samples(run, classes)
+            samples, split, source = run_split(run, classes)
         decoded = predictor.decode(samples, progress=progress, desc="evaluate")
         samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
     if not samples:
@@ -65,6 +70,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     target = Path(out) if out else (run.root if data_dir is None
                                     else run.root / f"eval-{Path(data_dir).name}")
     atomic_write_json(target / "metrics.json", metrics)
+    write_predictions(target / PREDICTIONS, source, samples, probs, info.thresholds)
     write_evaluation_plots(target, labels, probs, classes, multilabel=multilabel,
                            logits=None if multilabel else logits, temperature=info.temperature,
                            selective_threshold=None if selective is NOT_FITTED else selective,
@@ -80,6 +86,22 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def write_predictions(path: Path, source: DataSource, samples: list[Sample],
+                      probs: np.ndarray, thresholds: list[float] | None = None) -> Path:
+    """Per image: its name, true label(s), group, predicted class and every class's
+    (calibrated) probability: what CV's out-of-fold table and a reader's error analysis need."""
+    classes = source.classes
+    cuts = thresholds or [0.5] * len(classes)
+    rows = ([source.sample_id(s), source.label_name(s), s.group or "",
+             "|".join(c for c, q, t in zip(classes, p, cuts, strict=True) if q >= t)
+             if source.multilabel
+             else classes[int(p.argmax())], *(f"{x:.6f}" for x in p)]
+            for s, p in zip(samples, probs, strict=True))
+    atomic_write_csv(path, ["path", "label", "group", "predicted", *(f"p_{c}" for c in classes)],
+                     rows)
+    return path
 
 
 def _gradcam_of_mistakes(predictor: Predictor, pixels, labels, probs, run: RunDir) -> None:
