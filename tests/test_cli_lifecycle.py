@@ -137,8 +137,9 @@ def test_training_normalisation_comes_from_every_class(tmp_path, capsys, monkeyp
     for name, value in (("a_dark", 20), ("b_light", 235)):
         (dark_then_light / name).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(
-                dark_then_light / name / f"{i}.png")
+            pixels = np.full((16, 16, 3), value, np.uint8)
+            pixels[0, 0, 0] += i  # distinct files: identical ones would be one group each
+            Image.fromarray(pixels).save(dark_then_light / name / f"{i}.png")
     real = transforms.channel_stats
     # With a 10-image budget, the first 10 training images would all be dark.
     monkeypatch.setattr("medscope.train.setup.channel_stats",
@@ -148,6 +149,20 @@ def test_training_normalisation_comes_from_every_class(tmp_path, capsys, monkeyp
     assert code == 0, err
     mean = read_json(out / "checkpoints" / "best.json")["mean"]
     assert 0.25 < mean[0] < 0.75
+
+
+def test_a_class_of_identical_images_is_refused_before_training(tmp_path, capsys):
+    """Byte-identical images form one group; a class that is one group cannot be on both
+    sides of a split: one line naming the class, not sklearn's traceback."""
+    data = tmp_path / "same"
+    for name, value in (("a_dark", 20), ("b_light", 235)):
+        (data / name).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(data / name / f"{i}.png")
+    code, err = _run(_train(data, tmp_path / "run", "--epochs", "1"), capsys)
+    assert code == 2
+    assert "class 'a_dark' spans only 1 group(s)" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints" / "last.safetensors").exists()
 
 
 # ---------------------------------------------------------------- bug 5: stale patches

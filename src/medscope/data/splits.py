@@ -31,6 +31,9 @@ def split_indices(
     n_sets = 1 + (val_fraction > 0) + (test_fraction > 0)
     _require_per_class(labels, n_sets, "a train/val/test split", class_names)
     group_ids = _group_ids(groups, len(labels))
+    if groups is not None:
+        _require_groups_per_class(labels, group_ids, n_sets, class_names,
+                                  "a train/val/test split" if n_sets == 3 else "the split")
     if labels.ndim == 2:
         ratios = [1 - val_fraction - test_fraction, val_fraction, test_fraction]
         folds = _grouped_iterative(labels, group_ids, ratios, seed)
@@ -180,7 +183,8 @@ def _require_per_class(labels: np.ndarray, n: int, what: str,
 
 
 def _require_groups_per_class(labels: np.ndarray, group_ids: np.ndarray, k: int,
-                              class_names: Sequence[str] | None) -> None:
+                              class_names: Sequence[str] | None, what: str | None = None
+                              ) -> None:
     """Whole groups go to one fold, so a class needs k groups (not k images) to be in every
     test fold."""
     columns = labels.T if labels.ndim == 2 else [labels == c for c in np.unique(labels)]
@@ -190,5 +194,5 @@ def _require_groups_per_class(labels: np.ndarray, group_ids: np.ndarray, k: int,
         if n_groups < k:
             name = class_names[key] if class_names else key
             raise MedscopeError(f"class {name!r} spans only {n_groups} group(s) (a group and "
-                                f"a set of identical images count once); {k}-fold "
-                                f"cross-validation needs at least {k}")
+                                f"a set of identical images count once); "
+                                f"{what or f'{k}-fold cross-validation'} needs at least {k}")
