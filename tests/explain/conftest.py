@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from medscope.data.transforms import Normalize
 from medscope.train.runtime import select_runtime
+from tests.conftest import one_torch_thread
 
 BLOB_SIZE = 48
 
@@ -80,8 +81,5 @@ def scrambled(blob_predictor) -> SimpleNamespace:
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
-    # Two spinning OpenMP threads on a shared 2-core machine cost far more than they give.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_torch_thread():
+        yield

@@ -6,10 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
-from importlib import resources
 from pathlib import Path
-from string import Template
 
 from PIL import Image
 
@@ -18,6 +15,7 @@ from medscope.data.io import BadImageError, array_to_image, open_image
 from medscope.data.sources import npz_array
 from medscope.errors import MedscopeError
 from medscope.report.html import _table
+from medscope.report.page import render_page
 from medscope.run import atomic_write_text
 
 THUMB_SIDE = 96
@@ -38,10 +36,10 @@ def write_audit(audit: Audit, out: Path | str) -> Path:
 
 def render_audit(audit: Audit, out: Path) -> Path:
     """Write ``out/audit.html``; returns its path."""
-    templates = resources.files("medscope.report").joinpath("templates")
-    page = Template(templates.joinpath("audit.html").read_text()).substitute(
-        title=html.escape(f"medscope audit: {audit.source.root}"),
-        style=_shared_style(templates.joinpath("report.html").read_text()),
+    page = render_page(
+        "audit.html", title=f"medscope audit: {audit.source.root}", css="audit.css",
+        note="Every list is a set of suspects for a person to review; the CSV files beside "
+             "this page hold the complete lists.",
         summary=_summary(audit),
         counts=_counts(audit),
         duplicates=_duplicates(audit),
@@ -52,12 +50,6 @@ def render_audit(audit: Audit, out: Path) -> Path:
     path = out / "audit.html"
     atomic_write_text(path, page)
     return path
-
-
-def _shared_style(report_page: str) -> str:
-    """The run report's CSS, so every medscope page looks alike without a copy to drift."""
-    found = re.search(r"<style>(.*?)</style>", report_page, re.S)
-    return found.group(1).strip() if found else ""
 
 
 def _summary(audit: Audit) -> str:

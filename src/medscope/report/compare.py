@@ -7,9 +7,7 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import matplotlib
@@ -26,6 +24,7 @@ from medscope.evaluate.compare import (  # noqa: E402
     write_markdown,
 )
 from medscope.report.html import _table  # noqa: E402
+from medscope.report.page import render_page
 from medscope.run import atomic_write_text  # noqa: E402
 
 
@@ -39,10 +38,8 @@ def write_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path
 
 def render_comparison(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Write the comparison page to ``path``; returns it."""
-    template = Template(resources.files("medscope.report").joinpath(
-        "templates/compare.html").read_text())
-    page = template.substitute(
-        title=html.escape(f"medscope comparison of {len(rows)} run(s)"),
+    page = render_page(
+        "compare.html", title=f"medscope comparison of {len(rows)} run(s)",
         table=_table(MD_HEADER, [display_cells(r) for r in rows]),
         measured=html.escape(measured_on(rows)),
         plots=_png_img(accuracy_scatter(rows), "accuracy vs latency and vs parameters"),

@@ -5,12 +5,11 @@ from __future__ import annotations
 import base64
 import csv
 import html
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import Any
 
 from medscope.report.curves import COVERAGE, RELIABILITY, ROC_CURVES
+from medscope.report.page import render_page
 from medscope.run import RunDir, atomic_write_text, read_json
 
 
@@ -21,10 +20,8 @@ def render_report(run: RunDir) -> Path:
     history = _read_csv(run.history)
     splits = _read_csv(run.splits)
     bad = _read_csv(run.bad_files) if run.bad_files.is_file() else []
-    template = Template(resources.files("medscope.report").joinpath(
-        "templates/report.html").read_text())
-    page = template.substitute(
-        title=html.escape(f"medscope run: {run.root.name}"),
+    page = render_page(
+        "report.html", title=f"medscope run: {run.root.name}",
         summary=_summary_table(metrics, meta, history),
         dataset=_dataset_table(splits, meta["classes"]) + _duplicates_note(run.duplicates),
         curves=_img(run.learning_curves, "learning curves"),
