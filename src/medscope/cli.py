@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="fp16: CUDA only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--target-accuracy", type=float, default=None, metavar="P",
+                   help="refer-to-expert target (0-1): its threshold is fitted again on the "
+                        "run's validation split (default: the one training fitted)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[common], help="classify images; writes a CSV")
@@ -339,7 +342,11 @@ def cmd_cv(args) -> None:
 def cmd_evaluate(args) -> None:
     from medscope.api import evaluate
 
+    if args.target_accuracy is not None and not 0 < args.target_accuracy < 1:
+        raise MedscopeError(f"--target-accuracy {args.target_accuracy}: give a fraction "
+                            "between 0 and 1 (e.g. 0.99)")
     m = evaluate(args.run, args.data, args.out, precision=args.precision, device=args.device,
+                 target_accuracy=args.target_accuracy,
                  progress=args.progress)
     print(f"accuracy {m['accuracy']:.4f}  F1 macro {m['f1_macro']:.4f}  "
           f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images")

@@ -13,6 +13,7 @@ import numpy as np
 from medscope.data.prepare import PreparedData, labels_of, run_split
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.errors import MedscopeError
+from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
 from medscope.predict import Predictor
 from medscope.report.curves import write_evaluation_plots
@@ -32,10 +33,12 @@ SPLIT_TITLES = {"test": "test split",
 def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
                  out: Path | None = None, *, data: PreparedData | None = None,
                  precision: str = "auto", device: str = "auto",
-                 progress: bool = True) -> dict[str, Any]:
+                 target_accuracy: float | None = None, progress: bool = True) -> dict[str, Any]:
     """Metrics of a run's best checkpoint; ``data`` (images already decoded by training) saves
     decoding them again. Results on another folder go to ``RUN/eval-<folder>/`` unless ``out``
-    says otherwise."""
+    says otherwise. ``target_accuracy`` other than the one training fitted: the refer-to-expert
+    threshold for it is fitted again on the run's validation split (the checkpoint is left
+    as it is)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     predictor = Predictor.load(run.root, precision=precision, device=device)
     classes = predictor.classes
@@ -60,7 +63,10 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     groups = ([s.group or str(s.path) for s in samples] if any(s.group for s in samples)
               else None)
     selective = info.selective_threshold if info.selective_fitted else NOT_FITTED
-    target_accuracy = info.target_accuracy or 0.99
+    if target_accuracy is not None and not multilabel and (
+            target_accuracy != info.target_accuracy or selective is NOT_FITTED):
+        selective = _threshold_on_validation(predictor, run, target_accuracy, progress)
+    target_accuracy = target_accuracy or info.target_accuracy or 0.99
     metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
                                  logits=None if multilabel else logits,
                                  temperature=info.temperature, groups=groups,
@@ -86,6 +92,26 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def _threshold_on_validation(predictor: Predictor, run: RunDir, target: float,
+                             progress: bool) -> Any:
+    """The confidence threshold reaching ``target`` accuracy on the run's validation images
+    (NOT_FITTED without any: the evaluated images then choose it, flagged optimistic)."""
+    samples, _, _ = run_split(run, predictor.classes, "val")
+    decoded = predictor.decode(samples, progress=progress, desc="validation")
+    if not len(decoded.kept):
+        log.warning("%s has no validation images: the threshold for %.1f%% accuracy is chosen "
+                    "on the evaluated images (optimistic)", run.root, 100 * target)
+        return NOT_FITTED
+    probs = predictor.probs_from_pixels(decoded.pixels)
+    threshold = threshold_for_accuracy(probs, labels_of([samples[i] for i in decoded.kept]),
+                                       target)
+    log.info("refer-to-expert threshold for %.1f%% accuracy on %d validation images: %s%s",
+             100 * target, len(decoded.kept), "unreachable" if threshold is None
+             else f"{threshold:.3f}", "" if threshold is None
+             else f" (predict --abstain-below {threshold:.3f} applies it)")
+    return threshold
 
 
 def write_predictions(path: Path, source: DataSource, samples: list[Sample],

@@ -1,0 +1,52 @@
+"""evaluate_run: --target-accuracy re-fits the refer-to-expert threshold on the validation split,
+and every evaluated image gets a row in predictions.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medscope.cli import main
+from medscope.data.prepare import labels_of, run_split
+from medscope.evaluate.calibration import threshold_for_accuracy
+from medscope.predict import Predictor
+
+
+def test_target_accuracy_refits_the_threshold_on_validation(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained_run.root), "--out", str(out), "-q",
+                 "--target-accuracy", "0.6"]) == 0
+    selective = json.loads((out / "metrics.json").read_text())["selective"]
+    assert selective["target_accuracy"] == 0.6 and selective["fitted_on"] == "validation"
+    predictor = Predictor.load(trained_run.root)
+    samples, _, _ = run_split(trained_run, predictor.classes, "val")
+    decoded = predictor.decode(samples, progress=False)
+    expected = threshold_for_accuracy(predictor.probs_from_pixels(decoded.pixels),
+                                      labels_of(samples), 0.6)
+    assert selective["threshold"] == pytest.approx(expected)
+    stored = json.loads(trained_run.best.with_suffix(".json").read_text())
+    assert stored["target_accuracy"] != 0.6  # the checkpoint is left as training fitted it
+
+
+@pytest.mark.parametrize("bad", ["1.5", "0"])
+def test_target_accuracy_out_of_range_is_one_line(trained_run, tmp_path, capsys, bad):
+    code = main(["evaluate", str(trained_run.root), "--out", str(tmp_path), "-q",
+                 "--target-accuracy", bad])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--target-accuracy {float(bad)}" in err and "Traceback" not in err
+
+
+def test_predictions_csv_has_a_row_per_evaluated_image(trained_run):
+    rows = list(csv.DictReader((trained_run.root / "predictions.csv").open()))
+    metrics = json.loads(trained_run.metrics.read_text())
+    assert len(rows) == metrics["n"]
+    classes = [c for c in rows[0] if c.startswith("p_")]
+    probs = np.array([[float(r[c]) for c in classes] for r in rows])
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+    predicted = [r["predicted"] for r in rows]
+    assert predicted == [classes[i][2:] for i in probs.argmax(1)]
+    accuracy = np.mean([r["predicted"] == r["label"] for r in rows])
+    assert accuracy == pytest.approx(metrics["accuracy"])
