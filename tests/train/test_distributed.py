@@ -171,11 +171,28 @@ def test_distributed_evaluation_gives_the_single_process_confusion_matrix(traine
     np.testing.assert_allclose(dist_logits, single.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, command: str = "train") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "medscope", "train", "-q", *args],
+                           "--nproc_per_node", "2", "-m", "medscope", command, "-q", *args],
                           env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_torchrun_cv_writes_each_fold_and_the_summary_once(image_folder, tmp_path):
+    out = tmp_path / "cv"
+    done = _torchrun("--data", str(image_folder), "--img-size", "32", "--epochs", "1",
+                     "--batch-size", "8", "--folds", "2", "--device", "cpu", "--precision",
+                     "fp32", "--set", "data.val_fraction=0.34", "--out", str(out),
+                     command="cv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert [r["fold"] for r in summary["rows"]] == [1, 2]
+    rows = (out / "oof_predictions.csv").read_text().splitlines()
+    assert len(rows) - 1 == sum(r["n"] for r in summary["rows"]) == 36
+    for k in (1, 2):
+        history = (out / f"fold_{k}" / "history.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in history[1:]] == ["1"]
+    assert not list(out.rglob("*.tmp"))
 
 
 def test_torchrun_two_cpu_processes_train_resume_and_write_one_run(image_folder, trained_run,

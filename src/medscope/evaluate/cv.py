@@ -23,6 +23,7 @@ from medscope.evaluate.evaluator import PREDICTIONS
 from medscope.predict import Predictor
 from medscope.report.cv import render_cv_report
 from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from medscope.train.distributed import init_distributed
 from medscope.train.preflight import check_model
 from medscope.train.runtime import select_runtime
 from medscope.train.trainer import train_run
@@ -47,7 +48,10 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
     groups = [s.group for s in source.samples]
     # Before any training: a class with fewer groups than folds stops here in one line.
     fold_of = kfold_indices(source.targets(), groups, folds, config.split_seed, source.classes)
-    check_same_settings(out, config, folds)
+    dist = init_distributed(config.train.device)  # under torchrun: rank 0 alone writes here
+    if dist.is_main:
+        check_same_settings(out, config, folds)
+    dist.barrier()
     for k in range(folds):
         fold_dir = out / f"fold_{k + 1}"
         if RunDir(fold_dir).is_finished():
@@ -55,13 +59,18 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
             continue
         log.info("fold %d/%d", k + 1, folds)
         split_file = out / "splits" / f"fold_{k + 1}.csv"
-        write_splits(split_file, source, fold_assignment(source, groups, fold_of, k, config))
+        if dist.is_main:
+            write_splits(split_file, source, fold_assignment(source, groups, fold_of, k, config))
+        dist.barrier()
         fold_config = config.model_copy(update={
             "out": fold_dir, "data": config.data.model_copy(update={"split_file": split_file})})
         resume = (fold_dir / "config.yaml").is_file()
         train_run(fold_config, resume=resume, progress=progress)
-    write_oof_predictions(out, folds, source, progress=progress)
-    return write_summary(out, config, folds)
+    if dist.is_main:
+        write_oof_predictions(out, folds, source, progress=progress)
+        write_summary(out, config, folds)
+    dist.barrier()
+    return out
 
 
 def check_same_settings(out: Path, config: RunConfig, folds: int) -> None:
