@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import shutil
 
 import numpy as np
@@ -193,3 +194,20 @@ def test_oof_probabilities_are_each_fold_models_own_predictions(cv_dir):
     for r, p in zip(rows, probs, strict=True):
         assert [float(r[f"p_{c}"]) for c in CLASSES] == pytest.approx(p.tolist(), abs=1e-5)
         assert saved[r["path"]]["predicted"] == CLASSES[int(p.argmax())]
+
+
+def test_summary_pools_out_of_fold_predictions_with_grouped_cis(cv_dir):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    _, out, _ = cv_dir
+    pooled = json.loads((out / "cv_summary.json").read_text())["pooled"]
+    rows = list(csv.DictReader((out / "oof_predictions.csv").open()))
+    truth = [CLASSES.index(r["label"]) for r in rows]
+    pred = [int(np.argmax([float(r[f"p_{c}"]) for c in CLASSES])) for r in rows]
+    assert pooled["n"] == len(rows)
+    assert pooled["accuracy"] == pytest.approx(accuracy_score(truth, pred))
+    assert pooled["f1_macro"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    ci = pooled["ci"]["accuracy"]
+    assert ci["low"] <= pooled["accuracy"] <= ci["high"] and ci["low"] < ci["high"]
+    assert "Pooled out-of-fold" in (out / "cv_summary.md").read_text()
+    assert "Pooled out-of-fold" in (out / "cv_report.html").read_text()

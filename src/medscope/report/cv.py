@@ -3,6 +3,7 @@ rows, and a link to every fold's own report. Same look as a run's report (its CS
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from medscope.run import atomic_write_text
 
 
 def render_cv_report(out: Path, title: str, header: Sequence[str],
-                     table: Sequence[Sequence[object]], folds: int) -> Path:
+                     table: Sequence[Sequence[object]], folds: int, pooled: str = "") -> Path:
     """Write ``out/cv_report.html``; returns its path."""
     page = render_page(
         "cv.html", title=title,
         table=_table(header, table),
+        pooled=f"<p>{html.escape(pooled)}</p>" if pooled else "",
         links="\n".join(_fold_link(out, k) for k in range(1, folds + 1)),
     )
     path = Path(out) / "cv_report.html"
