@@ -41,8 +41,9 @@ def test_quick_run_of_every_shipped_recipe(path, tmp_path):
     assert recipe.title in report and "Quick smoke test" in report
     listed = json.loads((where / "recipe.json").read_text())["experiments"]
     for exp, row in zip(recipe.experiments, listed, strict=True):
-        if recipe.reference_of(exp):
-            assert row["weights"].startswith(f"fine-tuned from experiment {recipe.reference_of(exp)}")
+        ref = recipe.reference_of(exp)
+        if ref:
+            assert row["weights"].startswith(f"fine-tuned from experiment {ref}")
         else:  # nothing can be downloaded here: every other experiment says it is from scratch
             assert row["weights"] == "from scratch (no pretrained weights given)"
     if "training_error" in recipe.plots:
