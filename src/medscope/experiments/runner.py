@@ -237,7 +237,7 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
         "1-2 epochs; the figures below say nothing about the models." if quick else "",
     ) if line]
     table = [[p.exp.name, p.config.model.name, weights_text(recipe, p), _evaluation(p),
-              str(p.config.data.path), p.status] for p in plan]
+              _best_val(p), str(p.config.data.path), p.status] for p in plan]
     write_recipe_markdown(where / RECIPE_MD, title=recipe.title, header=header,
                           experiments=table, comparison=markdown_table(rows), sections=sections)
     atomic_write_json(where / "recipe.json", {
@@ -257,6 +257,15 @@ def weights_text(recipe: Recipe, p: Planned) -> str:
     if p.config.model.pretrained:
         return f"pretrained: {p.config.model.pretrained}"
     return "from scratch (no pretrained weights given)"
+
+
+def _best_val(p: Planned) -> str:
+    """The best validation accuracy over the epochs (the histology study's figure per pool)."""
+    history = RunDir(p.out).history
+    if p.folds or not history.is_file():
+        return ""
+    values = [r["val_accuracy"] for r in read_history(history) if r.get("val_accuracy")]
+    return f"{max(values):.4f}" if values else ""
 
 
 def _evaluation(p: Planned) -> str:

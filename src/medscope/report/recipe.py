@@ -33,11 +33,13 @@ def plot_training_error(histories: Mapping[str, Sequence[dict[str, Any]]], path:
         colour = colours[i % len(colours)]
         epochs = [int(r["epoch"]) for r in rows]
         train = [100 * (1 - r["train_accuracy"]) for r in rows]
-        ax.plot(epochs, train, "--", color=colour, lw=1.2, label=f"{name} train")
+        ax.plot(epochs, train, "--", marker="o", ms=3, color=colour, lw=1.2,
+                label=f"{name} train")
         val = [None if r.get("val_accuracy") is None else 100 * (1 - r["val_accuracy"])
                for r in rows]
         if any(v is not None for v in val):
-            ax.plot(epochs, val, "-", color=colour, lw=2.2, label=f"{name} validation")
+            ax.plot(epochs, val, "-", marker="s", ms=4, color=colour, lw=2.2,
+                    label=f"{name} validation")
     ax.set_xlabel("epoch")
     ax.set_ylabel("error (%)")
     ax.set_title("Training (dashed) and validation (bold) error")
@@ -53,8 +55,8 @@ def write_recipe_markdown(path: Path, *, title: str, header: Sequence[str],
     """``recipe.md``: title and header lines, the experiment table, the comparison table, then
     one section per (heading, markdown body)."""
     lines = [f"# {title}", "", *header, "", "## Experiments", "",
-             "| experiment | model | weights | evaluation | data | this run |",
-             "|---|---|---|---|---|---|"]
+             "| experiment | model | weights | evaluation | best val acc | data | this run |",
+             "|---|---|---|---|---:|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
               for row in experiments]
     lines += ["", "## Comparison", "", comparison.strip()]
