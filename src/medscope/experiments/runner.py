@@ -27,7 +27,7 @@ from medscope.report.recipe import (
     read_history,
     write_recipe_markdown,
 )
-from medscope.run import RunDir, atomic_write_json
+from medscope.run import RunDir, atomic_write_json, read_json
 from medscope.tracking import flatten
 from medscope.train.preflight import check_model
 from medscope.train.trainer import train_run
@@ -222,6 +222,9 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
             sections.append(("Training error", f"![training and validation error per epoch]"
                              f"({TRAINING_ERROR})\n\nDashed: training error; bold: validation "
                              "error (He et al. 2016, Fig. 6)."))
+    multilabel = multilabel_table(plan)
+    if multilabel:
+        sections.append(("Multi-label metrics", multilabel))
     for p in plan:
         if p.folds and (p.out / "cv_summary.md").is_file():
             sections.append((f"{p.exp.name}: per-fold table",
@@ -247,6 +250,28 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
                          "data": str(p.config.data.path), "status": p.status} for p in plan]})
     log.info("comparison of %d experiment(s): %s", len(plan), where / RECIPE_MD)
     return where
+
+
+def multilabel_table(plan: list[Planned]) -> str:
+    """Exact-match ratio (the runs' "accuracy"), Hamming loss, macro precision, recall and F1
+    of the multi-label runs: the medical-ViT study's multi-label table."""
+    keys = ("accuracy", "hamming_loss", "precision_macro", "recall_macro", "f1_macro")
+    rows = []
+    for p in plan:
+        metrics = RunDir(p.out).metrics
+        if p.folds or not metrics.is_file():
+            continue
+        m = read_json(metrics)
+        if m.get("multilabel"):
+            rows.append(f"| {p.exp.name} | " + " | ".join(
+                "" if m.get(k) is None else f"{m[k]:.4f}" for k in keys) + " |")
+    if not rows:
+        return ""
+    return "\n".join(["| experiment | exact match | Hamming loss | precision | recall | F1 |",
+                      "|---|---:|---:|---:|---:|---:|", *rows,
+                      "", "Macro averages over the labels at threshold 0.5 (each run's "
+                      "metrics.json also has them at the thresholds tuned on validation, "
+                      "under `tuned`)."])
 
 
 def weights_text(recipe: Recipe, p: Planned) -> str:
