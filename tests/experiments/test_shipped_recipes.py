@@ -46,6 +46,8 @@ def test_quick_run_of_every_shipped_recipe(path, tmp_path):
             assert row["weights"].startswith(f"fine-tuned from experiment {ref}")
         else:  # nothing can be downloaded here: every other experiment says it is from scratch
             assert row["weights"] == "from scratch (no pretrained weights given)"
+    if (recipe.base.get("data") or {}).get("multilabel") is True:
+        assert "| exact match | Hamming loss |" in report
     if "training_error" in recipe.plots:
         assert (where / "training_error.png").stat().st_size > 1000
 
