@@ -59,6 +59,7 @@ def test_layers_base_overrides_quick_and_set(tmp_path):
     (GOOD.replace("overrides: {model.name: simple_cnn, train.lr", "overides: {model.name: x, "
                   "train.lr"), "experiments.0 ('a').overides: unknown key"),
     (GOOD.replace("title: t", "title: t\nkind: cv"), "kind: unknown key"),
+    (GOOD.replace("title: t", "title: t\npath: x"), "path: unknown key"),
     (GOOD.replace("train.lr: 0.02", "train.lrr: 0.02"),
      "experiment 'a': train.lrr: unknown key"),
     (GOOD.replace('"@a"', '"@b"'), "'@b' must name an earlier experiment"),

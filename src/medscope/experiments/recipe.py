@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from medscope.config import RECIPES, RunConfig, _set_dotted, read_yaml, resolve_recipe
 from medscope.errors import MedscopeError
@@ -87,7 +87,11 @@ class Recipe(_Strict):
     plots: list[Literal["training_error"]] = Field(default_factory=list)
     experiments: list[Experiment] = Field(min_length=1)
 
-    path: Path | None = Field(None, exclude=True)
+    _path: Path | None = PrivateAttr(None)  # the file it was read from
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
 
     def experiment(self, name: str) -> Experiment:
         for exp in self.experiments:
@@ -124,7 +128,7 @@ def load_recipe(path: Path | str) -> Recipe:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise MedscopeError(f"{path}: {_error_line(exc, raw)}") from None
-    recipe.path = path
+    recipe._path = path
     _check_names(recipe)
     if "out" in recipe.base or "path" in (recipe.base.get("data") or {}):
         raise MedscopeError(f"{path}: base: leave out and data.path out (set by `medscope run`: "
