@@ -122,6 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of folds K (default data.folds, else 5)")
     p.set_defaults(func=cmd_cv)
 
+    p = sub.add_parser("run", parents=[common],
+                       help="run a recipe (recipes/*.yaml): its experiments, then a comparison")
+    p.add_argument("recipe", type=Path,
+                   help="recipe file, or the name of a shipped one (e.g. six-architectures)")
+    p.add_argument("--data", action="append", default=[], metavar="[EXPERIMENT=]PATH",
+                   help="data instead of the recipe's default; EXPERIMENT=PATH for one "
+                        "experiment (repeatable)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for OUT/<experiment>/ and OUT/comparison/ "
+                        "(default runs/<recipe>, runs/<recipe>-quick with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: tiny synthetic data, 32 px, 1 epoch, 2 folds")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="run only these experiments (and those they start from)")
+    p.add_argument("--set", action="append", default=[], metavar="[EXPERIMENT:]KEY=VALUE",
+                   help="config key for every experiment, or one (repeatable)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed batch-1 forwards per model in the comparison (default 30; "
+                        "the recipe's quick value with --quick)")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("evaluate", parents=[common],
                        help="metrics of a run on its test split or on another folder")
     p.add_argument("run", type=Path, help="run directory")
@@ -337,6 +358,16 @@ def cmd_cv(args) -> None:
     print((out / "cv_summary.md").read_text())
     print(f"wrote {out / 'cv_summary.csv'}, {out / 'oof_predictions.csv'} and "
           f"{out / 'cv_report.html'}")
+
+
+def cmd_run(args) -> None:
+    from medscope.api import run_recipe
+
+    where = run_recipe(args.recipe, out=args.out, data=args.data, settings=args.set,
+                       quick=args.quick, only=args.only, latency_repeats=args.repeats,
+                       progress=args.progress)
+    print((where / "comparison.md").read_text())
+    print(f"wrote {where / 'recipe.md'} and {where / 'comparison.html'}")
 
 
 def cmd_evaluate(args) -> None:

@@ -71,7 +71,9 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1, description="training epochs")
     batch_size: int = Field(32, ge=1, description="images per step")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimizer")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field(
+        "adamw", description="optimizer (adam: weight_decay is an L2 penalty, as in Keras and "
+        "torch.optim.Adam; adamw decouples it)")
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -140,6 +142,9 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     if path is not None:
         path = resolve_recipe(path)
         raw = read_yaml(path)
+        if "experiments" in raw:
+            raise MedscopeError(f"{path}: a recipe of several experiments; run it with "
+                                f"`medscope run {path}`")
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:

@@ -77,3 +77,12 @@ def test_clip_grad_bounds_every_step(image_folder, tmp_path):
     _, free = _sgd_weights(image_folder, tmp_path / "free")
     assert (clipped - initial).abs().max() < 1e-5
     assert (free - initial).abs().max() > 1e-3
+
+
+def test_adam_is_plain_adam_with_l2_weight_decay(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, tmp_path, **{"train.optimizer": "adam",
+                                                 "train.weight_decay": 0.01})
+    model = create_model("simple_cnn", 3, img_size=32)
+    opt = build_optimizer(model, cfg.train)
+    assert type(opt) is torch.optim.Adam  # AdamW subclasses Adam: the exact type matters
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01}

@@ -191,3 +191,43 @@ def lenet5(num_classes: int, in_chans: int = 3, img_size: int = 32, **kw) -> LeN
                 description="AlexNet (single tower, no LRN): 5 conv + FC 4096-4096")
 def alexnet(num_classes: int, in_chans: int = 3, img_size: int = 227, **kw) -> AlexNet:
     return AlexNet(num_classes, in_chans=in_chans, img_size=img_size, **kw)
+
+
+# ---------------------------------------------------------------- Keras-style flatten head
+
+VGG_POOLS = 5  # VGG halves the feature map five times (floor), 224 -> 7
+
+
+class FlattenHead(nn.Module):
+    """Keras' ``include_top=False`` + ``Flatten()`` + ``Dense(num_classes)``: the last feature
+    map flattened straight into one Linear (``fc``, the classifier freezing leaves trainable)."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.flatten(x)
+        return x if pre_logits else self.fc(x)
+
+
+def set_flatten_head(model: nn.Module, img_size: int) -> nn.Module:
+    """Replace a timm VGG's fc6/fc7 (its ConvMlp ``pre_logits``) and pooled classifier with a
+    ``FlattenHead`` over the 512 x (S/32)^2 features: the transfer-learning course's Keras
+    recipe (VGG16 base, Flatten, Dense softmax); 25,088 inputs at 224 px."""
+    from timm.models.vgg import VGG
+
+    from medscope.errors import MedscopeError
+
+    if not isinstance(model, VGG):
+        raise MedscopeError(f"flatten_head only applies to VGG models (vgg11 ... vgg19), not "
+                            f"{type(model).__name__}")
+    side = img_size
+    for _ in range(VGG_POOLS):
+        side //= 2
+    features = model.num_features * side * side
+    model.pre_logits = nn.Identity()
+    model.head = FlattenHead(features, model.num_classes)
+    model.head_hidden_size = features
+    return model

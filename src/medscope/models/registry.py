@@ -80,13 +80,15 @@ def create_model(
     ViT's position embedding) and is checked against the model's smallest sensible size
     (:func:`min_size`). ``pretrained`` is a local weights file or a hub id; loading is done by
     :func:`medscope.models.transfer.load_pretrained`. ``head_pool=n`` (ResNet family only)
-    pools the last feature map to n x n before the classifier.
+    pools the last feature map to n x n before the classifier; ``flatten_head=True`` (VGG only)
+    flattens the last feature map into one Linear, as Keras' VGG16 without its top.
     """
     if num_classes < 2:
         raise MedscopeError(f"num_classes must be at least 2, got {num_classes}")
     if in_chans not in (1, 3):
         raise MedscopeError(f"in_chans must be 1 or 3, got {in_chans}")
     head_pool = kwargs.pop("head_pool", None)
+    flatten_head = kwargs.pop("flatten_head", False)
     if img_size is not None and img_size < min_size(name):
         raise MedscopeError(f"model {name!r} needs images of at least {min_size(name)} px, "
                             f"got {img_size}")
@@ -100,6 +102,10 @@ def create_model(
         from medscope.models.plain_resnet import set_head_pool
 
         set_head_pool(model, int(head_pool))
+    if flatten_head:
+        from medscope.models.classic import set_flatten_head
+
+        set_flatten_head(model, img_size or default_size(name))
     if pretrained:
         from medscope.models.transfer import load_pretrained
 

@@ -1,0 +1,1 @@
+"""Recipes: studies as lists of experiments (``recipe``), run and compared (``runner``)."""

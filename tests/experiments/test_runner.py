@@ -1,0 +1,114 @@
+"""medscope run on small recipes: a re-run retrains nothing, an interrupted recipe continues
+where it stopped, and ``@experiment`` weights seed a later experiment with another class count
+(its head dropped, its backbone loaded)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import medscope.train.engine as engine
+from medscope.cli import main
+from medscope.run import RunDir
+from medscope.train.checkpoint import load_checkpoint, model_state
+from tests.conftest import one_torch_thread
+
+TINY = """
+title: tiny
+base:
+  model: {name: simple_cnn}
+  train: {lr: 0.001}
+quick:
+  per_class: 4
+  image_size: 32
+experiments:
+  - name: first
+    quick_data: {classes: 3}
+  - name: second
+    overrides: {model.pretrained: "@first", train.freeze: backbone, train.epochs: 2}
+    quick: {train.epochs: 2}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
+
+
+def _run(tmp_path: Path, *extra: str) -> int:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(TINY))
+    return main(["run", str(recipe), "--quick", "-q", "--out", str(tmp_path / "out"), *extra])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return model_state(load_checkpoint(RunDir(run).best)[0])
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns
+            for p in out.glob("*/checkpoints/*.safetensors")}
+
+
+def test_reference_seeds_weights_and_rerun_retrains_nothing(tmp_path):
+    assert _run(tmp_path) == 0
+    out = tmp_path / "out"
+    first, second = _weights(out / "first"), _weights(out / "second")
+    # Frozen backbone loaded from 'first': identical; the 5-class head is new (first had 3).
+    assert torch.equal(second["features.0.weight"], first["features.0.weight"])
+    assert first["head.4.weight"].shape[0] == 3 and second["head.4.weight"].shape[0] == 5
+    config = (out / "second" / "config.yaml").read_text()
+    assert str((out / "first" / "checkpoints" / "best.safetensors").resolve()) in config
+    recipe = json.loads((out / "comparison" / "recipe.json").read_text())
+    assert [e["status"] for e in recipe["experiments"]] == ["trained", "trained"]
+    assert "fine-tuned from experiment first" in (out / "comparison" / "recipe.md").read_text()
+    before = _mtimes(out)
+    assert len(before) == 4  # best + last of each
+
+    assert _run(tmp_path) == 0
+    assert _mtimes(out) == before  # nothing retrained
+    recipe = json.loads((out / "comparison" / "recipe.json").read_text())
+    assert {e["status"] for e in recipe["experiments"]} == {"finished earlier (skipped)"}
+    for name in ("comparison.csv", "comparison.md", "comparison.html", "recipe.md"):
+        assert (out / "comparison" / name).is_file()
+
+
+def test_interrupted_recipe_continues_where_it_stopped(tmp_path, monkeypatch):
+    real_write = engine.RunWriter.__call__
+
+    def interrupt_in_second(self, model, optimizer, state, row, improved):
+        real_write(self, model, optimizer, state, row, improved)
+        if self.run.root.name == "second" and state.epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C after epoch 1 of 2 of the second experiment
+
+    monkeypatch.setattr(engine.RunWriter, "__call__", interrupt_in_second)
+    assert _run(tmp_path) == 130
+    monkeypatch.setattr(engine.RunWriter, "__call__", real_write)
+    out = tmp_path / "out"
+    assert RunDir(out / "first").is_finished() and RunDir(out / "second").has_partial_run()
+    first_mtime = (out / "first" / "checkpoints" / "best.safetensors").stat().st_mtime_ns
+
+    assert _run(tmp_path) == 0
+    assert RunDir(out / "second").is_finished()
+    assert (out / "first" / "checkpoints" / "best.safetensors").stat().st_mtime_ns == first_mtime
+    history = (out / "second" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # epoch 2 resumed, once
+    statuses = [e["status"] for e in
+                json.loads((out / "comparison" / "recipe.json").read_text())["experiments"]]
+    assert statuses == ["finished earlier (skipped)", "resumed"]
+
+
+def test_only_runs_the_named_experiment_and_what_it_starts_from(tmp_path):
+    assert _run(tmp_path, "--only", "second") == 0
+    out = tmp_path / "out"
+    assert RunDir(out / "first").is_finished() and RunDir(out / "second").is_finished()
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(TINY) + "  - name: third\n")
+    assert main(["run", str(recipe), "--quick", "-q", "--out", str(out), "--only", "third"]) == 0
+    rows = json.loads((out / "comparison" / "recipe.json").read_text())["experiments"]
+    assert [r["name"] for r in rows] == ["third"]
