@@ -98,6 +98,12 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="seed of initialisation, shuffling and augmentation "
                       "(and of the split unless data.split_seed is set)")
     deterministic: bool = False
+    checkpoint_every: float | None = Field(
+        None, gt=0, description="also write the resumable 'last' checkpoint mid-epoch every "
+        "this many minutes (long epochs); off if None")
+    nan_policy: Literal["stop", "skip-batch"] = Field(
+        "stop", description="NaN/Inf training loss: stop (keeping the last good checkpoint) or "
+        "skip that batch and go on")
 
 
 class RunConfig(_Section):
