@@ -189,6 +189,7 @@ def test_nan_policy_skip_batch_skips_and_finishes(data, tmp_path, capsys, monkey
     assert code == 0, err
     assert "in epoch 1, step 2: batch skipped" in err
     assert RunDir(out).is_finished()
+    assert not list((out / "checkpoints").glob("*-previous.*"))  # finished: no spare pairs
 
 
 def test_too_little_disk_is_refused_before_anything_is_written(data, tmp_path, capsys,

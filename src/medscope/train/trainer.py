@@ -20,7 +20,7 @@ from medscope.models.transfer import apply_freeze
 from medscope.report.plots import plot_learning_curves
 from medscope.run import RunDir, atomic_write_text, read_json
 from medscope.tracking import Tracker, flatten, make_tracker
-from medscope.train.checkpoint import CheckpointMeta, library_versions
+from medscope.train.checkpoint import CheckpointMeta, library_versions, previous_stem
 from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
     FitState,
@@ -161,6 +161,14 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                   precision=config.train.precision, device=config.train.device)
     evaluate_run(run, data=data, precision=config.train.precision, device=config.train.device,
                  progress=progress)
+    remove_previous_pairs(run)
+
+
+def remove_previous_pairs(run: RunDir) -> None:
+    """A finished run's checkpoints are complete: the pairs kept against a crash mid-save go."""
+    for stem in (run.best, run.last):
+        for suffix in (".safetensors", ".json"):
+            previous_stem(stem).with_suffix(suffix).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- distributed (torchrun)
