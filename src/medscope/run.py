@@ -68,7 +68,9 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 (POSIX allows any bytes) is written back
+    # as its own bytes, and ``open_run_csv`` reads it back as the same path.
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -83,6 +85,12 @@ def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def open_run_csv(path: Path):
+    """A CSV this package wrote (splits, predictions, history), for ``csv`` readers: UTF-8,
+    with non-UTF-8 file names restored as written (see ``atomic_write_text``)."""
+    return Path(path).open(newline="", encoding="utf-8", errors="surrogateescape")
 
 
 def read_json(path: Path) -> Any:

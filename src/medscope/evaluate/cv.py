@@ -24,7 +24,14 @@ from medscope.evaluate.evaluator import PREDICTIONS
 from medscope.evaluate.metrics import classification_metrics
 from medscope.predict import Predictor
 from medscope.report.cv import render_cv_report
-from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from medscope.run import (
+    RunDir,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    open_run_csv,
+    read_json,
+)
 from medscope.train.distributed import init_distributed
 from medscope.train.preflight import check_model
 from medscope.train.runtime import select_runtime
@@ -141,7 +148,7 @@ def _held_out_probs(run: RunDir, source: DataSource, samples: list, progress: bo
     wrote, or predicted again for fold runs made before it existed."""
     saved = run.root / PREDICTIONS
     if saved.is_file():
-        with saved.open(newline="") as fh:
+        with open_run_csv(saved) as fh:
             by_id = {r["path"]: r for r in csv.DictReader(fh)}
         columns = [f"p_{c}" for c in source.classes]
         # An image missing there could not be decoded: it has no prediction either way.
@@ -192,7 +199,7 @@ def pooled_oof_metrics(path: Path, n_resamples: int = 1000, seed: int = 0
     """Accuracy, macro-F1 and macro AUC over every image's out-of-fold prediction, with 95%
     bootstrap CIs resampling whole groups (copies, slides): the uncertainty of the CV estimate
     itself, which the spread over folds understates with few folds. None for multi-label."""
-    with path.open(newline="") as fh:
+    with open_run_csv(path) as fh:
         rows = list(csv.DictReader(fh))
     classes = [c[2:] for c in (rows[0] if rows else {}) if c.startswith("p_")]
     if not rows or any("|" in r["label"] for r in rows):
