@@ -205,6 +205,8 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
+    if not where.isprintable():  # a key with a newline or control character: keep one line
+        where = repr(where)
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {err['msg']}{more}"
 
