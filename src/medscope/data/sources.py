@@ -319,7 +319,11 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
     if longer is not None:  # e.g. a label with an unquoted comma: not silently cut short
         raise MedscopeError(f"{path}: row {longer + 2} has more fields than the header's "
                             f"{len(header)} (quote values that hold commas)")
-    rows = [{(k or "").strip(): v for k, v in r.items()} for r in rows]
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:
+        raise MedscopeError(f"{path}: column {twice[0]!r} appears more than once in the header")
+    # A short row's missing cells are empty, as in a spreadsheet, not None.
+    rows = [{(k or "").strip(): v or "" for k, v in r.items()} for r in rows]
     if not rows:
         raise MedscopeError(f"{path}: CSV has no rows")
     return rows, header

@@ -34,6 +34,7 @@ from medscope.run import (
 )
 from medscope.train.distributed import init_distributed
 from medscope.train.preflight import check_model
+from medscope.train.resumable import TrainingInterrupted
 from medscope.train.runtime import select_runtime
 from medscope.train.trainer import train_run
 
@@ -74,7 +75,12 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
         fold_config = config.model_copy(update={
             "out": fold_dir, "data": config.data.model_copy(update={"split_file": split_file})})
         resume = (fold_dir / "config.yaml").is_file()
-        train_run(fold_config, resume=resume, progress=progress)
+        try:
+            train_run(fold_config, resume=resume, progress=progress)
+        except TrainingInterrupted as exc:
+            message = str(exc).split("; continue with:")[0]
+            raise TrainingInterrupted(f"fold {k + 1}: {message}; run the same medscope cv "
+                                      "command again to continue", exc.signum) from None
     if dist.is_main:
         write_oof_predictions(out, folds, source, progress=progress)
         write_summary(out, config, folds)

@@ -253,12 +253,12 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
         for callback in on_epoch_end:
             callback(model, optimizer, state, row, improved)
         clock.reset()
-        if stop:  # a signal during validation: this epoch's ``last`` is already written
-            raise TrainingInterrupted(f"training stopped by {stop.describe()} after epoch "
-                                      f"{epoch + 1}; its checkpoint is complete", stop.signum)
         epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
                            val_acc="-" if not val else f"{val['accuracy']:.3f}")
         _say(_epoch_line(row, improved), progress)
+        if stop:  # a signal during validation: this epoch's ``last`` is already written
+            raise TrainingInterrupted(f"training stopped by {stop.describe()} after epoch "
+                                      f"{epoch + 1}; its checkpoint is complete", stop.signum)
         if state.stopped_early:
             _say(f"early stopping: no improvement of {cfg.monitor} for "
                  f"{cfg.early_stopping} epochs (best epoch {state.best_epoch})", progress)
@@ -324,7 +324,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
 def _stopped(stop: StopRequest, pos: EpochPosition, steps: int, saved: bool) -> str:
     where = f"in epoch {pos.epoch + 1} after step {pos.step} of {steps}"
     return (f"training stopped by {stop.describe()} {where}; "
-            + ("the last checkpoint holds this step" if saved else "nothing was saved"))
+            + ("the last checkpoint holds this step" if saved
+               else "no mid-epoch checkpoint was written"))
 
 
 def n_correct(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> int:
