@@ -30,9 +30,10 @@ def write_synced_temp(path: Path, data: bytes) -> Path:
     """``data`` in a new temporary file beside ``path``, flushed to disk (fsync): renaming it
     over ``path`` is then the only step left. A failed write (full disk) leaves nothing."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -40,8 +41,12 @@ def write_synced_temp(path: Path, data: bytes) -> Path:
         # mkstemp makes the file private (0600); a run's files are meant to be shared, so give
         # them the permissions an ordinary open() would (0666 minus the umask).
         os.chmod(tmp, 0o666 & ~_umask())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # full disk, read-only or vanished directory
+            raise MedscopeError(f"{path}: cannot write ({exc.strerror or exc}); the previous "
+                                "version, if any, is unchanged") from None
         raise
     return Path(tmp)
 

@@ -229,3 +229,21 @@ def test_resume_flag_forms(tmp_path, capsys):
     assert "--resume needs the run to continue" in capsys.readouterr().err
     assert main(["train", "-q", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import medscope.run as run_module
+    from medscope.run import atomic_write_text
+
+    target = tmp_path / "history.csv"
+    atomic_write_text(target, "epoch\n1\n")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_module.os, "fsync", no_space)
+    with pytest.raises(MedscopeError) as err:
+        atomic_write_text(target, "epoch\n1\n2\n")
+    assert str(err.value) == (f"{target}: cannot write (No space left on device); the previous "
+                              "version, if any, is unchanged")
+    assert target.read_text() == "epoch\n1\n" and not list(tmp_path.glob(".*.tmp"))
