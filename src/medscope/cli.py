@@ -55,6 +55,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--exclude": ("data.exclude", {"metavar": "FILE"}),
     "--duplicates": ("data.duplicates", {}),
     "--target-accuracy": ("train.target_accuracy", {}),
+    "--checkpoint-every": ("train.checkpoint_every", {"metavar": "MINUTES"}),
+    "--nan-policy": ("train.nan_policy", {}),
+    "--deterministic": ("train.deterministic", {"action": "store_const", "const": True}),
     "--track": ("track", {"metavar": "SPEC"}),
 }
 
@@ -70,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MedscopeError as exc:
         print(f"medscope: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from medscope.train.resumable import TrainingInterrupted
+
+        if isinstance(exc, TrainingInterrupted):
+            print(f"medscope: {exc}", file=sys.stderr)
+            return exc.exit_code
         print("medscope: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
 
@@ -111,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a classifier; writes a run dir")
     _add_train_args(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+                   help="continue an interrupted run: --resume RUN, or --out RUN --resume")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("cv", parents=[common],
@@ -335,9 +344,15 @@ def cmd_patches(args) -> None:
 def cmd_train(args) -> None:
     from medscope.api import resume, train
 
-    if args.resume:
+    if args.resume is not None:
+        if args.resume is not True:  # --resume RUN
+            if args.opt_out is not None and Path(args.opt_out) != Path(args.resume):
+                raise MedscopeError(f"--resume {args.resume} and --out {args.opt_out}: two "
+                                    "different runs; give the run to continue once")
+            args.opt_out = Path(args.resume)
         if args.opt_out is None:
-            raise MedscopeError("--resume needs --out RUN_DIR (the run to continue)")
+            raise MedscopeError("--resume needs the run to continue: --resume RUN_DIR "
+                                "(or --out RUN_DIR --resume)")
         if args.config is not None:
             raise MedscopeError("--resume continues with the run's saved config; pass single "
                                 "options (e.g. --epochs 30) instead of --config")

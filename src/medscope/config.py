@@ -16,8 +16,9 @@ from medscope.errors import MedscopeError
 
 
 class _Section(BaseModel):
-    # A misspelt key in a recipe must be an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # A misspelt key in a recipe must be an error, not a silently ignored setting; an infinite
+    # or NaN number (YAML .inf, 1e400) is never a sensible setting either.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -30,8 +31,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
-    split_seed: int | None = Field(None, description="seed of the train/val/test split; default "
-                                   "train.seed (set it to vary initialisation on a fixed test set)")
+    split_seed: int | None = Field(
+        None, ge=-(2**63), lt=2**63, description="seed of the train/val/test split; default "
+        "train.seed (set it to vary initialisation on a fixed test set)")
     multilabel: bool | Literal["auto"] = Field(
         "auto", description="CSV labels: auto = multi-label when some label holds '|'")
     augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment"] = Field(
@@ -97,9 +99,16 @@ class TrainConfig(_Section):
     target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy the refer-to-expert "
                                    "threshold must reach on the validation split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    seed: int = Field(0, description="seed of initialisation, shuffling and augmentation "
+    seed: int = Field(0, ge=-(2**63), lt=2**63,  # what torch.manual_seed accepts
+                      description="seed of initialisation, shuffling and augmentation "
                       "(and of the split unless data.split_seed is set)")
     deterministic: bool = False
+    checkpoint_every: float | None = Field(
+        None, gt=0, description="also write the resumable 'last' checkpoint mid-epoch every "
+        "this many minutes (long epochs); off if None")
+    nan_policy: Literal["stop", "skip-batch"] = Field(
+        "stop", description="NaN/Inf training loss: stop (keeping the last good checkpoint) or "
+        "skip that batch and go on")
 
 
 class RunConfig(_Section):
@@ -176,7 +185,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise MedscopeError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=0.01")
-    parsed = yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise MedscopeError(f"--set {item!r}: the value is not valid YAML "
+                            f"({str(exc).splitlines()[0]})") from None
     if isinstance(parsed, str):
         # YAML 1.1 reads '1e-4' as a string; users mean a number.
         with contextlib.suppress(ValueError):
@@ -197,6 +210,8 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
+    if not where.isprintable():  # a key with a newline or control character: keep one line
+        where = repr(where)
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {err['msg']}{more}"
 

@@ -14,11 +14,26 @@ from medscope.errors import MedscopeError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half,
+    and after a crash the file is the old one or the new one, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = write_synced_temp(path, data)
     try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_synced_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``path``, flushed to disk (fsync): renaming it
+    over ``path`` is then the only step left. A failed write (full disk) leaves nothing."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -26,10 +41,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         # mkstemp makes the file private (0600); a run's files are meant to be shared, so give
         # them the permissions an ordinary open() would (0666 minus the umask).
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # full disk, read-only or vanished directory
+            raise MedscopeError(f"{path}: cannot write ({exc.strerror or exc}); the previous "
+                                "version, if any, is unchanged") from None
         raise
+    return Path(tmp)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (POSIX; a no-op where directories cannot be
+    opened, as on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -39,7 +73,9 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: a file name that is not UTF-8 (POSIX allows any bytes) is written back
+    # as its own bytes, and ``open_run_csv`` reads it back as the same path.
+    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -54,6 +90,12 @@ def atomic_write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def open_run_csv(path: Path):
+    """A CSV this package wrote (splits, predictions, history), for ``csv`` readers: UTF-8,
+    with non-UTF-8 file names restored as written (see ``atomic_write_text``)."""
+    return Path(path).open(newline="", encoding="utf-8", errors="surrogateescape")
 
 
 def read_json(path: Path) -> Any:
@@ -94,7 +136,10 @@ class RunDir:
         return self.metrics.is_file() and (self.best.with_suffix(".safetensors")).is_file()
 
     def has_partial_run(self) -> bool:
-        return self.last.with_suffix(".safetensors").is_file() and not self.is_finished()
+        # ``last-previous`` alone: ``last`` was removed by hand; resume falls back to it.
+        return (self.last.with_suffix(".safetensors").is_file()
+                or self.last.with_name("last-previous.safetensors").is_file()
+                ) and not self.is_finished()
 
     def prepare_new(self, *, resume: bool = False) -> None:
         """Create the directory for a new run; refuse to clobber a finished or partial one."""

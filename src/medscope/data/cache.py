@@ -154,7 +154,9 @@ def decoder_version() -> str:
 def dataset_key(samples: Sequence[Sample], size: int, in_chans: int) -> str:
     h = hashlib.sha256(f"{CACHE_FORMAT}|{decoder_version()}|{size}|{in_chans}".encode())
     for s in samples:
-        h.update(f"\0{Path(s.path).resolve()}|{s.split}|{s.index}".encode())
+        # surrogateescape: a file name that is not UTF-8 hashes as its own bytes.
+        line = f"\0{Path(s.path).resolve()}|{s.split}|{s.index}"
+        h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 

@@ -19,7 +19,7 @@ from medscope.data.duplicates import DuplicateReport, handle_duplicates
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
-from medscope.run import RunDir, atomic_write_csv, atomic_write_json
+from medscope.run import RunDir, atomic_write_csv, atomic_write_json, open_run_csv
 
 log = logging.getLogger("medscope")
 
@@ -146,7 +146,7 @@ def read_splits(path: Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise MedscopeError(f"{path}: split file not found")
-    with path.open(newline="") as fh:
+    with open_run_csv(path) as fh:
         rows = list(csv.DictReader(fh))
     if rows and not {"path", "split"} <= rows[0].keys():
         raise MedscopeError(f"{path}: a split file needs 'path' and 'split' columns")

@@ -315,7 +315,15 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
             header = [h.strip() for h in reader.fieldnames or []]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise MedscopeError(f"{path}: not a readable CSV ({exc})") from None
-    rows = [{(k or "").strip(): v for k, v in r.items()} for r in rows]
+    longer = next((i for i, r in enumerate(rows) if None in r), None)
+    if longer is not None:  # e.g. a label with an unquoted comma: not silently cut short
+        raise MedscopeError(f"{path}: row {longer + 2} has more fields than the header's "
+                            f"{len(header)} (quote values that hold commas)")
+    twice = sorted({h for h in header if h and header.count(h) > 1})
+    if twice:
+        raise MedscopeError(f"{path}: column {twice[0]!r} appears more than once in the header")
+    # A short row's missing cells are empty, as in a spreadsheet, not None.
+    rows = [{(k or "").strip(): v or "" for k, v in r.items()} for r in rows]
     if not rows:
         raise MedscopeError(f"{path}: CSV has no rows")
     return rows, header
@@ -356,10 +364,9 @@ def load_npz(path: Path | str, classes: list[str] | None = None) -> DataSource:
     splits = npz_splits(path)
     samples: list[Sample] = []
     n_classes, multilabel = 0, False
-    arrays = open_npz(path)
     for split in splits:
-        labels = np.asarray(arrays[f"{split}_labels"])
-        n_images = arrays[f"{split}_images"].shape[0]
+        labels = _npz_labels(path, split)
+        n_images = _npz_images_shape(path, split)[0]
         if labels.shape[0] != n_images:
             raise MedscopeError(f"{path}: {split}_labels has {labels.shape[0]} rows but "
                                 f"{split}_images has {n_images}")
@@ -377,6 +384,37 @@ def load_npz(path: Path | str, classes: list[str] | None = None) -> DataSource:
         raise MedscopeError(f"{path}: labels go up to {n_classes - 1} but only "
                             f"{len(classes)} class names are given")
     return DataSource(path.parent, list(classes), samples, multilabel=multilabel, kind="npz")
+
+
+def _npz_read(path: Path, key: str) -> np.ndarray:
+    try:
+        return np.asarray(npz_array(path, key))
+    except (OSError, ValueError, EOFError) as exc:  # object arrays (pickle), damaged members
+        raise MedscopeError(f"{path}: {key} is not a readable array ({exc})") from None
+
+
+def _npz_images_shape(path: Path, split: str) -> tuple[int, ...]:
+    """N x H x W or N x H x W x 1|3, checked before any image is decoded."""
+    images = _npz_read(path, f"{split}_images")
+    shape = images.shape
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)) \
+            or images.dtype.kind not in "iuf":
+        raise MedscopeError(f"{path}: {split}_images has shape {shape} and dtype {images.dtype}"
+                            "; expected numbers as N x H x W or N x H x W x 1|3")
+    return shape
+
+
+def _npz_labels(path: Path, split: str) -> np.ndarray:
+    """Class indices (N or N x 1) or 0/1 rows (N x K, multi-label): whole, non-negative."""
+    labels = _npz_read(path, f"{split}_labels")
+    if labels.ndim not in (1, 2) or labels.dtype.kind not in "iub" and not (
+            labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+        raise MedscopeError(f"{path}: {split}_labels has shape {labels.shape} and dtype "
+                            f"{labels.dtype}; expected whole class indices (N) or 0/1 rows (N x K)")
+    if labels.size and labels.min() < 0:
+        raise MedscopeError(f"{path}: {split}_labels holds {labels.min()}; class indices start "
+                            "at 0")
+    return labels
 
 
 def npz_splits(path: Path) -> list[str]:

@@ -24,9 +24,17 @@ from medscope.evaluate.evaluator import PREDICTIONS
 from medscope.evaluate.metrics import classification_metrics
 from medscope.predict import Predictor
 from medscope.report.cv import render_cv_report
-from medscope.run import RunDir, atomic_write_csv, atomic_write_json, atomic_write_text, read_json
+from medscope.run import (
+    RunDir,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    open_run_csv,
+    read_json,
+)
 from medscope.train.distributed import init_distributed
 from medscope.train.preflight import check_model
+from medscope.train.resumable import TrainingInterrupted
 from medscope.train.runtime import select_runtime
 from medscope.train.trainer import train_run
 
@@ -67,7 +75,12 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
         fold_config = config.model_copy(update={
             "out": fold_dir, "data": config.data.model_copy(update={"split_file": split_file})})
         resume = (fold_dir / "config.yaml").is_file()
-        train_run(fold_config, resume=resume, progress=progress)
+        try:
+            train_run(fold_config, resume=resume, progress=progress)
+        except TrainingInterrupted as exc:
+            message = str(exc).split("; continue with:")[0]
+            raise TrainingInterrupted(f"fold {k + 1}: {message}; run the same medscope cv "
+                                      "command again to continue", exc.signum) from None
     if dist.is_main:
         write_oof_predictions(out, folds, source, progress=progress)
         write_summary(out, config, folds)
@@ -141,7 +154,7 @@ def _held_out_probs(run: RunDir, source: DataSource, samples: list, progress: bo
     wrote, or predicted again for fold runs made before it existed."""
     saved = run.root / PREDICTIONS
     if saved.is_file():
-        with saved.open(newline="") as fh:
+        with open_run_csv(saved) as fh:
             by_id = {r["path"]: r for r in csv.DictReader(fh)}
         columns = [f"p_{c}" for c in source.classes]
         # An image missing there could not be decoded: it has no prediction either way.
@@ -192,7 +205,7 @@ def pooled_oof_metrics(path: Path, n_resamples: int = 1000, seed: int = 0
     """Accuracy, macro-F1 and macro AUC over every image's out-of-fold prediction, with 95%
     bootstrap CIs resampling whole groups (copies, slides): the uncertainty of the CV estimate
     itself, which the spread over folds understates with few folds. None for multi-label."""
-    with path.open(newline="") as fh:
+    with open_run_csv(path) as fh:
         rows = list(csv.DictReader(fh))
     classes = [c[2:] for c in (rows[0] if rows else {}) if c.startswith("p_")]
     if not rows or any("|" in r["label"] for r in rows):

@@ -10,7 +10,7 @@ from typing import Any
 
 from medscope.report.curves import COVERAGE, RELIABILITY, ROC_CURVES
 from medscope.report.page import render_page
-from medscope.run import RunDir, atomic_write_text, read_json
+from medscope.run import RunDir, atomic_write_text, open_run_csv, read_json
 
 
 def render_report(run: RunDir) -> Path:
@@ -243,5 +243,5 @@ def _img(path: Path, alt: str) -> str:
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
+    with open_run_csv(path) as fh:
         return list(csv.DictReader(fh))

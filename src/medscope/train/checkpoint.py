@@ -1,5 +1,11 @@
 """Checkpoints as a file pair: ``NAME.safetensors`` (tensors) + ``NAME.json`` (metadata).
 
+Crash safety: both halves carry the same random ``pair`` id, both are written to temporary files
+and fsynced before either is renamed into place, and the pair being replaced is kept as
+``NAME-previous`` until the new one is complete. Whatever instant a crash (or ``kill -9``, or a
+full disk) strikes, one of the two is a matching, complete pair; ``load_checkpoint`` refuses a
+mismatched or damaged one, naming it and the previous one to fall back to.
+
 The metadata holds everything a later consumer needs to rebuild the model and preprocess an
 image exactly as in training (architecture, classes, size, channels, normalisation), so predict,
 explain, export and serve read it and never re-derive it. No pickle is ever loaded.
@@ -8,7 +14,9 @@ explain, export and serve read it and never re-derive it. No pickle is ever load
 from __future__ import annotations
 
 import json
+import os
 import platform
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from medscope.errors import MedscopeError
-from medscope.run import atomic_write_bytes, atomic_write_json
+from medscope.run import atomic_write_json, fsync_dir, write_synced_temp
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
+EXTRA_PREFIX = "extra."  # training state that is not model or optimizer (RNG states)
+PAIR_KEY = "medscope_pair"  # the safetensors header entry that must match the JSON's ``pair``
 FORMAT = "medscope-checkpoint/1"
 
 
@@ -57,6 +67,7 @@ class CheckpointMeta(BaseModel):
     val: dict[str, Any] | None = None
     fit_state: dict[str, Any] | None = None
     optimizer_param_groups: list[dict[str, Any]] | None = None
+    pair: str | None = None  # the id shared with the .safetensors half (absent before 0.x)
 
     @property
     def num_classes(self) -> int:
@@ -87,14 +98,18 @@ def save_checkpoint(
     model: nn.Module,
     meta: CheckpointMeta,
     optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write ``stem.safetensors`` then ``stem.json`` (the JSON last: its presence means complete).
+    """Write the pair ``stem.safetensors`` + ``stem.json`` so that a crash at any instant leaves
+    a complete pair: the new one, or the old one (kept as ``stem-previous``).
 
-    With ``optimizer``, its state goes in too, so training can resume exactly.
+    With ``optimizer``, its state goes in too, so training can resume exactly; ``extra``
+    tensors (RNG states) are stored under ``extra.``.
     """
     tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous()
                for k, v in _unwrap(model).state_dict().items()}
-    meta_json = meta.to_json()
+    pair = uuid.uuid4().hex
+    meta_json = {**meta.to_json(), "pair": pair}
     if optimizer is not None:
         state = optimizer.state_dict()
         for idx, pstate in state["state"].items():
@@ -102,11 +117,87 @@ def save_checkpoint(
                 if torch.is_tensor(value):
                     tensors[f"{OPTIM_PREFIX}{idx}.{key}"] = value.detach().cpu().contiguous()
         meta_json["optimizer_param_groups"] = state["param_groups"]
+    tensors.update({EXTRA_PREFIX + k: v.detach().cpu().contiguous()
+                    for k, v in (extra or {}).items()})
     # safetensors refuses tensors that share memory; tied weights are cloned apart here.
     tensors = {k: v.clone() for k, v in tensors.items()}
     stem = Path(stem)
-    atomic_write_bytes(stem.with_suffix(".safetensors"), save(tensors))
-    atomic_write_json(stem.with_suffix(".json"), meta_json)
+    weights, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    tmp_weights = write_synced_temp(weights, save(tensors, metadata={PAIR_KEY: pair}))
+    try:
+        tmp_meta = write_synced_temp(meta_path, (json.dumps(meta_json, indent=2) + "\n").encode())
+    except BaseException:
+        tmp_weights.unlink(missing_ok=True)
+        raise
+    keep_previous(stem)
+    # From here to the second rename the pair does not match (a crash leaves ``stem`` refused
+    # and ``stem-previous`` good); after it, the new pair is complete.
+    os.replace(tmp_weights, weights)
+    os.replace(tmp_meta, meta_path)
+    fsync_dir(stem.parent)
+
+
+def previous_stem(stem: Path) -> Path:
+    """Where the pair replaced by the latest save of ``stem`` is kept."""
+    stem = _stem(stem)
+    return stem.with_name(stem.name + "-previous")
+
+
+def keep_previous(stem: Path) -> None:
+    """Hard-link (copy where links are refused) the current complete pair to ``stem-previous``;
+    a damaged current pair is not kept over a good previous one."""
+    stem = _stem(stem)
+    if checkpoint_problem(stem) is not None:
+        return
+    prev = previous_stem(stem)
+    for suffix in (".safetensors", ".json"):
+        src, dst = stem.with_suffix(suffix), prev.with_suffix(suffix)
+        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+
+
+def checkpoint_problem(stem: Path) -> str | None:
+    """Why the pair at ``stem`` cannot be used (None when it is complete and matching); reads
+    only the JSON and the safetensors header."""
+    try:
+        _check_pair(_stem(stem))
+    except MedscopeError as exc:
+        return str(exc)
+    return None
+
+
+def _check_pair(stem: Path) -> CheckpointMeta:
+    weights = stem.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise MedscopeError(f"{weights}: checkpoint file not found")
+    meta = read_meta(stem)
+    header = safetensors_metadata(weights)
+    if meta.pair is not None and header.get(PAIR_KEY) != meta.pair:
+        raise MedscopeError(f"{weights}: does not belong to {stem.with_suffix('.json').name} "
+                            "(a save was interrupted between the two files)")
+    return meta
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header; a damaged header is one line naming it."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= 100 * 2**20:
+                raise ValueError(f"header length {size}")
+            header = json.loads(fh.read(size))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise MedscopeError(f"{path}: not a valid safetensors file (damaged or truncated: "
+                            f"{exc})") from None
+    return dict(header.get("__metadata__") or {})
 
 
 def read_meta(stem: Path) -> CheckpointMeta:
@@ -138,16 +229,23 @@ def write_meta(stem: Path, meta: CheckpointMeta) -> None:
 
 
 def load_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """(all tensors, metadata) of a checkpoint pair; ``stem`` may name either file or neither."""
+    """(all tensors, metadata) of a checkpoint pair; ``stem`` may name either file or neither.
+    A damaged or mismatched pair is one line naming it and the previous good pair, if kept."""
     stem = _stem(stem)
-    weights = stem.with_suffix(".safetensors")
-    if not weights.is_file():
-        raise MedscopeError(f"{weights}: checkpoint file not found")
-    meta = read_meta(stem)
     try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise MedscopeError(f"{weights}: not a valid safetensors file ({exc})") from None
+        meta = _check_pair(stem)
+        weights = stem.with_suffix(".safetensors")
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise MedscopeError(f"{weights}: not a valid safetensors file (damaged or truncated:"
+                                f" {exc})") from None
+    except MedscopeError as exc:
+        prev = previous_stem(stem)
+        if prev.with_suffix(".json").is_file() and checkpoint_problem(prev) is None:
+            raise MedscopeError(f"{exc}; the previous good checkpoint is kept as "
+                                f"{prev.with_suffix('.safetensors')}") from None
+        raise
     return tensors, meta
 
 
@@ -168,6 +266,10 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> d
             idx, name = key[len(OPTIM_PREFIX):].split(".", 1)
             state.setdefault(int(idx), {})[name] = value
     return {"state": state, "param_groups": meta.optimizer_param_groups}
+
+
+def extra_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

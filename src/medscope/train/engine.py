@@ -24,12 +24,25 @@ from medscope.models.transfer import param_groups, set_frozen_bn_eval, unfreeze
 from medscope.run import RunDir, atomic_write_csv
 from medscope.train.checkpoint import (
     CheckpointMeta,
+    checkpoint_problem,
+    extra_state,
     load_checkpoint,
     model_state,
     optimizer_state,
+    previous_stem,
     save_checkpoint,
 )
 from medscope.train.distributed import DistContext, unwrap
+from medscope.train.resumable import (
+    CheckpointClock,
+    EpochPosition,
+    StopRequest,
+    TrainingInterrupted,
+    batches_from,
+    capture_rng,
+    restore_rng,
+    stop_on_signals,
+)
 from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
@@ -101,16 +114,21 @@ class FitState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False  # a resumed run that stopped early does not train on
     grad_scaler: dict[str, Any] | None = None  # fp16 loss scale (plain numbers: JSON)
+    position: EpochPosition | None = None  # set in a mid-epoch checkpoint
+    rng: dict[str, torch.Tensor] | None = None  # every RNG's state when saved (tensors)
 
     def to_json(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "history": self.history,
-                "stopped_early": self.stopped_early, "grad_scaler": self.grad_scaler}
+                "stopped_early": self.stopped_early, "grad_scaler": self.grad_scaler,
+                "position": self.position.to_json() if self.position else None}
 
 
 # Called after every epoch with (model, optimizer, state, history row, improved): where
 # checkpoints and history are written. DDP runs it on rank 0 only; CV points it at a fold dir.
 EpochEnd = Callable[[nn.Module, torch.optim.Optimizer, FitState, dict[str, Any], bool], None]
+# Called mid-epoch (``--checkpoint-every``, SIGINT/SIGTERM) to write the resumable ``last``.
+Checkpoint = Callable[[nn.Module, torch.optim.Optimizer, FitState], None]
 
 
 def fit(
@@ -129,13 +147,27 @@ def fit(
     multilabel: bool = False,
     progress: bool = True,
     dist: DistContext | None = None,
+    on_checkpoint: Checkpoint | None = None,
 ) -> FitState:
     """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
     ``cfg.epochs``; writes nothing itself. Returns the final state.
 
     ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match.
     ``dist``: under torchrun, ``model`` is DDP-wrapped and ``val_loader`` holds this rank's
-    shard; training metrics are averaged and validation logits gathered over the ranks."""
+    shard; training metrics are averaged and validation logits gathered over the ranks.
+    ``on_checkpoint`` writes ``last`` mid-epoch: every ``cfg.checkpoint_every`` minutes, and
+    when SIGINT/SIGTERM asks training to stop (after the step in progress)."""
+    with stop_on_signals(enabled=not dist or not dist.enabled) as stop:
+        return _fit(model, train_loader, val_loader, cfg=cfg, normalize=normalize,
+                    runtime=runtime, loss_fn=loss_fn, optimizer=optimizer, state=state,
+                    on_epoch_end=on_epoch_end, sampler_generator=sampler_generator,
+                    multilabel=multilabel, progress=progress, dist=dist,
+                    on_checkpoint=on_checkpoint, stop=stop)
+
+
+def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, optimizer,
+         state, on_epoch_end, sampler_generator, multilabel, progress, dist, on_checkpoint,
+         stop: StopRequest) -> FitState:
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
@@ -149,6 +181,26 @@ def fit(
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     higher_is_better = cfg.monitor != "val_loss"
+    generators = (train_loader.generator, sampler_generator)
+    clock = CheckpointClock(cfg.checkpoint_every if on_checkpoint else None)
+    resume_at, state.position = state.position, None
+    if resume_at is None:
+        restore_rng(state.rng, generators)  # epochs re-seed torch; Python and NumPy need this
+
+    def checkpoint(pos: EpochPosition) -> None:
+        """After each step: mid-epoch ``last`` when due or asked to stop, then stop if asked."""
+        if not (clock.due() or stop) or on_checkpoint is None:
+            if stop:
+                raise TrainingInterrupted(_stopped(stop, pos, steps_per_epoch, False),
+                                          stop.signum)
+            return
+        state.position, state.rng = pos, capture_rng(generators)
+        state.grad_scaler = scaler.state_dict() if scaler.is_enabled() else None
+        on_checkpoint(model, optimizer, state)
+        state.position = None
+        clock.reset()
+        if stop:
+            raise TrainingInterrupted(_stopped(stop, pos, steps_per_epoch, True), stop.signum)
 
     last_epoch = state.epoch if state.stopped_early else cfg.epochs
     epochs = tqdm(range(state.epoch, last_epoch), desc="epochs", disable=not progress,
@@ -176,7 +228,10 @@ def fit(
                                  cfg.scheduler)),
                              progress, desc=f"train {epoch + 1}/{cfg.epochs}",
                              multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch,
-                             scaler=scaler)
+                             scaler=scaler, nan_policy=cfg.nan_policy,
+                             resume_at=resume_at if resume_at and resume_at.epoch == epoch
+                             else None, restore=lambda: restore_rng(state.rng, generators),
+                             after_step=checkpoint)
         train = dist.mean(train)
         val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel, dist)
                if val_loader is not None else {})
@@ -188,6 +243,7 @@ def fit(
                "seconds": round(time.perf_counter() - start, 3)}
         state.history.append(row)
         state.epoch = epoch + 1
+        state.rng = capture_rng(generators)
         score = row[cfg.monitor] if val else -row["train_loss"]
         improved = state.best_score is None or (
             score > state.best_score if higher_is_better or not val else score < state.best_score)
@@ -198,9 +254,13 @@ def fit(
         state.stopped_early = bool(cfg.early_stopping and state.bad_epochs >= cfg.early_stopping)
         for callback in on_epoch_end:
             callback(model, optimizer, state, row, improved)
+        clock.reset()
         epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
                            val_acc="-" if not val else f"{val['accuracy']:.3f}")
         _say(_epoch_line(row, improved), progress)
+        if stop:  # a signal during validation: this epoch's ``last`` is already written
+            raise TrainingInterrupted(f"training stopped by {stop.describe()} after epoch "
+                                      f"{epoch + 1}; its checkpoint is complete", stop.signum)
         if state.stopped_early:
             _say(f"early stopping: no improvement of {cfg.monitor} for "
                  f"{cfg.early_stopping} epochs (best epoch {state.best_epoch})", progress)
@@ -210,17 +270,34 @@ def fit(
 
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
                  desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0,
-                 scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                 scaler: torch.amp.GradScaler | None = None, nan_policy: str = "stop",
+                 resume_at: EpochPosition | None = None,
+                 restore: Callable[[], None] | None = None,
+                 after_step: Callable[[EpochPosition], None] | None = None
+                 ) -> dict[str, float]:
+    """One epoch; from ``resume_at`` (a mid-epoch checkpoint's position, RNGs put back by
+    ``restore`` once its batches are skipped) when given. ``after_step`` sees every step."""
     scaler = scaler or runtime.grad_scaler()
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
-    for step, (images, labels) in enumerate(bar):
+    pos = resume_at or EpochPosition(epoch)
+    batches = batches_from(loader, pos.step)
+    if resume_at is not None and restore is not None:
+        restore()
+    bar = tqdm(batches, desc=desc, disable=not progress, leave=False, unit="batch",
+               initial=pos.step, total=len(loader))
+    for step, (images, labels) in enumerate(bar, start=pos.step):
         set_step_lr(step)
         images = normalize(runtime.to_input(images))
         labels = labels.to(runtime.device, non_blocking=True)
         with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), labels)
+        if not torch.isfinite(loss) and nan_policy == "skip-batch":
+            pos.skipped, pos.step = pos.skipped + 1, step + 1
+            log.warning("training loss %s in epoch %d, step %d: batch skipped (--nan-policy "
+                        "skip-batch)", loss.item(), epoch + 1, step + 1)
+            if after_step is not None:
+                after_step(pos)
+            continue
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"training loss became {loss.item()} in epoch {epoch + 1}, step {step + 1}; "
@@ -235,11 +312,22 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
-        total_loss += loss.item() * len(labels)
-        correct += n_correct(logits.detach(), labels, multilabel)
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+        pos.add(loss.item(), n_correct(logits.detach(), labels, multilabel), len(labels))
+        pos.step = step + 1
+        bar.set_postfix(loss=f"{pos.metrics()['loss']:.3f}")
+        if after_step is not None:
+            after_step(pos)
+    if pos.skipped:
+        log.warning("epoch %d: %d of %d batches skipped for a NaN/Inf loss", epoch + 1,
+                    pos.skipped, len(loader))
+    return pos.metrics()
+
+
+def _stopped(stop: StopRequest, pos: EpochPosition, steps: int, saved: bool) -> str:
+    where = f"in epoch {pos.epoch + 1} after step {pos.step} of {steps}"
+    return (f"training stopped by {stop.describe()} {where}; "
+            + ("the last checkpoint holds this step" if saved
+               else "no mid-epoch checkpoint was written"))
 
 
 def n_correct(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> int:
@@ -291,14 +379,24 @@ class RunWriter:
         if improved:
             save_checkpoint(self.run.best, model,
                             self.meta.model_copy(update={"epoch": state.epoch, "val": dict(row)}))
-        last = self.meta.model_copy(update={"epoch": state.epoch, "fit_state": state.to_json()})
-        save_checkpoint(self.run.last, model, last, optimizer=optimizer)
+        self.save_last(model, optimizer, state)
         atomic_write_csv(self.run.history, HISTORY_COLUMNS,
                          ([_fmt(r.get(c)) for c in HISTORY_COLUMNS] for r in state.history))
 
+    def save_last(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: FitState
+                  ) -> None:
+        """The resumable ``last``: weights, optimizer, loop state, RNG states and (mid-epoch)
+        the position in the epoch. Also the ``on_checkpoint`` of ``fit``."""
+        last = self.meta.model_copy(update={"epoch": state.epoch, "fit_state": state.to_json()})
+        save_checkpoint(self.run.last, unwrap(model), last, optimizer=optimizer,
+                        extra=state.rng)
+
 
 def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> FitState:
-    """Load model and optimizer from a ``last`` checkpoint; the loop state to continue from."""
+    """Load model and optimizer from a ``last`` checkpoint; the loop state to continue from.
+    A damaged ``last`` (a crash while it was written) falls back to the previous one, saying
+    so; when neither is usable, one line names both."""
+    stem = _usable_last(Path(stem))
     tensors, meta = load_checkpoint(stem)
     model.load_state_dict(model_state(tensors))
     optimizer.load_state_dict(optimizer_state(tensors, meta))
@@ -307,7 +405,22 @@ def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
                     best_epoch=fs.get("best_epoch"), bad_epochs=fs.get("bad_epochs", 0),
                     history=fs.get("history", []),
                     stopped_early=fs.get("stopped_early", False),
-                    grad_scaler=fs.get("grad_scaler"))
+                    grad_scaler=fs.get("grad_scaler"),
+                    position=EpochPosition.from_json(fs.get("position")),
+                    rng=extra_state(tensors) or None)
+
+
+def _usable_last(stem: Path) -> Path:
+    problem = checkpoint_problem(stem)
+    if problem is None:
+        return stem
+    prev = previous_stem(stem)
+    if checkpoint_problem(prev) is not None:
+        raise MedscopeError(f"{problem}; no previous good checkpoint to fall back to "
+                            f"({prev.name}.*); delete {stem.parent} to start again")
+    log.warning("%s; resuming from the previous checkpoint %s instead", problem,
+                prev.with_suffix(".safetensors"))
+    return prev
 
 
 def _fmt(value: Any) -> Any:

@@ -4,6 +4,10 @@ decode: a mistake costs the user a second, not a decode of 9,000 images."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -30,7 +34,8 @@ def check_run_config(config: RunConfig, *, resume: bool = False) -> Runtime:
     RunDir(config.out).check_can_start(resume=resume)
     runtime = select_runtime(config.train.device, config.train.precision,
                              config.train.channels_last)
-    check_model(config)
+    params = sum(p.numel() for p in check_model(config).parameters())
+    check_disk(config, params)
     if config.model.pretrained:
         check_weights_source(config.model.pretrained)
     if config.train.unfreeze_at is not None and config.train.unfreeze_at > config.train.epochs:
@@ -39,7 +44,7 @@ def check_run_config(config: RunConfig, *, resume: bool = False) -> Runtime:
     return runtime
 
 
-def check_model(config: RunConfig) -> None:
+def check_model(config: RunConfig) -> torch.nn.Module:
     """Build the model on the meta device (no memory, no weights) to check its name, kwargs,
     input size and freeze spec."""
     name = config.model.name
@@ -54,3 +59,81 @@ def check_model(config: RunConfig) -> None:
         raise MedscopeError(f"model.kwargs {config.model.kwargs}: not accepted by {name!r} "
                             f"({exc})") from None
     apply_freeze(model, config.train.freeze)
+    return model
+
+
+# Reports, plots, history and predictions of a run: a generous allowance beside checkpoints.
+RUN_FILES_BYTES = 50 * 2**20
+
+
+def checkpoint_bytes(params: int, optimizer: str) -> int:
+    """Disk a run's checkpoints take at most: ``best`` (weights) and ``last`` (weights plus the
+    optimizer's per-parameter state: AdamW 2 moments, SGD 1 momentum buffer), each with the
+    previous pair kept while the next is written, float32."""
+    moments = 2 if optimizer == "adamw" else 1
+    return 2 * (params * 4 + params * 4 * (1 + moments))
+
+
+def cache_bytes(config: RunConfig) -> int:
+    """Upper estimate of the decoded-image cache: one uint8 S x S x C array per file found
+    under the data folder (a CSV: per line). 0 when the cache is off or the data is an npz."""
+    path = config.data.path
+    if not config.data.cache or path is None:
+        return 0
+    per_image = config.data.img_size ** 2 * config.data.in_chans
+    if path.is_dir():
+        return per_image * sum(len(files) for _, _, files in os.walk(path))
+    if path.suffix.lower() == ".csv":
+        with open(path, "rb") as fh:
+            return per_image * sum(1 for _ in fh)
+    return 0
+
+
+def check_disk(config: RunConfig, params: int) -> None:
+    """The run directory can be written and its disk holds the checkpoints (and, when it is
+    the same disk, the image cache), before anything is decoded or trained."""
+    from medscope.data.cache import default_cache_dir
+
+    out = _existing_ancestor(config.out)
+    _check_writable(out, f"{config.out}: cannot write the run directory")
+    need = {"checkpoints": checkpoint_bytes(params, config.train.optimizer) + RUN_FILES_BYTES}
+    cache_dir = _existing_ancestor(Path(config.data.cache_dir or default_cache_dir()))
+    cached = cache_bytes(config)
+    if cached and _same_disk(cache_dir, out):
+        need["image cache"] = cached
+    elif cached:
+        _check_free(cache_dir, {"image cache": cached}, "--cache-dir elsewhere or --no-cache")
+    _check_free(out, need, "another --out" + (" or --no-cache" if "image cache" in need else ""))
+
+
+def _check_free(where: Path, need: dict[str, int], hint: str) -> None:
+    free = shutil.disk_usage(where).free
+    if free < sum(need.values()):
+        what = " + ".join(f"{k} ~{_mb(v)}" for k, v in need.items())
+        raise MedscopeError(f"{where}: only {_mb(free)} free on this disk, the run needs {what}; "
+                            f"free some space or choose {hint}")
+
+
+def _check_writable(directory: Path, message: str) -> None:
+    # A real file, not os.access: that passes read-only mounts' bits for root and misses ACLs.
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".medscope-write-test-")
+    except OSError as exc:
+        raise MedscopeError(f"{message} ({directory}: {exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _same_disk(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

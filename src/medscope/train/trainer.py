@@ -20,7 +20,7 @@ from medscope.models.transfer import apply_freeze
 from medscope.report.plots import plot_learning_curves
 from medscope.run import RunDir, atomic_write_text, read_json
 from medscope.tracking import Tracker, flatten, make_tracker
-from medscope.train.checkpoint import CheckpointMeta, library_versions
+from medscope.train.checkpoint import CheckpointMeta, library_versions, previous_stem
 from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
     FitState,
@@ -31,6 +31,7 @@ from medscope.train.engine import (
     resume_state,
 )
 from medscope.train.preflight import check_run_config
+from medscope.train.resumable import TrainingInterrupted
 from medscope.train.runtime import Runtime, seed_everything, tune_backends
 from medscope.train.setup import (
     eval_loader,
@@ -89,6 +90,10 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
     try:
         _train(config, run, runtime, tracker, continuing=continuing, progress=progress,
                dist=dist)
+    except TrainingInterrupted as exc:
+        tracker.end("KILLED")
+        raise TrainingInterrupted(f"{exc}; continue with: medscope train --resume {run.root}",
+                                  exc.signum) from None
     except BaseException as exc:
         tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -135,7 +140,8 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
     sampler, sampler_generator = train_sampler_for(config, data, dist)
     _log_distributed(config, dist)
     val_split = len(data.samples["val"])
-    writers = [RunWriter(run, meta),
+    writer = RunWriter(run, meta)
+    writers = [writer,
                lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)]
     state = fit(model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
                 eval_loader(data, "val", config.train.batch_size,
@@ -146,7 +152,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                 optimizer=optimizer, state=state,
                 on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
                 sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
-                dist=dist)
+                dist=dist, on_checkpoint=writer.save_last if dist.is_main else None)
     if not dist.is_main:
         return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
@@ -155,6 +161,14 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                   precision=config.train.precision, device=config.train.device)
     evaluate_run(run, data=data, precision=config.train.precision, device=config.train.device,
                  progress=progress)
+    remove_previous_pairs(run)
+
+
+def remove_previous_pairs(run: RunDir) -> None:
+    """A finished run's checkpoints are complete: the pairs kept against a crash mid-save go."""
+    for stem in (run.best, run.last):
+        for suffix in (".safetensors", ".json"):
+            previous_stem(stem).with_suffix(suffix).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- distributed (torchrun)
@@ -165,6 +179,13 @@ def _check_distributed(config: RunConfig, dist: DistContext) -> None:
         # DDP syncs only the parameters that were trainable when it wrapped the model.
         raise MedscopeError(f"train.unfreeze_at {config.train.unfreeze_at}: not supported "
                             "under torchrun yet; run the two phases as two runs")
+    # Both act on one rank's timing or loss alone, while DDP steps all ranks together.
+    if dist.enabled and config.train.checkpoint_every is not None:
+        raise MedscopeError("--checkpoint-every: not supported under torchrun yet (checkpoints "
+                            "are written at the end of each epoch)")
+    if dist.enabled and config.train.nan_policy == "skip-batch":
+        raise MedscopeError("--nan-policy skip-batch: not supported under torchrun (a batch "
+                            "skipped on one rank would stall the others); use stop")
 
 
 def _prepare_data_ranked(config: RunConfig, run: RunDir, dist: DistContext, progress: bool

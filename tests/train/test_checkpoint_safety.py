@@ -1,0 +1,249 @@
+"""Checkpoint pairs survive a crash at any instant; damaged ones are one line naming the file and
+the fallback; NaN policy, disk and writability are checked; ``--resume RUN`` is parsed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import medscope.train.checkpoint as ckpt
+from medscope.cli import main
+from medscope.errors import MedscopeError
+from medscope.run import RunDir, read_json
+from medscope.train.checkpoint import (
+    CheckpointMeta,
+    checkpoint_problem,
+    load_checkpoint,
+    model_state,
+    previous_stem,
+    save_checkpoint,
+)
+from medscope.train.engine import resume_state
+from tests.conftest import make_image_folder
+
+
+def _meta(epoch: int) -> CheckpointMeta:
+    return CheckpointMeta(model="simple_cnn", classes=["a", "b"], img_size=16, in_chans=3,
+                          mean=[0.5] * 3, std=[0.2] * 3, epoch=epoch)
+
+
+def _model(value: float) -> nn.Module:
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(value)
+    return model
+
+
+def _saved_twice(tmp_path: Path) -> Path:
+    stem = tmp_path / "checkpoints" / "last"
+    for value in (1.0, 2.0):
+        model = _model(value)
+        save_checkpoint(stem, model, _meta(int(value)),
+                        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    return stem
+
+
+def test_each_save_keeps_the_previous_complete_pair(tmp_path):
+    stem = _saved_twice(tmp_path)
+    tensors, meta = load_checkpoint(stem)
+    prev_tensors, prev_meta = load_checkpoint(previous_stem(stem))
+    assert meta.epoch == 2 and float(model_state(tensors)["weight"][0, 0]) == 2.0
+    assert prev_meta.epoch == 1 and float(model_state(prev_tensors)["weight"][0, 0]) == 1.0
+    assert not list(stem.parent.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_crash_between_the_two_renames_is_detected_and_previous_is_intact(tmp_path,
+                                                                          monkeypatch):
+    stem = _saved_twice(tmp_path)
+    real, calls = os.replace, []
+
+    def crash_before_json(src, dst):
+        calls.append(dst)
+        if str(dst).endswith("last.json"):
+            raise SystemExit("killed")  # the process dies here: weights renamed, JSON not
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_before_json)
+    with pytest.raises(SystemExit):
+        save_checkpoint(stem, _model(3.0), _meta(3))
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    with pytest.raises(MedscopeError) as err:
+        load_checkpoint(stem)
+    message = str(err.value)
+    assert "last.safetensors: does not belong to last.json" in message
+    assert "previous good checkpoint is kept as" in message and "\n" not in message
+    assert checkpoint_problem(previous_stem(stem)) is None
+    assert load_checkpoint(previous_stem(stem))[1].epoch == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_weights_are_one_line_naming_file_and_fallback(tmp_path, damage):
+    stem = _saved_twice(tmp_path)
+    weights = stem.with_suffix(".safetensors")
+    data = weights.read_bytes()
+    weights.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(300),
+                         "empty": b""}[damage])
+    with pytest.raises(MedscopeError) as err:
+        load_checkpoint(stem)
+    message = str(err.value)
+    assert message.startswith(f"{weights}: not a valid safetensors file")
+    assert str(previous_stem(stem).with_suffix(".safetensors")) in message
+    assert "\n" not in message
+
+
+def test_damaged_without_previous_says_there_is_none(tmp_path, caplog):
+    stem = tmp_path / "checkpoints" / "last"
+    save_checkpoint(stem, _model(1.0), _meta(1))
+    stem.with_suffix(".safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(MedscopeError, match="no previous good checkpoint to fall back to"):
+        resume_state(stem, _model(0.0), torch.optim.SGD(_model(0.0).parameters(), lr=0.1))
+
+
+def test_resume_state_falls_back_to_previous_and_says_so(tmp_path, caplog):
+    stem = _saved_twice(tmp_path)
+    stem.with_suffix(".json").write_text("{ half a")
+    model = _model(0.0)
+    with caplog.at_level(logging.WARNING, logger="medscope"):
+        state = resume_state(stem, model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert state.epoch == 1 and float(model.weight.detach()[0, 0]) == 1.0
+    assert "resuming from the previous checkpoint" in caplog.text
+    assert "last.json: not valid JSON" in caplog.text
+
+
+def test_failed_write_leaves_the_old_pair_and_no_temporary_file(tmp_path, monkeypatch):
+    stem = _saved_twice(tmp_path)
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "write_synced_temp", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(stem, _model(3.0), _meta(3))
+    monkeypatch.undo()
+    assert load_checkpoint(stem)[1].epoch == 2
+    assert not list(stem.parent.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("ck") / "stripes", per_class=6, size=16)
+
+
+def _train(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "-q", "--data", str(data), "--out", str(out), "--img-size", "16",
+            "--batch-size", "4", "--model", "simple_cnn", "--device", "cpu", *extra]
+
+
+def test_resume_from_a_damaged_last_uses_the_previous_one(data, tmp_path, capsys, monkeypatch):
+    import medscope.train.engine as engine
+
+    out = tmp_path / "run"
+    real = engine.RunWriter.__call__
+
+    def stop_after_epoch_two(self, model, optimizer, state, row, improved):
+        real(self, model, optimizer, state, row, improved)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.RunWriter, "__call__", stop_after_epoch_two)
+    assert main(_train(data, out, "--epochs", "3")) == 130
+    monkeypatch.undo()
+    (out / "checkpoints" / "last.safetensors").write_bytes(b"torn")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "last.safetensors: not a valid safetensors file" in err
+    assert "resuming from the previous checkpoint" in err
+    assert [r["epoch"] for r in read_json(out / "checkpoints" / "last.json")["fit_state"]
+            ["history"]] == [1, 2, 3]
+
+
+def test_nan_policy_skip_batch_skips_and_finishes(data, tmp_path, capsys, monkeypatch):
+    import medscope.train.trainer as trainer
+
+    real = trainer.loss_for
+
+    class NanOnce(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, logits, labels):
+            self.calls += 1
+            loss = self.inner(logits, labels)
+            return loss * float("nan") if self.calls == 2 else loss
+
+    monkeypatch.setattr(trainer, "loss_for", lambda *a: NanOnce(real(*a)))
+    out = tmp_path / "run"
+    code = main(_train(data, out, "--epochs", "1", "--nan-policy", "skip-batch"))
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "in epoch 1, step 2: batch skipped" in err
+    assert RunDir(out).is_finished()
+    assert not list((out / "checkpoints").glob("*-previous.*"))  # finished: no spare pairs
+
+
+def test_too_little_disk_is_refused_before_anything_is_written(data, tmp_path, capsys,
+                                                              monkeypatch):
+    import medscope.train.preflight as preflight
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage",
+                        lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    out = tmp_path / "run"
+    assert main(_train(data, out, "--epochs", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "only 0 MB free on this disk, the run needs checkpoints" in err
+    assert "\n" not in err and not out.exists()
+
+
+def test_unwritable_output_is_refused_before_training(data, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(_train(data, blocker / "run", "--epochs", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot write the run directory" in err and "\n" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_is_refused_before_training(data, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    assert main(_train(data, ro / "run", "--epochs", "1")) == 2
+    assert "cannot write the run directory" in capsys.readouterr().err
+
+
+def test_resume_flag_forms(tmp_path, capsys):
+    assert main(["train", "-q", "--resume", str(tmp_path / "a"), "--out",
+                 str(tmp_path / "b")]) == 2
+    assert "two different runs" in capsys.readouterr().err
+    assert main(["train", "-q", "--resume"]) == 2
+    assert "--resume needs the run to continue" in capsys.readouterr().err
+    assert main(["train", "-q", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import medscope.run as run_module
+    from medscope.run import atomic_write_text
+
+    target = tmp_path / "history.csv"
+    atomic_write_text(target, "epoch\n1\n")
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_module.os, "fsync", no_space)
+    with pytest.raises(MedscopeError) as err:
+        atomic_write_text(target, "epoch\n1\n2\n")
+    assert str(err.value) == (f"{target}: cannot write (No space left on device); the previous "
+                              "version, if any, is unchanged")
+    assert target.read_text() == "epoch\n1\n" and not list(tmp_path.glob(".*.tmp"))
