@@ -34,6 +34,9 @@ from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
 
+# Second key of the augmentation generator's per-epoch seed (any constant other than a rank).
+AUGMENT_STREAM = 0x617567
+
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "val_f1_macro", "lr", "seconds"]
 
@@ -127,13 +130,17 @@ def fit(
     multilabel: bool = False,
     progress: bool = True,
     dist: DistContext | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    mix: Callable | None = None,
 ) -> FitState:
     """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
     ``cfg.epochs``; writes nothing itself. Returns the final state.
 
     ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match.
     ``dist``: under torchrun, ``model`` is DDP-wrapped and ``val_loader`` holds this rank's
-    shard; training metrics are averaged and validation logits gathered over the ranks."""
+    shard; training metrics are averaged and validation logits gathered over the ranks.
+    ``augment``: batched augmentation of the uint8 training batches on the device, drawing from
+    a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it."""
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
@@ -161,7 +168,10 @@ def fit(
         if sampler_generator is not None:  # a weighted sampler draws from its own generator
             sampler_generator.manual_seed(seed)
         if dist.rank:  # other augmentation draws on each rank; rank 0 keeps the usual stream
-            torch.manual_seed(epoch_seed(seed, dist.rank))
+            seed = epoch_seed(seed, dist.rank)
+            torch.manual_seed(seed)
+        # Augmentation draws from its own stream: the same whatever else uses torch's RNG.
+        aug_generator = torch.Generator().manual_seed(epoch_seed(seed, AUGMENT_STREAM))
         if hasattr(train_loader.sampler, "set_epoch"):  # distributed samplers shuffle by epoch
             train_loader.sampler.set_epoch(epoch)
         if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
@@ -174,7 +184,8 @@ def fit(
                                  cfg.scheduler)),
                              progress, desc=f"train {epoch + 1}/{cfg.epochs}",
                              multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch,
-                             scaler=scaler)
+                             scaler=scaler,
+                             batch_ops=BatchOps(augment, aug_generator, mix))
         train = dist.mean(train)
         val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel, dist)
                if val_loader is not None else {})
@@ -206,16 +217,39 @@ def fit(
     return state
 
 
+@dataclass
+class BatchOps:
+    """What happens to a training batch between the loader and the model."""
+
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    generator: torch.Generator | None = None
+    mix: Callable | None = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+                 runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch from the loader -> (model input, targets) on the device: augmented on
+        uint8 where it is, normalised to float, then mixed (MixUp/CutMix blend floats)."""
+        images = images.to(runtime.device, non_blocking=True)
+        labels = labels.to(runtime.device, non_blocking=True)
+        if self.augment is not None:
+            images = self.augment(images, self.generator)
+        images = normalize(runtime.to_input(images))
+        if self.mix is not None:
+            images, labels = self.mix(images, labels)
+        return images, labels
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
                  desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0,
-                 scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                 scaler: torch.amp.GradScaler | None = None,
+                 batch_ops: BatchOps | None = None) -> dict[str, float]:
     scaler = scaler or runtime.grad_scaler()
+    batch_ops = batch_ops or BatchOps()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
     for step, (images, labels) in enumerate(bar):
         set_step_lr(step)
-        images = normalize(runtime.to_input(images))
-        labels = labels.to(runtime.device, non_blocking=True)
+        images, labels = batch_ops(images, labels, normalize, runtime)
         with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), labels)

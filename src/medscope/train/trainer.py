@@ -37,6 +37,7 @@ from medscope.train.setup import (
     ignored_for_multilabel,
     loss_for,
     normalisation_for,
+    train_batch_ops,
     train_loader,
     train_sampler_for,
 )
@@ -134,6 +135,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
     model = _compiled(dist.wrap_ddp(model), config.train.compile)
     sampler, sampler_generator = train_sampler_for(config, data, dist)
     _log_distributed(config, dist)
+    augment, mix = train_batch_ops(config, data)
     val_split = len(data.samples["val"])
     writers = [RunWriter(run, meta),
                lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)]
@@ -146,7 +148,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                 optimizer=optimizer, state=state,
                 on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
                 sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
-                dist=dist)
+                dist=dist, augment=augment, mix=mix)
     if not dist.is_main:
         return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
