@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="refer_to_expert when the top probability is below P (default: the "
                         "checkpoint's selective threshold if any; 0 = off)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                   help="onnx: onnxruntime on RUN/onnx (exported on the fly if missing)")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="onnx: onnxruntime on RUN/onnx (exported on the fly if missing); "
+                        "onnx-int8: on RUN/onnx-int8 (statically quantized, calibrated on "
+                        "the run's training images)")
     p.add_argument("--ensemble", action="store_true",
                    help="RUN is a `medscope cv` directory: average its fold models")
     p.set_defaults(func=cmd_predict)
@@ -255,7 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any batch size (default)")
     p.add_argument("--static-batch", dest="dynamic_batch", action="store_false",
                    help="batch size fixed to 1")
-    p.add_argument("--out", type=Path, default=None, help="folder (default: RUN/onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (onnxruntime), calibrated on the run's "
+                        "training images")
+    p.add_argument("--calibration-images", type=int, default=256, metavar="N",
+                   help="--int8: training images that calibrate activation ranges")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder (default: RUN/onnx, or RUN/onnx-int8 with --int8)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", parents=[common],
@@ -522,7 +530,8 @@ def cmd_explain(args) -> None:
 def cmd_export(args) -> None:
     from medscope.export import export_onnx
 
-    path = export_onnx(args.run, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    path = export_onnx(args.run, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                       int8=args.int8, calibration_images=args.calibration_images)
     print(f"wrote {path} and {path.with_name('model.json')}")
 
 def cmd_serve(args) -> None:

@@ -149,7 +149,8 @@ def predict_files(
     ``abstain_below``: refer the image to an expert when its top probability is below this;
     default the checkpoint's ``selective_threshold`` (single model only), 0 switches it off.
     ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
-    stale). Probabilities are calibrated by each model's temperature.
+    stale); ``"onnx-int8"``: on its int8 export (``RUN/onnx-int8``, calibrated on the run's
+    training images). Probabilities are calibrated by each model's temperature.
     """
     if backend not in BACKENDS:
         raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
@@ -178,7 +179,7 @@ def predict_files(
     return rows
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 def load_models(source: Path | str, *, backend: str = "torch", precision: str = "auto",
@@ -211,8 +212,8 @@ def _load_one(source: Path, backend: str, precision: str, device: str) -> Any:
 
     if _is_onnx_export(source):
         return OnnxPredictor.load(source)
-    if backend == "onnx":
-        return OnnxPredictor.load(current_onnx_export(source))
+    if backend in ("onnx", "onnx-int8"):
+        return OnnxPredictor.load(current_onnx_export(source, int8=backend == "onnx-int8"))
     return Predictor.load(source, precision=precision, device=device)
 
 
@@ -223,13 +224,13 @@ def _is_onnx_export(source: Path) -> bool:
         not (source / "checkpoints").is_dir()
 
 
-def current_onnx_export(source: Path | str) -> Path:
-    """The export folder of a run/checkpoint, (re-)exported when absent or made from other
-    weights than the checkpoint's current ones."""
+def current_onnx_export(source: Path | str, int8: bool = False) -> Path:
+    """The export folder of a run/checkpoint (its int8 one with ``int8``), (re-)exported when
+    absent or made from other weights than the checkpoint's current ones."""
     from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
     from medscope.run import read_json
 
-    folder = default_export_dir(source)
+    folder = default_export_dir(source, int8)
     meta_path = folder / "model.json"
     digest = checkpoint_digest(checkpoint_stem(source))
     if meta_path.is_file():
@@ -237,7 +238,7 @@ def current_onnx_export(source: Path | str) -> Path:
         if isinstance(meta, dict) and meta.get("onnx", {}).get("source_checkpoint") == digest:
             return folder
     log.info("exporting %s to ONNX in %s", source, folder)
-    return export_onnx(source, folder).parent
+    return export_onnx(source, folder, int8=int8).parent
 
 
 def abstain_threshold(models: Sequence[Any], given: float | None) -> float | None:

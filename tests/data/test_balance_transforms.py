@@ -8,7 +8,7 @@ from medscope.data.balance import (
     distribution_line,
     sample_weights,
 )
-from medscope.data.transforms import PRESETS, augmentation, batch_mixing
+from medscope.data.transforms import PRESETS, Normalize, augmentation, batch_mixing
 from medscope.errors import MedscopeError
 
 
@@ -61,10 +61,27 @@ def test_unknown_preset():
 
 
 def test_mixup_gives_soft_labels():
-    collate = batch_mixing(3, mixup=0.4)
-    batch = [(torch.full((3, 8, 8), i * 50, dtype=torch.uint8), torch.tensor(i % 3))
-             for i in range(4)]
-    images, labels = collate(batch)
+    mix = batch_mixing(3, mixup=0.4)
+    images = torch.stack([torch.full((3, 8, 8), i * 50.0) for i in range(4)])
+    mixed, labels = mix(images, torch.arange(4) % 3)
     assert labels.shape == (4, 3) and torch.allclose(labels.sum(1), torch.ones(4))
-    assert images.dtype == torch.float32
+    assert mixed.dtype == torch.float32 and mixed.shape == images.shape
     assert batch_mixing(3) is None
+
+
+def test_batch_ops_augment_uint8_first_then_mix_floats():
+    from medscope.train.engine import BatchOps
+    from medscope.train.runtime import select_runtime
+
+    seen = []
+
+    def spy(images, generator):
+        seen.append(images.dtype)
+        return images.flip(-1)
+
+    ops = BatchOps(spy, torch.Generator().manual_seed(0), batch_mixing(3, cutmix=1.0))
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    out, labels = ops(images, torch.arange(4) % 3, Normalize([0.5] * 3, [0.25] * 3),
+                      select_runtime("cpu", "fp32"))
+    assert seen == [torch.uint8]
+    assert out.dtype == torch.float32 and labels.shape == (4, 3)

@@ -91,3 +91,39 @@ def test_loading_something_else_is_a_user_error(tmp_path, trained_run, capsys):
         OnnxPredictor.load(tmp_path)
     rc = main(["export", str(trained_run.root), "--opset", "11", "--out", str(tmp_path), "-q"])
     assert rc == 2 and "--opset 11" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_int8_export_agrees_with_fp32_and_says_how_it_was_quantized(trained_run, image_folder,
+                                                                    tmp_path):
+    path = export_onnx(trained_run.root, tmp_path / "int8", int8=True, calibration_images=16)
+    meta = json.loads(path.with_name("model.json").read_text())
+    assert meta["onnx"]["quantization"]["calibration_images"] == 16
+    assert meta["onnx"]["quantization"]["calibration_split"] == "train"
+    graph_ops = {node.op_type for node in __import__("onnx").load(str(path)).graph.node}
+    assert "QuantizeLinear" in graph_ops and "DequantizeLinear" in graph_ops
+    pixels = _folder_pixels(image_folder, 36)
+    fp32 = Predictor.load(trained_run.root, precision="fp32", device="cpu")
+    ref = fp32.probs_from_pixels(pixels)
+    got = OnnxPredictor.load(path).probs_from_pixels(pixels)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert np.abs(got - ref).max() < 0.15
+
+
+@pytest.mark.slow
+def test_predict_backend_onnx_int8_exports_once_into_the_run(trained_run, image_folder,
+                                                             tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.root, run)
+    images = sorted(image_folder.rglob("*.png"))[:4]
+    assert main(["predict", str(run), *map(str, images), "--backend", "onnx-int8",
+                 "--out", str(tmp_path / "p.csv")]) in (0, None)
+    assert (run / "onnx-int8" / "model.onnx").is_file()
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 5
+
+
+def test_int8_export_of_a_bare_checkpoint_is_a_user_error(trained_run, tmp_path):
+    with pytest.raises(MedscopeError, match="int8 export needs a run directory"):
+        export_onnx(trained_run.best.with_suffix(".safetensors"), tmp_path / "x", int8=True)

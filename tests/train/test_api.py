@@ -117,6 +117,36 @@ def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkey
         assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-6)
 
 
+@pytest.mark.slow
+def test_resumed_run_augments_and_mixes_as_the_uninterrupted_one(image_folder, tmp_path,
+                                                                 monkeypatch):
+    """Batched augmentation draws from a generator reseeded every epoch: epoch 2 of a resumed
+    microscopy + CutMix run sees the very batches of the uninterrupted run."""
+    import medscope.train.engine as engine
+
+    extra = {"train.epochs": 2, "data.augment": "microscopy", "data.cutmix": 1.0,
+             "train.precision": "fp32"}
+    full = train(tiny_config(image_folder, tmp_path / "full", **extra), progress=False)
+    cfg = tiny_config(image_folder, tmp_path / "r", **extra)
+    real_write = engine.RunWriter.__call__
+
+    def interrupt_after_epoch_one(self, model, optimizer, state, row, improved):
+        real_write(self, model, optimizer, state, row, improved)
+        if state.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.RunWriter, "__call__", interrupt_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(engine.RunWriter, "__call__", real_write)
+    resumed = train(cfg, resume=True, progress=False)
+    a, b = (list(csv.DictReader(r.history.open())) for r in (full, resumed))
+    assert [float(r["train_loss"]) for r in a] == pytest.approx(
+        [float(r["train_loss"]) for r in b], rel=1e-5)
+    wa, wb = (model_state(load_checkpoint(r.last)[0]) for r in (full, resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_training_calibrates_and_evaluation_reports_cis(trained_run):
     meta = json.loads(trained_run.best.with_suffix(".json").read_text())
     assert meta["temperature"] > 0 and "selective_threshold" in meta

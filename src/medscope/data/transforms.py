@@ -1,5 +1,10 @@
-"""Augmentation presets (torchvision transforms v2) that run on uint8 CHW tensors after the cache,
-and the normalisation that runs on whole batches."""
+"""Augmentation presets as per-image torchvision v2 pipelines, MixUp/CutMix and the
+normalisation of whole batches.
+
+Training augments whole batches with ``augment.BatchAugment`` (same distributions, a few tensor
+ops per batch); the per-image pipelines here are its reference (tests compare the statistics)
+and what a plain PyTorch pipeline would run in its workers (``benchmarks/train_throughput.py``).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment")
 
 
 def augmentation(preset: str) -> nn.Module:
-    """A per-image augmentation on uint8 CHW tensors (after the cache), by preset name."""
+    """A per-image augmentation on uint8 CHW tensors or PIL images, by preset name."""
     if preset == "none":
         return nn.Identity()
     if preset == "flips":
@@ -50,22 +55,15 @@ def augmentation(preset: str) -> nn.Module:
 
 
 def batch_mixing(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0):
-    """A collate function that applies MixUp and/or CutMix to whole batches (labels become
-    soft, N x K), or None when both alphas are 0."""
-    from torch.utils.data import default_collate
-
+    """``mix(images, labels) -> (images, soft labels N x K)`` applying MixUp and/or CutMix to a
+    float batch, or None when both alphas are 0. The loop calls it after augmentation (on
+    uint8) and normalisation: both mixes are convex combinations or pastes, which commute with
+    the per-channel affine normalisation."""
     mixers = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
              ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
     if not mixers:
         return None
-    mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-    def collate(batch):
-        images, labels = default_collate(batch)
-        # MixUp/CutMix blend in float; the loop normalises uint8 or float alike.
-        return mix(images.float(), labels)
-
-    return collate
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 class Normalize(nn.Module):

@@ -10,6 +10,10 @@ its presence means the export is complete. Nothing is ever unpickled.
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the supported path
 since torch 2.9; the TorchScript exporter is deprecated.
+
+``int8``: the exported graph statically quantized by ``onnxruntime.quantization`` (QDQ, int8
+weights per channel, uint8 activations), its activation ranges calibrated on images of the
+run's own training split; same input contract, ``model.json`` says how it was quantized.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ FORMAT = "medscope-onnx/1"
 MODEL_FILE, META_FILE = "model.onnx", "model.json"
 INPUT, OUTPUT = "pixels", "logits"
 DEFAULT_OPSET = 18  # the oldest opset the dynamo exporter emits natively
+CALIBRATION_IMAGES = 256  # int8: activation ranges settle well before this on CNNs
 # Training-only metadata that does not describe the exported model.
 _DROP_META = ("optimizer_param_groups", "fit_state")
 
@@ -50,27 +55,34 @@ class _NormalisedModel(nn.Module):
         return self.model(self.normalize(pixels))
 
 
-def default_export_dir(source: Path | str) -> Path:
-    """Where an export of ``source`` goes unless told: ``RUN/onnx`` for a run directory,
-    ``<stem>_onnx`` beside a checkpoint pair."""
+def default_export_dir(source: Path | str, int8: bool = False) -> Path:
+    """Where an export of ``source`` goes unless told: ``RUN/onnx`` (``RUN/onnx-int8``) for a
+    run directory, ``<stem>_onnx`` (``<stem>_onnx_int8``) beside a checkpoint pair."""
     from medscope.predict import checkpoint_stem
 
     source = Path(source)
     stem = checkpoint_stem(source)
-    return source / "onnx" if source.is_dir() else stem.parent / f"{stem.name}_onnx"
+    if source.is_dir():
+        return source / ("onnx-int8" if int8 else "onnx")
+    return stem.parent / f"{stem.name}_onnx{'_int8' if int8 else ''}"
 
 
 def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> Path:
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, int8: bool = False,
+                calibration_images: int = CALIBRATION_IMAGES) -> Path:
     """Write ``model.onnx`` and ``model.json`` to ``out_dir``; returns the ``model.onnx`` path.
-    With ``dynamic_batch`` the batch dimension is free, else fixed to 1."""
+    With ``dynamic_batch`` the batch dimension is free, else fixed to 1. With ``int8`` the
+    graph is statically quantized, calibrated on up to ``calibration_images`` images of the
+    run's training split (``run_or_ckpt`` must then be a run directory)."""
     from medscope.predict import Predictor, checkpoint_stem
 
     if opset < DEFAULT_OPSET:
         raise MedscopeError(f"--opset {opset}: the exporter needs {DEFAULT_OPSET} or newer")
     stem = checkpoint_stem(run_or_ckpt)
     predictor = Predictor.load(run_or_ckpt, precision="fp32", device="cpu")
-    out = Path(out_dir) if out_dir is not None else default_export_dir(run_or_ckpt)
+    out = Path(out_dir) if out_dir is not None else default_export_dir(run_or_ckpt, int8)
+    calibration = (calibration_pixels(run_or_ckpt, predictor, calibration_images) if int8
+                   else None)
     graph = _NormalisedModel(predictor.normalize, predictor.model).eval()
     graph = graph.to(memory_format=torch.contiguous_format)
     chans, size = predictor.in_chans, predictor.img_size
@@ -80,13 +92,73 @@ def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
     (out / META_FILE).unlink(missing_ok=True)  # incomplete until model.json is back
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".onnx")
     os.close(fd)
+    quantized = f"{tmp}.int8.onnx"
     try:
         _export(graph, example, tmp, opset, dynamic, predictor.meta["model"])
+        if calibration is not None:
+            quantize_int8(tmp, quantized, calibration, batch=8 if dynamic_batch else 1)
+            os.replace(quantized, tmp)
         os.replace(tmp, out / MODEL_FILE)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    atomic_write_json(out / META_FILE, export_meta(predictor, stem, opset, dynamic_batch))
+        Path(quantized).unlink(missing_ok=True)
+    meta = export_meta(predictor, stem, opset, dynamic_batch)
+    if calibration is not None:
+        meta["onnx"]["quantization"] = {
+            "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+            "weights": "int8, per channel", "activations": "uint8", "calibration": "MinMax",
+            "calibration_images": len(calibration), "calibration_split": "train"}
+    atomic_write_json(out / META_FILE, meta)
     return out / MODEL_FILE
+
+
+def calibration_pixels(run_dir: Path | str, predictor: Any, n: int) -> np.ndarray:
+    """Up to ``n`` images of a run's training split (seeded random pick), decoded as the
+    model sees them: what int8 calibration measures activation ranges on."""
+    from medscope.data.prepare import run_split
+    from medscope.run import RunDir
+
+    run = RunDir(run_dir)
+    if not Path(run_dir).is_dir() or not run.splits.is_file() or not run.config.is_file():
+        raise MedscopeError(f"{run_dir}: int8 export needs a run directory (its training "
+                            "split calibrates the quantization)")
+    if n < 1:
+        raise MedscopeError(f"calibration images {n}: must be at least 1")
+    samples, _, _ = run_split(run, predictor.classes, "train")
+    if not samples:
+        raise MedscopeError(f"{run.splits}: no training images to calibrate int8 on")
+    pick = np.random.default_rng(0).permutation(len(samples))[:n]
+    decoded = predictor.decode([samples[i] for i in sorted(pick)], progress=False)
+    if not len(decoded.pixels):
+        raise MedscopeError(f"{run_dir}: none of the training images could be read")
+    return np.asarray(decoded.pixels)
+
+
+def quantize_int8(src: str, dst: str, pixels: np.ndarray, batch: int) -> None:
+    """Static int8 quantization of ``src`` into ``dst``, ranges calibrated on ``pixels``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT: _nchw(pixels[i:i + batch])}
+                                 for i in range(0, len(pixels), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    try:
+        quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    except Exception as exc:  # onnxruntime raises many types; the user needs the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedscopeError(f"int8 quantization failed ({first})") from exc
 
 
 def _export(graph: nn.Module, example: torch.Tensor, path: str, opset: int,

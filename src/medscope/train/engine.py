@@ -47,6 +47,9 @@ from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
 
+# Second key of the augmentation generator's per-epoch seed (any constant other than a rank).
+AUGMENT_STREAM = 0x617567
+
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "val_f1_macro", "lr", "seconds"]
 
@@ -148,6 +151,8 @@ def fit(
     progress: bool = True,
     dist: DistContext | None = None,
     on_checkpoint: Checkpoint | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    mix: Callable | None = None,
 ) -> FitState:
     """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
     ``cfg.epochs``; writes nothing itself. Returns the final state.
@@ -156,18 +161,20 @@ def fit(
     ``dist``: under torchrun, ``model`` is DDP-wrapped and ``val_loader`` holds this rank's
     shard; training metrics are averaged and validation logits gathered over the ranks.
     ``on_checkpoint`` writes ``last`` mid-epoch: every ``cfg.checkpoint_every`` minutes, and
-    when SIGINT/SIGTERM asks training to stop (after the step in progress)."""
+    when SIGINT/SIGTERM asks training to stop (after the step in progress).
+    ``augment``: batched augmentation of the uint8 training batches on the device, drawing from
+    a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it."""
     with stop_on_signals(enabled=not dist or not dist.enabled) as stop:
         return _fit(model, train_loader, val_loader, cfg=cfg, normalize=normalize,
                     runtime=runtime, loss_fn=loss_fn, optimizer=optimizer, state=state,
                     on_epoch_end=on_epoch_end, sampler_generator=sampler_generator,
                     multilabel=multilabel, progress=progress, dist=dist,
-                    on_checkpoint=on_checkpoint, stop=stop)
+                    on_checkpoint=on_checkpoint, stop=stop, augment=augment, mix=mix)
 
 
 def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, optimizer,
          state, on_epoch_end, sampler_generator, multilabel, progress, dist, on_checkpoint,
-         stop: StopRequest) -> FitState:
+         stop: StopRequest, augment=None, mix=None) -> FitState:
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
@@ -181,7 +188,10 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     higher_is_better = cfg.monitor != "val_loss"
-    generators = (train_loader.generator, sampler_generator)
+    # Augmentation draws from its own stream, reseeded every epoch; a mid-epoch checkpoint
+    # keeps its state with the loader's and sampler's.
+    aug_generator = torch.Generator()
+    generators = (train_loader.generator, sampler_generator, aug_generator)
     clock = CheckpointClock(cfg.checkpoint_every if on_checkpoint else None)
     resume_at, state.position = state.position, None
     if resume_at is None:
@@ -215,7 +225,10 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
         if sampler_generator is not None:  # a weighted sampler draws from its own generator
             sampler_generator.manual_seed(seed)
         if dist.rank:  # other augmentation draws on each rank; rank 0 keeps the usual stream
-            torch.manual_seed(epoch_seed(seed, dist.rank))
+            seed = epoch_seed(seed, dist.rank)
+            torch.manual_seed(seed)
+        # Augmentation draws from its own stream: the same whatever else uses torch's RNG.
+        aug_generator.manual_seed(epoch_seed(seed, AUGMENT_STREAM))
         if hasattr(train_loader.sampler, "set_epoch"):  # distributed samplers shuffle by epoch
             train_loader.sampler.set_epoch(epoch)
         if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
@@ -231,7 +244,8 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
                              scaler=scaler, nan_policy=cfg.nan_policy,
                              resume_at=resume_at if resume_at and resume_at.epoch == epoch
                              else None, restore=lambda: restore_rng(state.rng, generators),
-                             after_step=checkpoint)
+                             after_step=checkpoint,
+                             batch_ops=BatchOps(augment, aug_generator, mix))
         train = dist.mean(train)
         val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel, dist)
                if val_loader is not None else {})
@@ -268,16 +282,39 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
     return state
 
 
+@dataclass
+class BatchOps:
+    """What happens to a training batch between the loader and the model."""
+
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    generator: torch.Generator | None = None
+    mix: Callable | None = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+                 runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 batch from the loader -> (model input, targets) on the device: augmented on
+        uint8 where it is, normalised to float, then mixed (MixUp/CutMix blend floats)."""
+        images = images.to(runtime.device, non_blocking=True)
+        labels = labels.to(runtime.device, non_blocking=True)
+        if self.augment is not None:
+            images = self.augment(images, self.generator)
+        images = normalize(runtime.to_input(images))
+        if self.mix is not None:
+            images, labels = self.mix(images, labels)
+        return images, labels
+
+
 def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
                  desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0,
                  scaler: torch.amp.GradScaler | None = None, nan_policy: str = "stop",
                  resume_at: EpochPosition | None = None,
                  restore: Callable[[], None] | None = None,
-                 after_step: Callable[[EpochPosition], None] | None = None
-                 ) -> dict[str, float]:
+                 after_step: Callable[[EpochPosition], None] | None = None,
+                 batch_ops: BatchOps | None = None) -> dict[str, float]:
     """One epoch; from ``resume_at`` (a mid-epoch checkpoint's position, RNGs put back by
     ``restore`` once its batches are skipped) when given. ``after_step`` sees every step."""
     scaler = scaler or runtime.grad_scaler()
+    batch_ops = batch_ops or BatchOps()
     pos = resume_at or EpochPosition(epoch)
     batches = batches_from(loader, pos.step)
     if resume_at is not None and restore is not None:
@@ -286,8 +323,7 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
                initial=pos.step, total=len(loader))
     for step, (images, labels) in enumerate(bar, start=pos.step):
         set_step_lr(step)
-        images = normalize(runtime.to_input(images))
-        labels = labels.to(runtime.device, non_blocking=True)
+        images, labels = batch_ops(images, labels, normalize, runtime)
         with runtime.autocast():
             logits = model(images)
         loss = loss_fn(logits.float(), labels)

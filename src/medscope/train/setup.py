@@ -5,17 +5,18 @@ exactly the same pieces."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from medscope.config import RunConfig
+from medscope.data.augment import BatchAugment, batch_augmentation
 from medscope.data.balance import balanced_sampler, class_weights, sample_weights
 from medscope.data.dataset import PixelDataset
 from medscope.data.prepare import PreparedData
-from medscope.data.transforms import augmentation, batch_mixing, channel_stats
+from medscope.data.transforms import batch_mixing, channel_stats
 from medscope.train.distributed import DistContext, DistributedWeightedSampler
 
 log = logging.getLogger("medscope")
@@ -57,20 +58,25 @@ def normalisation_for(config: RunConfig, model: torch.nn.Module, train_pixels: n
 
 def train_loader(config: RunConfig, data: PreparedData, sampler: Sampler | None = None,
                  pin_memory: bool = False) -> DataLoader:
-    """Shuffled (or ``sampler``-drawn), augmented, mixed when MixUp/CutMix is on; the loader's
-    generator is re-seeded every epoch by the loop. ``pin_memory`` when batches go to a GPU
-    (the copies are then non-blocking)."""
-    classes, multilabel = data.source.classes, data.source.multilabel
+    """Shuffled (or ``sampler``-drawn) uint8 batches; the loop augments and mixes them on the
+    device (``train_batch_ops``). The loader's generator is re-seeded every epoch by the loop.
+    ``pin_memory`` when batches go to a GPU (the copies are then non-blocking)."""
     targets = data.labels("train")
     per_epoch = len(sampler) if sampler is not None else len(targets)
     return DataLoader(
-        PixelDataset(data.pixels["train"], targets, augmentation(config.data.augment)),
+        PixelDataset(data.pixels["train"], targets),
         batch_size=config.train.batch_size, shuffle=sampler is None, sampler=sampler,
         drop_last=_drop_last(per_epoch, config.train.batch_size),
         generator=torch.Generator().manual_seed(config.train.seed),
-        num_workers=config.data.num_workers, pin_memory=pin_memory,
-        collate_fn=None if multilabel else batch_mixing(len(classes), config.data.mixup,
-                                                        config.data.cutmix))
+        num_workers=config.data.num_workers, pin_memory=pin_memory)
+
+
+def train_batch_ops(config: RunConfig, data: PreparedData
+                    ) -> tuple[BatchAugment | None, Callable | None]:
+    """(batched augmentation or None, MixUp/CutMix mixer or None) of the training batches."""
+    mix = None if data.source.multilabel else batch_mixing(
+        len(data.source.classes), config.data.mixup, config.data.cutmix)
+    return batch_augmentation(config.data.augment), mix
 
 
 def balanced_sampler_for(config: RunConfig, data: PreparedData

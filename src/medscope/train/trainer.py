@@ -38,6 +38,7 @@ from medscope.train.setup import (
     ignored_for_multilabel,
     loss_for,
     normalisation_for,
+    train_batch_ops,
     train_loader,
     train_sampler_for,
 )
@@ -139,6 +140,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
     model = _compiled(dist.wrap_ddp(model), config.train.compile)
     sampler, sampler_generator = train_sampler_for(config, data, dist)
     _log_distributed(config, dist)
+    augment, mix = train_batch_ops(config, data)
     val_split = len(data.samples["val"])
     writer = RunWriter(run, meta)
     writers = [writer,
@@ -152,7 +154,8 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                 optimizer=optimizer, state=state,
                 on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
                 sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
-                dist=dist, on_checkpoint=writer.save_last if dist.is_main else None)
+                dist=dist, on_checkpoint=writer.save_last if dist.is_main else None,
+                augment=augment, mix=mix)
     if not dist.is_main:
         return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
