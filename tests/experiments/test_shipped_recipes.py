@@ -18,7 +18,7 @@ from tests.conftest import SHARED_DATA, one_torch_thread
 RECIPES = shipped_recipes()
 
 
-@pytest.mark.slow  # 5-40 s per recipe on a quiet 2-core machine (each trains 1-6 models)
+@pytest.mark.slow  # each recipe trains and reports 1-6 models (2 folds for CV ones)
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_quick_run_of_every_shipped_recipe(path, tmp_path):
     out = tmp_path / "out"
