@@ -38,7 +38,6 @@ from medscope.train.resumable import (
     EpochPosition,
     StopRequest,
     TrainingInterrupted,
-    batches_from,
     capture_rng,
     restore_rng,
     stop_on_signals,
@@ -316,12 +315,15 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
     scaler = scaler or runtime.grad_scaler()
     batch_ops = batch_ops or BatchOps()
     pos = resume_at or EpochPosition(epoch)
-    batches = batches_from(loader, pos.step)
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
+    batches = iter(bar)
+    # Resuming mid-epoch: the batches already trained on are loaded and dropped, so the loader
+    # and its workers stand exactly where they stood; then every RNG is put back as saved.
+    for _ in range(pos.step):
+        next(batches)
     if resume_at is not None and restore is not None:
         restore()
-    bar = tqdm(batches, desc=desc, disable=not progress, leave=False, unit="batch",
-               initial=pos.step, total=len(loader))
-    for step, (images, labels) in enumerate(bar, start=pos.step):
+    for step, (images, labels) in enumerate(batches, start=pos.step):
         set_step_lr(step)
         images, labels = batch_ops(images, labels, normalize, runtime)
         with runtime.autocast():

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 log = logging.getLogger("medscope")
 
@@ -106,20 +105,6 @@ def restore_rng(state: dict[str, torch.Tensor] | None,
     for i, gen in enumerate(generators):
         if gen is not None and f"rng.generator{i}" in state:
             gen.set_state(state[f"rng.generator{i}"].to(torch.uint8))
-
-
-def batches_from(loader: DataLoader, skip: int) -> Iterator[Any]:
-    """An iterator over ``loader``'s epoch that starts after its first ``skip`` batches. In one
-    process only the sampler advances (no image is read); with worker processes the skipped
-    batches are loaded and dropped, which keeps the workers' random streams where they were."""
-    it = iter(loader)
-    next_index = getattr(it, "_next_index", None)
-    for _ in range(skip):
-        if loader.num_workers == 0 and next_index is not None:
-            next_index()
-        else:
-            next(it)
-    return it
 
 
 # ---------------------------------------------------------------- when to checkpoint, when to stop
