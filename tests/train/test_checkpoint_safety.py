@@ -143,6 +143,7 @@ def _train(data: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "4", "--model", "simple_cnn", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow  # two short trainings
 def test_resume_from_a_damaged_last_uses_the_previous_one(data, tmp_path, capsys, monkeypatch):
     import medscope.train.engine as engine
 
@@ -167,6 +168,7 @@ def test_resume_from_a_damaged_last_uses_the_previous_one(data, tmp_path, capsys
             ["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow  # a whole run with evaluation
 def test_nan_policy_skip_batch_skips_and_finishes(data, tmp_path, capsys, monkeypatch):
     import medscope.train.trainer as trainer
 
