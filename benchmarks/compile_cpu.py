@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(measure(json.loads(args.child))), flush=True)
         return
+    if args.threads:  # the children set it too; here for the machine line
+        import torch
+
+        torch.set_num_threads(args.threads)
     report = Report(args.out)
     report("# compile_cpu: torch.compile (inductor) vs eager on CPU")
     report(describe_machine())
