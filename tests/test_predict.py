@@ -68,8 +68,10 @@ def test_tta_is_invariant_to_rotating_and_mirroring_the_image(trained_run, image
     plain = _probs(predict_files(trained_run.root, [folder], progress=False, precision="fp32"))
     tta = _probs(predict_files(trained_run.root, [folder], progress=False, precision="fp32",
                                tta=True))
-    assert np.abs(tta - tta[0]).max() < 1e-5
-    assert np.abs(plain - plain[0]).max() > 1e-3  # the model alone is not invariant
+    # The tiny 2-epoch model is nearly uniform (probabilities ~1/3), so its own differences
+    # between views are small in absolute terms; TTA's must be float noise, 50x below them.
+    assert np.abs(tta - tta[0]).max() < 1e-6
+    assert np.abs(plain - plain[0]).max() > 5e-5  # the model alone is not invariant
 
 
 def test_dihedral_views_are_the_eight_symmetries():
