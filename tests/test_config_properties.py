@@ -15,9 +15,12 @@ KEYS = ["out", "track", "data.path", "data.img_size", "data.in_chans", "data.val
         "model.kwargs", "train.lr", "train.epochs", "train.seed", "train.clip_grad",
         "train.precision", "train.checkpoint_every", "train.nan_policy", "train.deterministic"]
 
-# YAML-ish values: the scalars and collections a user could write, including nonsense.
+# YAML-ish values: the scalars and collections a user could write, including nonsense. No
+# subnormal floats: training tests in the same process flush them to zero (flush_denormals),
+# and hypothesis refuses to generate them then.
 yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_subnormal=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=3),
     max_leaves=6)

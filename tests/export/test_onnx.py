@@ -67,7 +67,10 @@ def test_temperature_from_model_json_softens_probabilities(exported, tmp_path):
     logits = cold.logits_from_pixels(pixels)
     expected = torch.softmax(torch.from_numpy(logits) / 4.0, 1).numpy()
     np.testing.assert_allclose(hot.probs_from_pixels(pixels), expected, atol=1e-6)
-    assert hot.probs_from_pixels(pixels).max() < cold.probs_from_pixels(pixels).max()
+    # Softer than the raw logits' softmax (T = 1); the run's own fitted temperature, which
+    # ``cold`` applies, may be above 4 for a tiny over-confident model.
+    raw = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert hot.probs_from_pixels(pixels).max() < raw.max()
 
 
 def test_cli_static_batch_export_runs_one_by_one(trained_run, tmp_path, capsys):
