@@ -46,6 +46,28 @@ def make_image_folder(root: Path, classes=("alpha", "beta", "gamma"), per_class:
     return root
 
 
+def nan_loss_at_call(monkeypatch, call: int) -> None:
+    """Make the training loss of the next run NaN at its ``call``-th evaluation (training
+    steps and validation batches both count), as a diverging run would."""
+    import torch
+
+    import medscope.train.trainer as trainer
+
+    real = trainer.loss_for
+
+    class NanAt(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, logits, labels):
+            self.calls += 1
+            loss = self.inner(logits, labels)
+            return loss * float("nan") if self.calls == call else loss
+
+    monkeypatch.setattr(trainer, "loss_for", lambda *a: NanAt(real(*a)))
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data") / "stripes")

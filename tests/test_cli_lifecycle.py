@@ -17,7 +17,7 @@ from PIL import Image
 
 from medscope.cli import main
 from medscope.run import RunDir, read_json
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, nan_loss_at_call
 
 
 @pytest.fixture(scope="module")
@@ -234,22 +234,8 @@ def test_cuda_device_without_cuda_is_one_line(data, tmp_path, capsys):
 
 def test_nan_loss_names_epoch_and_step_and_keeps_the_good_checkpoint(data, tmp_path, capsys,
                                                                     monkeypatch):
-    import medscope.train.trainer as trainer
-
-    real = trainer.loss_for
-
-    class NanInEpochTwo(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.calls = inner, 0
-
-        def forward(self, logits, labels):
-            self.calls += 1
-            loss = self.inner(logits, labels)
-            # Epoch 1 has 3 training steps and one validation batch: call 6 is epoch 2, step 2.
-            return loss * float("nan") if self.calls == 6 else loss
-
-    monkeypatch.setattr(trainer, "loss_for", lambda *a: NanInEpochTwo(real(*a)))
+    # Epoch 1 has 3 training steps and one validation batch: call 6 is epoch 2, step 2.
+    nan_loss_at_call(monkeypatch, 6)
     out = tmp_path / "run"
     code, err = _run(_train(data, out, "--epochs", "3", "--set", "data.test_fraction=0.25",
                             "--set", "data.val_fraction=0.25"), capsys)

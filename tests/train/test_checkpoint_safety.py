@@ -25,7 +25,7 @@ from medscope.train.checkpoint import (
     save_checkpoint,
 )
 from medscope.train.engine import resume_state
-from tests.conftest import make_image_folder
+from tests.conftest import make_image_folder, nan_loss_at_call
 
 
 def _meta(epoch: int) -> CheckpointMeta:
@@ -170,21 +170,7 @@ def test_resume_from_a_damaged_last_uses_the_previous_one(data, tmp_path, capsys
 
 @pytest.mark.slow  # a whole run with evaluation
 def test_nan_policy_skip_batch_skips_and_finishes(data, tmp_path, capsys, monkeypatch):
-    import medscope.train.trainer as trainer
-
-    real = trainer.loss_for
-
-    class NanOnce(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.calls = inner, 0
-
-        def forward(self, logits, labels):
-            self.calls += 1
-            loss = self.inner(logits, labels)
-            return loss * float("nan") if self.calls == 2 else loss
-
-    monkeypatch.setattr(trainer, "loss_for", lambda *a: NanOnce(real(*a)))
+    nan_loss_at_call(monkeypatch, 2)
     out = tmp_path / "run"
     code = main(_train(data, out, "--epochs", "1", "--nan-policy", "skip-batch"))
     err = capsys.readouterr().err
