@@ -68,6 +68,22 @@ def nan_loss_at_call(monkeypatch, call: int) -> None:
     monkeypatch.setattr(trainer, "loss_for", lambda *a: NanAt(real(*a)))
 
 
+def interrupt_after_epoch(monkeypatch, epoch: int):
+    """Make the next run raise KeyboardInterrupt right after epoch ``epoch`` is written, as a
+    Ctrl-C there would; returns the function that puts the real writer back."""
+    import medscope.train.engine as engine
+
+    real = engine.RunWriter.__call__
+
+    def interrupting(self, model, optimizer, state, row, improved):
+        real(self, model, optimizer, state, row, improved)
+        if state.epoch == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.RunWriter, "__call__", interrupting)
+    return lambda: monkeypatch.setattr(engine.RunWriter, "__call__", real)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data") / "stripes")

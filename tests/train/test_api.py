@@ -12,7 +12,7 @@ from medscope.errors import MedscopeError
 from medscope.predict import Predictor, predict_files
 from medscope.run import RunDir
 from medscope.train.checkpoint import load_checkpoint, model_state
-from tests.conftest import tiny_config
+from tests.conftest import interrupt_after_epoch, tiny_config
 
 RUN_FILES = ["config.yaml", "splits.csv", "history.csv", "checkpoints/best.safetensors",
              "checkpoints/best.json", "checkpoints/last.safetensors", "metrics.json",
@@ -86,22 +86,13 @@ def test_finished_run_is_not_overwritten(trained_run, image_folder):
 
 
 def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkeypatch):
-    import medscope.train.engine as engine
-
     full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
                  progress=False)
     cfg = tiny_config(image_folder, tmp_path / "r", **{"train.epochs": 3})
-    real_write = engine.RunWriter.__call__
-
-    def interrupt_after_epoch_two(self, model, optimizer, state, row, improved):
-        real_write(self, model, optimizer, state, row, improved)
-        if state.epoch == 2:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C here
-
-    monkeypatch.setattr(engine.RunWriter, "__call__", interrupt_after_epoch_two)
+    restore_writer = interrupt_after_epoch(monkeypatch, 2)  # Ctrl-C there
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    monkeypatch.setattr(engine.RunWriter, "__call__", real_write)
+    restore_writer()
     run = RunDir(cfg.out)
     assert run.has_partial_run() and not run.is_finished()
     with pytest.raises(MedscopeError, match="--resume"):
@@ -122,23 +113,14 @@ def test_resumed_run_augments_and_mixes_as_the_uninterrupted_one(image_folder, t
                                                                  monkeypatch):
     """Batched augmentation draws from a generator reseeded every epoch: epoch 2 of a resumed
     microscopy + CutMix run sees the very batches of the uninterrupted run."""
-    import medscope.train.engine as engine
-
     extra = {"train.epochs": 2, "data.augment": "microscopy", "data.cutmix": 1.0,
              "train.precision": "fp32"}
     full = train(tiny_config(image_folder, tmp_path / "full", **extra), progress=False)
     cfg = tiny_config(image_folder, tmp_path / "r", **extra)
-    real_write = engine.RunWriter.__call__
-
-    def interrupt_after_epoch_one(self, model, optimizer, state, row, improved):
-        real_write(self, model, optimizer, state, row, improved)
-        if state.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.RunWriter, "__call__", interrupt_after_epoch_one)
+    restore_writer = interrupt_after_epoch(monkeypatch, 1)  # Ctrl-C there
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
-    monkeypatch.setattr(engine.RunWriter, "__call__", real_write)
+    restore_writer()
     resumed = train(cfg, resume=True, progress=False)
     a, b = (list(csv.DictReader(r.history.open())) for r in (full, resumed))
     assert [float(r["train_loss"]) for r in a] == pytest.approx(

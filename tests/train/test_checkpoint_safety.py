@@ -25,7 +25,7 @@ from medscope.train.checkpoint import (
     save_checkpoint,
 )
 from medscope.train.engine import resume_state
-from tests.conftest import make_image_folder, nan_loss_at_call
+from tests.conftest import interrupt_after_epoch, make_image_folder, nan_loss_at_call
 
 
 def _meta(epoch: int) -> CheckpointMeta:
@@ -145,17 +145,8 @@ def _train(data: Path, out: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow  # two short trainings
 def test_resume_from_a_damaged_last_uses_the_previous_one(data, tmp_path, capsys, monkeypatch):
-    import medscope.train.engine as engine
-
     out = tmp_path / "run"
-    real = engine.RunWriter.__call__
-
-    def stop_after_epoch_two(self, model, optimizer, state, row, improved):
-        real(self, model, optimizer, state, row, improved)
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine.RunWriter, "__call__", stop_after_epoch_two)
+    interrupt_after_epoch(monkeypatch, 2)
     assert main(_train(data, out, "--epochs", "3")) == 130
     monkeypatch.undo()
     (out / "checkpoints" / "last.safetensors").write_bytes(b"torn")
