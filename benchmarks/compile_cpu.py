@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine  # noqa: E402
+from machine import Report, describe_machine, train_step  # noqa: E402
 
 MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
 
@@ -145,13 +145,7 @@ def measure(spec: dict) -> dict:
 
     def step() -> None:
         if train:
-            with runtime.autocast():
-                logits = net(images)
-            loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()
+            train_step(net, images, labels, loss_fn, optimizer, runtime)
         else:
             with torch.inference_mode(), runtime.autocast():
                 net(images).float().sum().item()

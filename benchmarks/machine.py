@@ -84,3 +84,15 @@ def timed(fn, *args, **kw) -> tuple[object, float]:
     start = time.perf_counter()
     result = fn(*args, **kw)
     return result, time.perf_counter() - start
+
+
+def train_step(model, images, labels, loss_fn, optimizer, runtime) -> None:
+    """One training step as medscope's loop takes it (autocast forward, fp32 loss, backward,
+    step, the loss read back), so every benchmark times the same work."""
+    with runtime.autocast():
+        logits = model(images)
+    loss = loss_fn(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    loss.item()  # the loop reads the loss every step too

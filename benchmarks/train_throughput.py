@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import SHARED_DATA, Report, describe_machine, peak_rss_mib, rss_mib  # noqa: E402
+from machine import (  # noqa: E402
+    SHARED_DATA,
+    Report,
+    describe_machine,
+    peak_rss_mib,
+    rss_mib,
+    train_step,
+)
 
 from medscope.train.engine import flush_denormals  # noqa: E402
 
@@ -228,13 +235,7 @@ def limit_rate(config, data, mode: str, n_train: int) -> float:
     steps = max(n_train // bs, 4)
 
     def step() -> None:
-        with runtime.autocast():
-            logits = model(images)
-        loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()  # the loop reads the loss every step too
+        train_step(model, images, labels, loss_fn, optimizer, runtime)
 
     for _ in range(3):
         step()
@@ -278,14 +279,7 @@ def reference_rate(config, data, mode: str, epochs: int, workers: int) -> float:
     for _ in range(epochs):
         start, seen = time.perf_counter(), 0
         for images, labels in loader:
-            images = runtime.to_input(images)
-            with runtime.autocast():
-                logits = model(images)
-            loss = loss_fn(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()
+            train_step(model, runtime.to_input(images), labels, loss_fn, optimizer, runtime)
             seen += len(labels)
         rate = seen / (time.perf_counter() - start)
     return rate
