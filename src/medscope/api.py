@@ -10,6 +10,7 @@ The CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,19 @@ from medscope.evaluate.evaluator import evaluate_run
 from medscope.experiments.runner import run_recipe
 from medscope.predict import Predictor, predict_files
 from medscope.run import RunDir
+from medscope.train.engine import EpochEnd
 from medscope.train.trainer import resume_config, train_run
 
 __all__ = ["Predictor", "evaluate", "predict_files", "resume", "run_recipe", "train"]
 
 
-def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunDir:
+def train(config: RunConfig, *, resume: bool = False, progress: bool = True,
+          callbacks: Sequence[EpochEnd] = ()) -> RunDir:
     """Train a model as ``config`` says; everything lands in the run directory ``config.out``.
-    ``resume`` continues an interrupted run there with this config (see :func:`resume`)."""
-    return train_run(config, resume=resume, progress=progress)
+    ``resume`` continues an interrupted run there with this config (see :func:`resume`).
+    ``callbacks(model, optimizer, state, row, is_best)`` run after each epoch is saved (``row``:
+    that epoch's history row), e.g. to record a test-accuracy curve."""
+    return train_run(config, resume=resume, progress=progress, callbacks=callbacks)
 
 
 def resume(out: Path | str, overrides: dict[str, Any] | None = None, *,

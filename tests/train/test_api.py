@@ -85,6 +85,25 @@ def test_finished_run_is_not_overwritten(trained_run, image_folder):
     assert trained_run.metrics.read_bytes() == before
 
 
+def test_callbacks_see_each_saved_epoch_with_the_weights_that_were_saved(image_folder,
+                                                                         tmp_path):
+    seen = []
+
+    def record(model, _optimizer, state, row, is_best):
+        seen.append((row["epoch"], is_best, float(row["val_accuracy"]),
+                     {k: v.detach().clone() for k, v in model.state_dict().items()}))
+
+    run = train(tiny_config(image_folder, tmp_path / "cb", **{"train.epochs": 3}),
+                progress=False, callbacks=[record])
+    assert [int(e) for e, *_ in seen] == [1, 2, 3]
+    history = list(csv.DictReader(run.history.open()))
+    assert [float(r["val_accuracy"]) for r in history] == pytest.approx([v for _, _, v, _ in seen])
+    # The weights a callback sees after the last epoch are the ones saved as "last".
+    last, _ = load_checkpoint(run.last)
+    for key, value in model_state(last).items():
+        torch.testing.assert_close(seen[-1][3][key], value)
+
+
 def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkeypatch):
     full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
                  progress=False)

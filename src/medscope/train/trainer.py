@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from medscope.tracking import Tracker, flatten, make_tracker
 from medscope.train.checkpoint import CheckpointMeta, library_versions, previous_stem
 from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
+    EpochEnd,
     FitState,
     RunWriter,
     build_optimizer,
@@ -51,16 +53,19 @@ FIXED_ON_RESUME = ("model.", "data.path", "data.format", "data.img_size", "data.
                    "data.test_fraction", "data.split_file")
 
 
-def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True) -> RunDir:
+def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True,
+              callbacks: Sequence[EpochEnd] = ()) -> RunDir:
     """Train as ``config`` says. With ``resume``, continue the interrupted run in ``config.out``
-    from its last checkpoint, on its saved split."""
+    from its last checkpoint, on its saved split. ``callbacks`` are called on rank 0 after each
+    epoch's checkpoint as ``(model, optimizer, state, row, is_best)``."""
     # --- distributed (torchrun): every rank checks, only rank 0 writes the run dir ---
     dist = init_distributed(config.train.device)  # joined once per process (cv: all folds)
-    return _train_run(config, dist, resume=resume, progress=progress)
+    return _train_run(config, dist, resume=resume, progress=progress,
+                      callbacks=callbacks)
 
 
-def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: bool
-               ) -> RunDir:
+def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: bool,
+               callbacks: Sequence[EpochEnd] = ()) -> RunDir:
     runtime = dist.runtime_for(check_run_config(config, resume=resume))
     _check_distributed(config, dist)
     tracker = make_tracker(config.track if dist.is_main else None)
@@ -90,7 +95,7 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
     tracker.start(run.root, config.model_dump(mode="json"))
     try:
         _train(config, run, runtime, tracker, continuing=continuing, progress=progress,
-               dist=dist)
+               dist=dist, callbacks=callbacks)
     except TrainingInterrupted as exc:
         tracker.end("KILLED")
         raise TrainingInterrupted(f"{exc}; continue with: medscope train --resume {run.root}",
@@ -105,7 +110,8 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
 
 
 def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *,
-           continuing: bool, progress: bool, dist: DistContext | None = None) -> None:
+           continuing: bool, progress: bool, dist: DistContext | None = None,
+           callbacks: Sequence[EpochEnd] = ()) -> None:
     dist = dist or DistContext()
     seed_everything(config.train.seed, config.train.deterministic)
     tune_backends(runtime, config.train.deterministic)
@@ -144,7 +150,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
     val_split = len(data.samples["val"])
     writer = RunWriter(run, meta)
     writers = [writer,
-               lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row)]
+               lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row), *callbacks]
     state = fit(model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
                 eval_loader(data, "val", config.train.batch_size,
                             shard=dist.shard(val_split) if dist.enabled else None,

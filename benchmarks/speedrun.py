@@ -1,0 +1,164 @@
+"""Time to accuracy: the DeFungi speedrun (issue #12 part 4), test accuracy against wall time.
+
+    python benchmarks/speedrun.py [--recipe defungi-fast] [--data ../shared/data/defungi]
+        [--seeds 0,1,2] [--target 0.85] [--budget-min 8] [--set KEY=VALUE ...] [--out FILE]
+
+Each seed trains the recipe's first experiment from nothing: its own empty decode cache, so
+the clock (started before the data is scanned) includes decoding, model creation and every
+epoch's validation. After each epoch a callback copies the weights (milliseconds; the copy
+time is taken off the clock); once training ends each copy is scored on the test split, giving
+the curve of test accuracy against wall time. The evaluation, calibration and report that
+`medscope train` writes after the last epoch are timed separately ("after training").
+
+Printed: per seed, the curve (epoch, wall s, val accuracy, test accuracy, test macro-F1) and
+the time to ``--target`` test accuracy; then the median over seeds of the final test accuracy
+and of the time to target, and whether the median run reached the target within
+``--budget-min`` minutes. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import Report, describe_machine  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    report = Report(args.out)
+    report(f"# speedrun: {args.recipe}, test accuracy against wall time (decoding included)")
+    report(describe_machine())
+    report(f"data {args.data}; seeds {args.seeds}; target {args.target:.3f} within "
+           f"{args.budget_min:g} min; overrides {args.set or 'none'}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="medscope-speedrun-") as tmp:
+        for seed in args.seeds:
+            results.append(one_seed(args, seed, Path(tmp) / f"seed-{seed}", report))
+    summarise(args, results, report)
+    report.save()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="defungi-fast")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA / "defungi")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--target", type=float, default=0.85)
+    ap.add_argument("--budget-min", type=float, default=8.0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the recipe's base (dotted key, YAML value); repeatable")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    return args
+
+
+def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
+    import yaml
+
+    from medscope.experiments.recipe import experiment_config, load_recipe
+
+    recipe = load_recipe(args.recipe)
+    extra = {"train.seed": seed, "data.cache_dir": str(work / "cache")}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    return experiment_config(recipe, recipe.experiments[0], out=work / "run", data=args.data,
+                             extra=extra)
+
+
+def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) -> dict:
+    from medscope.api import train
+
+    config = speedrun_config(args, seed, work)
+    snapshots: list[dict] = []
+    paused = 0.0
+
+    def snapshot(model, _optimizer, _state, row, _is_best) -> None:
+        nonlocal paused
+        t = time.perf_counter()
+        module = getattr(getattr(model, "module", model), "_orig_mod", model)
+        snapshots.append({"epoch": int(row["epoch"]), "wall": t - start - paused,
+                          "val": float(row.get("val_accuracy", "nan")),
+                          "state": {k: v.detach().to("cpu", copy=True)
+                                    for k, v in module.state_dict().items()}})
+        paused += time.perf_counter() - t
+
+    start = time.perf_counter()
+    run = train(config, progress=False, callbacks=[snapshot])
+    after = time.perf_counter() - start - paused - snapshots[-1]["wall"]
+    curve = score_snapshots(run.root, snapshots)
+    hit = next((c["wall"] for c in curve if c["test"] >= args.target), None)
+    report()
+    report(f"## seed {seed}: {config.model.name} at {config.data.img_size} px, "
+           f"{config.train.epochs} epochs, batch {config.train.batch_size}; after training "
+           f"(calibration, test evaluation, report) {after:.0f} s")
+    report("| epoch | wall s | val accuracy | test accuracy | test macro-F1 |")
+    report("|---|---|---|---|---|")
+    for c in curve:
+        report(f"| {c['epoch']} | {c['wall']:.0f} | {c['val']:.4f} | {c['test']:.4f} | "
+               f"{c['f1']:.4f} |")
+    report(f"time to {args.target:.2f} test accuracy: "
+           f"{f'{hit:.0f} s ({hit / 60:.1f} min)' if hit is not None else 'not reached'}")
+    return {"seed": seed, "curve": curve, "hit": hit}
+
+
+def score_snapshots(run_root: Path, snapshots: list[dict]) -> list[dict]:
+    """Test accuracy and macro-F1 of each epoch's weights on the run's test split."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from medscope.data.prepare import run_split
+    from medscope.predict import Predictor
+    from medscope.run import RunDir
+
+    predictor = Predictor.load(run_root)
+    samples, _, _ = run_split(RunDir(run_root), predictor.classes, "test")
+    decoded = predictor.decode(samples, progress=False)
+    labels = np.array([samples[i].label for i in decoded.kept])
+    pixels = np.asarray(decoded.pixels)
+    curve = []
+    for snap in snapshots:
+        predictor.model.load_state_dict(snap["state"])
+        pred = predictor.logits_from_pixels(pixels).argmax(1)
+        curve.append({"epoch": snap["epoch"], "wall": snap["wall"], "val": snap["val"],
+                      "test": float((pred == labels).mean()),
+                      "f1": float(f1_score(labels, pred, average="macro"))})
+    return curve
+
+
+def summarise(args: argparse.Namespace, results: list[dict], report: Report) -> None:
+    finals = [r["curve"][-1]["test"] for r in results]
+    walls = [r["curve"][-1]["wall"] for r in results]
+    hits = [r["hit"] for r in results]
+    report()
+    report(f"## median over {len(results)} seed(s)")
+    report(f"final test accuracy: median {statistics.median(finals):.4f} (runs: "
+           f"{', '.join(f'{a:.4f}' for a in finals)}); training wall median "
+           f"{statistics.median(walls):.0f} s")
+    reached = [h for h in hits if h is not None]
+    if len(reached) * 2 > len(hits):
+        # The median of times where an unreached run counts as infinitely slow.
+        ordered = sorted(h if h is not None else float("inf") for h in hits)
+        median = ordered[len(ordered) // 2]
+        verdict = "within" if median <= args.budget_min * 60 else "over"
+        report(f"time to {args.target:.2f}: median {median:.0f} s ({median / 60:.1f} min), "
+               f"{verdict} the {args.budget_min:g} min budget")
+    else:
+        report(f"time to {args.target:.2f}: not reached by the median run "
+               f"({len(reached)} of {len(hits)} seeds reached it)")
+
+
+if __name__ == "__main__":
+    main()
