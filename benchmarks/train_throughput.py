@@ -1,9 +1,9 @@
 """Training images/s, side by side in one run: medscope vs the model's in-memory limit vs the
-pipeline a user would otherwise write, per augmentation preset, fp32 NCHW and bf16 +
-channels_last.
+pipeline a user would otherwise write, per augmentation preset, in fp32 NCHW, fp32 +
+channels_last (the default on CPUs without BF16) and bf16 + channels_last.
 
     python benchmarks/train_throughput.py [--data ../shared/data/defungi] [--limit-images N]
-        [--presets flips,microscopy,...] [--modes fp32,bf16] [--epochs 5] [--ref-epochs 2]
+        [--presets flips,microscopy,...] [--modes fp32,fp32-cl,bf16] [--epochs 5] [--ref-epochs 2]
         [--model resnet18] [--img-size 112] [--batch-size 64] [--threads T] [--out FILE]
 
 - medscope: the training loop of ``medscope train`` (``fit`` with the loader, batched
@@ -50,7 +50,8 @@ from machine import (  # noqa: E402
 from medscope.train.engine import flush_denormals  # noqa: E402
 
 PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment")
-MODES = {"fp32": ("fp32", False), "bf16": ("bf16", True)}  # name: (precision, channels_last)
+# name: (precision, channels_last); fp32-cl is `medscope train`'s default on a CPU without BF16
+MODES = {"fp32": ("fp32", False), "fp32-cl": ("fp32", True), "bf16": ("bf16", True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--limit-images", type=int, default=None,
                     help="a random subset of this many images (same for every pipeline)")
     ap.add_argument("--presets", default=",".join(PRESETS[1:]))
-    ap.add_argument("--modes", default="fp32,bf16", help="fp32 (NCHW), bf16 (+ channels_last)")
+    ap.add_argument("--modes", default="fp32,fp32-cl,bf16",
+                    help="fp32 (NCHW), fp32-cl (channels_last), bf16 (+ channels_last)")
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--img-size", type=int, default=112)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -154,18 +156,22 @@ def run(args: argparse.Namespace, folder: Path, work: Path, report: Report) -> N
             if row["mode"] == mode:
                 row["limit"] = (limit_before + limit_after) / 2
     report()
+    fp32_ref = {r["preset"]: r["reference"] for r in rows if r["mode"] == "fp32"}
     report("| mode | preset | medscope img/s | limit img/s | reference img/s | efficiency | "
-           "speedup | val img/s | RSS ep1 -> last (MiB) |")
-    report("|---|---|---|---|---|---|---|---|---|")
+           "speedup | vs fp32 NCHW reference | val img/s | RSS ep1 -> last (MiB) |")
+    report("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        vs_fp32 = (f"{r['medscope'] / fp32_ref[r['preset']]:.2f}"
+                   if r["preset"] in fp32_ref else "-")
         report(f"| {r['mode']} | {r['preset']} | {r['medscope']:.1f} | {r['limit']:.1f} | "
                f"{r['reference']:.1f} | {r['medscope'] / r['limit']:.3f} | "
-               f"{r['medscope'] / r['reference']:.2f} | {r['val']:.1f} | "
+               f"{r['medscope'] / r['reference']:.2f} | {vs_fp32} | {r['val']:.1f} | "
                f"{r['rss_first']:.0f} -> {r['rss_last']:.0f} |")
     report(f"peak RSS: this process {peak_rss_mib():.0f} MiB, largest worker "
            f"{peak_rss_mib(children=True):.0f} MiB")
     report("efficiency = medscope / limit (limit: mean of before and after); "
-           "speedup = medscope / reference")
+           "speedup = medscope / reference (same mode); vs fp32 NCHW reference = medscope / "
+           "the fp32 mode's reference (a user's plain fp32 pipeline)")
 
 
 def runtime_for(mode: str):

@@ -95,7 +95,8 @@ class TrainConfig(_Section):
     )
     compile: bool = Field(False, description="torch.compile the model (slow first epoch, "
                           "faster later ones; needs a C++ compiler)")
-    channels_last: bool | None = Field(None, description="None: on whenever bf16 is used")
+    channels_last: bool | None = Field(
+        None, description="None: on for CPU, and on GPU whenever bf16/fp16 is used")
     target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy the refer-to-expert "
                                    "threshold must reach on the validation split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")

@@ -50,7 +50,8 @@ def test_checkpoint_reloads_to_identical_logits(trained_run):
 
     a = create_model("simple_cnn", 3, img_size=32).eval()
     a.load_state_dict(model_state(tensors))
-    b = Predictor.load(trained_run.root, precision="fp32").model
+    predictor = Predictor.load(trained_run.root, precision="fp32")
+    a, b = predictor.runtime.prepare(a), predictor.model  # same layout: same kernels
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))

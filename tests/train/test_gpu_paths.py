@@ -52,6 +52,16 @@ def test_cpu_runtime_neither_pins_memory_nor_touches_cudnn():
     assert not runtime.grad_scaler().is_enabled()
 
 
+def test_cpu_runs_channels_last_in_every_precision_unless_told_not_to():
+    # NHWC is oneDNN's fast layout on CPU in fp32 too (docs/speed.md); --set
+    # train.channels_last=false still gives NCHW.
+    assert select_runtime("cpu", "fp32").channels_last
+    assert select_runtime("cpu", "bf16").channels_last
+    assert not select_runtime("cpu", "fp32", channels_last=False).channels_last
+    model = select_runtime("cpu", "fp32").prepare(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 @needs_cuda
 def test_fp16_training_keeps_the_loss_scale_for_resume(image_folder, tmp_path):
     run = train(tiny_config(image_folder, tmp_path / "run", **{
