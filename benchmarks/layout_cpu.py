@@ -1,0 +1,86 @@
+"""Memory layout on CPU, side by side in one run: NCHW vs channels_last (NHWC), fp32.
+
+    python benchmarks/layout_cpu.py [--models simple_cnn,resnet18,efficientnet_b0,densenet121]
+        [--img-size 112] [--batch-size 64] [--steps 6] [--rounds 2] [--out FILE]
+
+For each model, training steps (forward + backward + AdamW) and inference steps on one random
+batch already in memory, in both layouts, alternated over ``--rounds`` rounds so that the
+machine's drift hits both alike; the best round of each is compared. This is the measurement
+behind ``select_runtime``'s default of channels_last on every CPU (docs/speed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import Report, describe_machine  # noqa: E402
+
+from medscope.train.engine import flush_denormals  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="simple_cnn,resnet18,efficientnet_b0,densenet121")
+    ap.add_argument("--img-size", type=int, default=112)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    flush_denormals()
+    report = Report(args.out)
+    report("# layout_cpu: NCHW vs channels_last, fp32, images/s")
+    report(describe_machine())
+    report(f"{args.img_size} px, batch {args.batch_size}, {args.steps} timed steps, best of "
+           f"{args.rounds} alternated rounds")
+    report("| model | phase | NCHW img/s | channels_last img/s | channels_last / NCHW |")
+    report("|---|---|---|---|---|")
+    for name in [m for m in args.models.split(",") if m]:
+        for train in (True, False):
+            best = {cl: max(rate(name, cl, train, args) for _ in range(args.rounds))
+                    for cl in (False, True)}
+            report(f"| {name} | {'train' if train else 'infer'} | {best[False]:.1f} | "
+                   f"{best[True]:.1f} | {best[True] / best[False]:.2f}x |")
+    report.save()
+
+
+def rate(name: str, channels_last: bool, train: bool, args: argparse.Namespace) -> float:
+    import torch
+
+    from medscope.models import create_model
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(name, num_classes=5, img_size=args.img_size).to(memory_format=fmt)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).contiguous(
+        memory_format=fmt)
+    y = torch.randint(0, 5, (args.batch_size,))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model.train(train)
+
+    def step() -> None:
+        if train:
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    for _ in range(2):  # oneDNN primitive cache, allocator
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    return args.batch_size * args.steps / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
