@@ -1,10 +1,11 @@
 """Memory layout on CPU, side by side in one run: NCHW vs channels_last (NHWC), fp32.
 
     python benchmarks/layout_cpu.py [--models simple_cnn,resnet18,efficientnet_b0,densenet121]
-        [--img-size 112] [--batch-size 64] [--steps 6] [--rounds 2] [--out FILE]
+        [--img-size 112] [--batch-size 64] [--steps 6] [--rounds 3] [--out FILE]
 
-For each model, training steps (forward + backward + AdamW) and inference steps on one random
-batch already in memory, in both layouts, alternated over ``--rounds`` rounds so that the
+For each model, training steps (``machine.train_step``: the step of medscope's loop, AdamW) and
+inference steps on one random batch already in memory, in both layouts (``select_runtime``'s
+fp32 runtime with channels_last off and on), alternated over ``--rounds`` rounds so that the
 machine's drift hits both alike; the best round of each is compared. This is the measurement
 behind ``select_runtime``'s default of channels_last on every CPU (docs/speed.md).
 """
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine  # noqa: E402
+from machine import Report, describe_machine, train_step  # noqa: E402
 
 from medscope.train.engine import flush_denormals  # noqa: E402
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--img-size", type=int, default=112)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     flush_denormals()
@@ -44,8 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     report("|---|---|---|---|---|")
     for name in [m for m in args.models.split(",") if m]:
         for train in (True, False):
-            best = {cl: max(rate(name, cl, train, args) for _ in range(args.rounds))
-                    for cl in (False, True)}
+            rates: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(args.rounds):  # alternated: drift hits both layouts alike
+                for cl in (False, True):
+                    rates[cl].append(rate(name, cl, train, args))
+            best = {cl: max(r) for cl, r in rates.items()}
             report(f"| {name} | {'train' if train else 'infer'} | {best[False]:.1f} | "
                    f"{best[True]:.1f} | {best[True] / best[False]:.2f}x |")
     report.save()
@@ -55,21 +59,20 @@ def rate(name: str, channels_last: bool, train: bool, args: argparse.Namespace) 
     import torch
 
     from medscope.models import create_model
+    from medscope.train.runtime import select_runtime
 
     torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(name, num_classes=5, img_size=args.img_size).to(memory_format=fmt)
-    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size).contiguous(
-        memory_format=fmt)
+    runtime = select_runtime("cpu", "fp32", channels_last)
+    model = runtime.prepare(create_model(name, num_classes=5, img_size=args.img_size))
+    x = runtime.to_input(torch.randn(args.batch_size, 3, args.img_size, args.img_size))
     y = torch.randint(0, 5, (args.batch_size,))
     optimizer = torch.optim.AdamW(model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
     model.train(train)
 
     def step() -> None:
         if train:
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            train_step(model, x, y, loss_fn, optimizer, runtime)
         else:
             with torch.inference_mode():
                 model(x)

@@ -106,7 +106,7 @@ def select_runtime(device: str = "auto", precision: str = "auto",
         raise MedscopeError(f"--precision {precision!r}: use auto, fp32, bf16 or fp16")
     if channels_last is None:
         # oneDNN's convolutions and pooling run faster NHWC on CPU in fp32 too (AVX2 EPYC,
-        # fp32: training 1.17-1.31x, inference 1.07-1.69x; benchmarks/layout_cpu.py).
+        # fp32: training 1.05-1.49x, inference 1.13-2.14x; benchmarks/layout_cpu.py).
         channels_last = bf16 or dev.type == "cpu"
     return Runtime(dev, bf16, channels_last)
 
