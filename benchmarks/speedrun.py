@@ -60,26 +60,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="override the recipe's base (dotted key, YAML value); repeatable")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    from medscope.config import parse_override
+    from medscope.errors import MedscopeError
+
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s]
+        args.overrides = dict(map(parse_override, args.set))
+    except (ValueError, MedscopeError) as exc:
+        ap.error(str(exc))
     return args
 
 
 def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
-    import yaml
-
     from medscope.experiments.recipe import experiment_config, load_recipe
 
     recipe = load_recipe(args.recipe)
-    extra = {"train.seed": seed, "data.cache_dir": str(work / "cache")}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        extra[key] = yaml.safe_load(value)
+    extra = {"train.seed": seed, "data.cache_dir": str(work / "cache"), **args.overrides}
     return experiment_config(recipe, recipe.experiments[0], out=work / "run", data=args.data,
                              extra=extra)
 
 
 def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) -> dict:
     from medscope.api import train
+    from medscope.train.distributed import unwrap
 
     config = speedrun_config(args, seed, work)
     snapshots: list[dict] = []
@@ -88,11 +91,10 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) ->
     def snapshot(model, _optimizer, _state, row, _is_best) -> None:
         nonlocal paused
         t = time.perf_counter()
-        module = getattr(getattr(model, "module", model), "_orig_mod", model)
         snapshots.append({"epoch": int(row["epoch"]), "wall": t - start - paused,
                           "val": float(row.get("val_accuracy", "nan")),
                           "state": {k: v.detach().to("cpu", copy=True)
-                                    for k, v in module.state_dict().items()}})
+                                    for k, v in unwrap(model).state_dict().items()}})
         paused += time.perf_counter() - t
 
     start = time.perf_counter()
@@ -161,4 +163,9 @@ def summarise(args: argparse.Namespace, results: list[dict], report: Report) -> 
 
 
 if __name__ == "__main__":
-    main()
+    from medscope.errors import MedscopeError
+
+    try:
+        main()
+    except MedscopeError as exc:  # a bad recipe, data path or setting: one line, exit 1
+        raise SystemExit(f"speedrun: {exc}") from None

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save
 
 from medscope.errors import MedscopeError
 from medscope.run import atomic_write_json, fsync_dir, write_synced_temp
+from medscope.train.distributed import unwrap
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
@@ -107,7 +108,7 @@ def save_checkpoint(
     tensors (RNG states) are stored under ``extra.``.
     """
     tensors = {MODEL_PREFIX + k: v.detach().cpu().contiguous()
-               for k, v in _unwrap(model).state_dict().items()}
+               for k, v in unwrap(model).state_dict().items()}
     pair = uuid.uuid4().hex
     meta_json = {**meta.to_json(), "pair": pair}
     if optimizer is not None:
@@ -270,9 +271,3 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> d
 
 def extra_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / torch.compile wrap the real module.
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
