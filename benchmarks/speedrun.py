@@ -88,13 +88,14 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) ->
     snapshots: list[dict] = []
     paused = 0.0
 
-    def snapshot(model, _optimizer, _state, row, _is_best) -> None:
+    def snapshot(model, _optimizer, state, row, _is_best) -> None:
         nonlocal paused
         t = time.perf_counter()
         snapshots.append({"epoch": int(row["epoch"]), "wall": t - start - paused,
                           "val": float(row.get("val_accuracy", "nan")),
                           "state": {k: v.detach().to("cpu", copy=True)
-                                    for k, v in unwrap(model).state_dict().items()}})
+                                    for k, v in state.validated(unwrap(model))
+                                    .state_dict().items()}})
         paused += time.perf_counter() - t
 
     start = time.perf_counter()

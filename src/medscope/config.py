@@ -79,8 +79,16 @@ class TrainConfig(_Section):
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
     weight_decay: float = Field(0.05, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["cosine", "none"] = "cosine"
+    scheduler: Literal["cosine", "onecycle", "none"] = Field(
+        "cosine", description="cosine: linear warm-up then cosine to 0; onecycle: cosine up "
+        "from lr/25 over warmup_epochs (0: a quarter of the run) then cosine down to "
+        "lr/250000 (torch's OneCycleLR); none: constant after warm-up")
     warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up; steadies big FC heads")
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="decay of an exponential moving average of the weights "
+        "(e.g. 0.999), which is validated, saved as best and evaluated; off if None")
+    ema_warmup: bool = Field(True, description="EMA decay ramps up as 1-(1+step)^-3/4 to "
+                             "train.ema, so the average soon forgets the initial weights")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     clip_grad: float | None = Field(None, gt=0, description="max global gradient norm; off if None")
     freeze: str = Field("none", description="none | backbone | stages:N (transfer learning)")

@@ -33,6 +33,7 @@ from medscope.train.checkpoint import (
     save_checkpoint,
 )
 from medscope.train.distributed import DistContext, unwrap
+from medscope.train.ema import ema_tensors, load_ema, make_ema, split_ema, update_ema
 from medscope.train.resumable import (
     CheckpointClock,
     EpochPosition,
@@ -88,14 +89,35 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Linear warm-up, then cosine decay to zero (or constant): a pure function of the step,
-    so a resumed run follows exactly the same schedule."""
+    """The LR of ``step`` as a fraction of the peak: a pure function of the step, so a resumed
+    run follows exactly the same schedule. cosine/none: linear warm-up, then cosine decay to
+    zero (or constant); onecycle: ``one_cycle_factor``."""
+    if schedule == "onecycle":
+        return one_cycle_factor(step, total_steps, warmup_steps)
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "none":
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# torch's OneCycleLR defaults (div_factor, final_div_factor) and fastai's pct_start.
+ONE_CYCLE_DIV, ONE_CYCLE_FINAL_DIV, ONE_CYCLE_PCT = 25.0, 1e4, 0.25
+
+
+def one_cycle_factor(step: int, total_steps: int, rise_steps: int) -> float:
+    """Smith's one-cycle as ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing) draws
+    it: up from 1/25 of the peak over ``rise_steps`` (0: a quarter of the run), then down to
+    1/25 x 1/10,000 of it at the last step."""
+    low, end = 1 / ONE_CYCLE_DIV, 1 / (ONE_CYCLE_DIV * ONE_CYCLE_FINAL_DIV)
+    peak_at = (rise_steps or ONE_CYCLE_PCT * total_steps) - 1
+    last = total_steps - 1
+    if step <= peak_at:
+        start, stop, frac = low, 1.0, step / max(peak_at, 1)
+    else:
+        start, stop, frac = 1.0, end, (step - peak_at) / max(last - peak_at, 1)
+    return stop + (start - stop) / 2 * (math.cos(math.pi * min(frac, 1.0)) + 1)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
@@ -118,6 +140,12 @@ class FitState:
     grad_scaler: dict[str, Any] | None = None  # fp16 loss scale (plain numbers: JSON)
     position: EpochPosition | None = None  # set in a mid-epoch checkpoint
     rng: dict[str, torch.Tensor] | None = None  # every RNG's state when saved (tensors)
+    ema_weights: dict[str, torch.Tensor] | None = None  # a resumed run's weight average
+    ema: Any = None  # while fitting with train.ema: the average (timm ModelEmaV3), validated
+
+    def validated(self, model: nn.Module) -> nn.Module:
+        """The model that is validated and saved as ``best``: the weight average if any."""
+        return self.ema.module if self.ema is not None else model
 
     def to_json(self) -> dict[str, Any]:
         return {"best_score": self.best_score, "best_epoch": self.best_epoch,
@@ -195,6 +223,9 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
     resume_at, state.position = state.position, None
     if resume_at is None:
         restore_rng(state.rng, generators)  # epochs re-seed torch; Python and NumPy need this
+    state.ema = make_ema(model, cfg)
+    load_ema(state.ema, state.ema_weights)
+    state.ema_weights = None
 
     def checkpoint(pos: EpochPosition) -> None:
         """After each step: mid-epoch ``last`` when due or asked to stop, then stop if asked."""
@@ -244,10 +275,12 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
                              resume_at=resume_at if resume_at and resume_at.epoch == epoch
                              else None, restore=lambda: restore_rng(state.rng, generators),
                              after_step=checkpoint,
-                             batch_ops=BatchOps(augment, aug_generator, mix))
+                             batch_ops=BatchOps(augment, aug_generator, mix),
+                             after_update=lambda step, e=epoch: update_ema(
+                                 state.ema, model, e * steps_per_epoch + step + 1))
         train = dist.mean(train)
-        val = (evaluate_loss(model, val_loader, loss_fn, normalize, runtime, multilabel, dist)
-               if val_loader is not None else {})
+        val = (evaluate_loss(state.validated(model), val_loader, loss_fn, normalize, runtime,
+                             multilabel, dist) if val_loader is not None else {})
         state.grad_scaler = scaler.state_dict() if scaler.is_enabled() else None
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
                "train_accuracy": train["accuracy"], "val_loss": val.get("loss"),
@@ -309,9 +342,11 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
                  resume_at: EpochPosition | None = None,
                  restore: Callable[[], None] | None = None,
                  after_step: Callable[[EpochPosition], None] | None = None,
-                 batch_ops: BatchOps | None = None) -> dict[str, float]:
+                 batch_ops: BatchOps | None = None,
+                 after_update: Callable[[int], None] | None = None) -> dict[str, float]:
     """One epoch; from ``resume_at`` (a mid-epoch checkpoint's position, RNGs put back by
-    ``restore`` once its batches are skipped) when given. ``after_step`` sees every step."""
+    ``restore`` once its batches are skipped) when given. ``after_step`` sees every step,
+    ``after_update`` (the step's index in the epoch) every step that updated the weights."""
     scaler = scaler or runtime.grad_scaler()
     batch_ops = batch_ops or BatchOps()
     pos = resume_at or EpochPosition(epoch)
@@ -350,6 +385,8 @@ def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
+        if after_update is not None:
+            after_update(step)
         pos.add(loss.item(), n_correct(logits.detach(), labels, multilabel), len(labels))
         pos.step = step + 1
         bar.set_postfix(loss=f"{pos.metrics()['loss']:.3f}")
@@ -415,7 +452,7 @@ class RunWriter:
                  row: dict[str, Any], improved: bool) -> None:
         model = unwrap(model)  # checkpoints hold the plain model's parameter names
         if improved:
-            save_checkpoint(self.run.best, model,
+            save_checkpoint(self.run.best, state.validated(model),
                             self.meta.model_copy(update={"epoch": state.epoch, "val": dict(row)}))
         self.save_last(model, optimizer, state)
         atomic_write_csv(self.run.history, HISTORY_COLUMNS,
@@ -424,10 +461,11 @@ class RunWriter:
     def save_last(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: FitState
                   ) -> None:
         """The resumable ``last``: weights, optimizer, loop state, RNG states and (mid-epoch)
-        the position in the epoch. Also the ``on_checkpoint`` of ``fit``."""
+        the position in the epoch, and the weight average with ``train.ema``. Also the
+        ``on_checkpoint`` of ``fit``."""
         last = self.meta.model_copy(update={"epoch": state.epoch, "fit_state": state.to_json()})
         save_checkpoint(self.run.last, unwrap(model), last, optimizer=optimizer,
-                        extra=state.rng)
+                        extra={**(state.rng or {}), **ema_tensors(state.ema)})
 
 
 def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> FitState:
@@ -439,13 +477,14 @@ def resume_state(stem: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
     model.load_state_dict(model_state(tensors))
     optimizer.load_state_dict(optimizer_state(tensors, meta))
     fs = meta.fit_state or {}
+    rng, ema = split_ema(extra_state(tensors))
     return FitState(epoch=meta.epoch or 0, best_score=fs.get("best_score"),
                     best_epoch=fs.get("best_epoch"), bad_epochs=fs.get("bad_epochs", 0),
                     history=fs.get("history", []),
                     stopped_early=fs.get("stopped_early", False),
                     grad_scaler=fs.get("grad_scaler"),
                     position=EpochPosition.from_json(fs.get("position")),
-                    rng=extra_state(tensors) or None)
+                    rng=rng or None, ema_weights=ema or None)
 
 
 def _usable_last(stem: Path) -> Path:
