@@ -43,6 +43,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--warmup-epochs": ("train.warmup_epochs", {"metavar": "EPOCHS"}),
     "--label-smoothing": ("train.label_smoothing", {"metavar": "EPS"}),
     "--ema": ("train.ema", {"metavar": "DECAY"}),
+    "--progressive-from": ("train.progressive_from", {"metavar": "SIDE"}),
     "--augment": ("data.augment", {}),
     "--balance": ("data.balance", {}),
     "--early-stopping": ("train.early_stopping", {"metavar": "PATIENCE"}),

@@ -90,6 +90,12 @@ class TrainConfig(_Section):
     ema_warmup: bool = Field(True, description="EMA decay ramps up as 1-(1+step)^-3/4 to "
                              "train.ema, so the average soon forgets the initial weights")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    progressive_from: int | None = Field(
+        None, ge=8, description="progressive resizing: the first epoch trains at this side, "
+        "growing linearly to data.img_size by train.progressive_until of the run (validation "
+        "and test stay at data.img_size; needs a model with global pooling); off if None")
+    progressive_until: float = Field(0.5, gt=0, le=1, description="share of the epochs after "
+                                     "which training batches are at full data.img_size")
     clip_grad: float | None = Field(None, gt=0, description="max global gradient norm; off if None")
     freeze: str = Field("none", description="none | backbone | stages:N (transfer learning)")
     head_lr_mult: float = Field(1.0, gt=0, description="classifier LR = lr x this")

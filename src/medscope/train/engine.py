@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -180,6 +181,7 @@ def fit(
     on_checkpoint: Checkpoint | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     mix: Callable | None = None,
+    train_size: Callable[[int], int | None] | None = None,
 ) -> FitState:
     """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
     ``cfg.epochs``; writes nothing itself. Returns the final state.
@@ -190,18 +192,21 @@ def fit(
     ``on_checkpoint`` writes ``last`` mid-epoch: every ``cfg.checkpoint_every`` minutes, and
     when SIGINT/SIGTERM asks training to stop (after the step in progress).
     ``augment``: batched augmentation of the uint8 training batches on the device, drawing from
-    a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it."""
+    a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it.
+    ``train_size``: the side training batches are resized to in each epoch (from 0; None: as
+    loaded), for progressive resizing."""
     with stop_on_signals(enabled=not dist or not dist.enabled) as stop:
         return _fit(model, train_loader, val_loader, cfg=cfg, normalize=normalize,
                     runtime=runtime, loss_fn=loss_fn, optimizer=optimizer, state=state,
                     on_epoch_end=on_epoch_end, sampler_generator=sampler_generator,
                     multilabel=multilabel, progress=progress, dist=dist,
-                    on_checkpoint=on_checkpoint, stop=stop, augment=augment, mix=mix)
+                    on_checkpoint=on_checkpoint, stop=stop, augment=augment, mix=mix,
+                    train_size=train_size)
 
 
 def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, optimizer,
          state, on_epoch_end, sampler_generator, multilabel, progress, dist, on_checkpoint,
-         stop: StopRequest, augment=None, mix=None) -> FitState:
+         stop: StopRequest, augment=None, mix=None, train_size=None) -> FitState:
     normalize = normalize.to(runtime.device)
     loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
         runtime.device)  # class weights live on the device
@@ -275,7 +280,8 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
                              resume_at=resume_at if resume_at and resume_at.epoch == epoch
                              else None, restore=lambda: restore_rng(state.rng, generators),
                              after_step=checkpoint,
-                             batch_ops=BatchOps(augment, aug_generator, mix),
+                             batch_ops=BatchOps(augment, aug_generator, mix,
+                                                train_size(epoch) if train_size else None),
                              after_update=lambda step, e=epoch: update_ema(
                                  state.ema, model, e * steps_per_epoch + step + 1))
         train = dist.mean(train)
@@ -321,16 +327,22 @@ class BatchOps:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     generator: torch.Generator | None = None
     mix: Callable | None = None
+    size: int | None = None  # progressive resizing: this epoch's side
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
                  runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch from the loader -> (model input, targets) on the device: augmented on
-        uint8 where it is, normalised to float, then mixed (MixUp/CutMix blend floats)."""
+        uint8 where it is, normalised to float, resized (progressive resizing; normalising
+        is per-channel affine, so before or after is the same), then mixed (MixUp/CutMix blend
+        floats)."""
         images = images.to(runtime.device, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
         if self.augment is not None:
             images = self.augment(images, self.generator)
         images = normalize(runtime.to_input(images))
+        if self.size is not None and images.shape[-2:] != (self.size, self.size):
+            images = runtime.to_input(F.interpolate(images, size=(self.size, self.size),
+                                                    mode="bilinear", antialias=True))
         if self.mix is not None:
             images, labels = self.mix(images, labels)
         return images, labels

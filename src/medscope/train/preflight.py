@@ -13,7 +13,7 @@ import torch
 
 from medscope.config import RunConfig
 from medscope.errors import MedscopeError
-from medscope.models import create_model, is_known_model
+from medscope.models import create_model, is_known_model, min_size
 from medscope.models.transfer import apply_freeze, check_weights_source
 from medscope.run import RunDir
 from medscope.train.runtime import Runtime, select_runtime
@@ -34,8 +34,9 @@ def check_run_config(config: RunConfig, *, resume: bool = False) -> Runtime:
     RunDir(config.out).check_can_start(resume=resume)
     runtime = select_runtime(config.train.device, config.train.precision,
                              config.train.channels_last)
-    params = sum(p.numel() for p in check_model(config).parameters())
-    check_disk(config, params)
+    model = check_model(config)
+    check_progressive(config, model)
+    check_disk(config, sum(p.numel() for p in model.parameters()))
     if config.model.pretrained:
         check_weights_source(config.model.pretrained)
     if config.train.unfreeze_at is not None and config.train.unfreeze_at > config.train.epochs:
@@ -62,16 +63,42 @@ def check_model(config: RunConfig) -> torch.nn.Module:
     return model
 
 
+def check_progressive(config: RunConfig, model: torch.nn.Module) -> None:
+    """Progressive resizing starts below ``data.img_size`` with a model that takes that size
+    (one forward on the meta device: a flatten-to-FC head or a fixed-size ViT refuses it)."""
+    side, full = config.train.progressive_from, config.data.img_size
+    if side is None:
+        return
+    if side >= full:
+        raise MedscopeError(f"train.progressive_from {side} must be below data.img_size {full}")
+    if side < min_size(config.model.name):
+        raise MedscopeError(f"train.progressive_from {side}: model {config.model.name!r} needs "
+                            f"images of at least {min_size(config.model.name)} px")
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, config.data.in_chans, side, side, device="meta"))
+    except Exception as exc:  # whatever the architecture raises for a size it cannot take
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedscopeError(
+            f"train.progressive_from {side}: {config.model.name} cannot take {side} px inputs "
+            f"({reason}); progressive resizing needs a model with global pooling, such as "
+            "resnet18 or efficientnet_b0") from None
+    if config.train.compile:
+        log.warning("train.compile with progressive resizing: the model is compiled again for "
+                    "each new training side")
+
+
 # Reports, plots, history and predictions of a run: a generous allowance beside checkpoints.
 RUN_FILES_BYTES = 50 * 2**20
 
 
-def checkpoint_bytes(params: int, optimizer: str) -> int:
+def checkpoint_bytes(params: int, optimizer: str, ema: bool = False) -> int:
     """Disk a run's checkpoints take at most: ``best`` (weights) and ``last`` (weights plus the
-    optimizer's per-parameter state: AdamW 2 moments, SGD 1 momentum buffer), each with the
-    previous pair kept while the next is written, float32."""
+    optimizer's per-parameter state: AdamW 2 moments, SGD 1 momentum buffer; and the weight
+    average with ``train.ema``), each with the previous pair kept while the next is written,
+    float32."""
     moments = 2 if optimizer == "adamw" else 1
-    return 2 * (params * 4 + params * 4 * (1 + moments))
+    return 2 * (params * 4 + params * 4 * (1 + moments + int(ema)))
 
 
 def cache_bytes(config: RunConfig) -> int:
@@ -96,7 +123,8 @@ def check_disk(config: RunConfig, params: int) -> None:
 
     out = _existing_ancestor(config.out)
     _check_writable(out, f"{config.out}: cannot write the run directory")
-    need = {"checkpoints": checkpoint_bytes(params, config.train.optimizer) + RUN_FILES_BYTES}
+    need = {"checkpoints": checkpoint_bytes(params, config.train.optimizer,
+                                                    config.train.ema is not None) + RUN_FILES_BYTES}
     cache_dir = _existing_ancestor(Path(config.data.cache_dir or default_cache_dir()))
     cached = cache_bytes(config)
     if cached and _same_disk(cache_dir, out):

@@ -79,6 +79,26 @@ def train_batch_ops(config: RunConfig, data: PreparedData
     return batch_augmentation(config.data.augment), mix
 
 
+def progressive_sizes(config: RunConfig) -> Callable[[int], int | None] | None:
+    """Each epoch's training side under progressive resizing (None when it is off): linear from
+    ``train.progressive_from`` in epoch 1 to ``data.img_size`` from the epoch at
+    ``train.progressive_until`` of the run on, in steps of 8 pixels (the stride of most nets'
+    stem); a pure function of the epoch, so a resumed run resizes as the uninterrupted one."""
+    start, full = config.train.progressive_from, config.data.img_size
+    if start is None:
+        return None
+    ramp = min(int(config.train.progressive_until * config.train.epochs),
+               config.train.epochs - 1)
+
+    def size(epoch: int) -> int | None:
+        if epoch >= ramp:
+            return None
+        side = start + (full - start) * epoch / ramp
+        return max(start, int(side) // 8 * 8)
+
+    return size
+
+
 def balanced_sampler_for(config: RunConfig, data: PreparedData
                          ) -> tuple[Sampler | None, torch.Generator | None]:
     """(sampler, its generator) when ``data.balance`` is 'sampler', else (None, None)."""

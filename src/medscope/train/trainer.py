@@ -40,6 +40,7 @@ from medscope.train.setup import (
     ignored_for_multilabel,
     loss_for,
     normalisation_for,
+    progressive_sizes,
     train_batch_ops,
     train_loader,
     train_sampler_for,
@@ -161,7 +162,7 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                 on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
                 sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
                 dist=dist, on_checkpoint=writer.save_last if dist.is_main else None,
-                augment=augment, mix=mix)
+                augment=augment, mix=mix, train_size=progressive_sizes(config))
     if not dist.is_main:
         return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
