@@ -83,13 +83,15 @@ class TrainConfig(_Section):
         "cosine", description="cosine: linear warm-up then cosine to 0; onecycle: cosine up "
         "from lr/25 over warmup_epochs (0: a quarter of the run) then cosine down to "
         "lr/250000 (torch's OneCycleLR); none: constant after warm-up")
-    warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up; steadies big FC heads")
+    warmup_epochs: int = Field(1, ge=0, description="linear LR warm-up (onecycle: the rise); "
+                               "steadies big FC heads")
     ema: float | None = Field(
         None, gt=0, lt=1, description="decay of an exponential moving average of the weights "
         "(e.g. 0.999), which is validated, saved as best and evaluated; off if None")
     ema_warmup: bool = Field(True, description="EMA decay ramps up as 1-(1+step)^-3/4 to "
                              "train.ema, so the average soon forgets the initial weights")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy against "
+                                   "(1-EPS) x one-hot + EPS/classes (multi-class only)")
     progressive_from: int | None = Field(
         None, ge=8, description="progressive resizing: the first epoch trains at this side, "
         "growing linearly to data.img_size by train.progressive_until of the run (validation "
