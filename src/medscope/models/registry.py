@@ -89,9 +89,8 @@ def create_model(
         raise MedscopeError(f"in_chans must be 1 or 3, got {in_chans}")
     head_pool = kwargs.pop("head_pool", None)
     flatten_head = kwargs.pop("flatten_head", False)
-    if img_size is not None and img_size < min_size(name):
-        raise MedscopeError(f"model {name!r} needs images of at least {min_size(name)} px, "
-                            f"got {img_size}")
+    if img_size is not None:
+        check_min_size(name, img_size)
     entry = own_models().get(name)
     if entry is not None:
         size = img_size or entry.default_size
@@ -119,6 +118,13 @@ def default_size(name: str) -> int:
     if entry is not None:
         return entry.default_size
     return int(_timm_cfg(name).input_size[-1])
+
+
+def check_min_size(name: str, img_size: int) -> None:
+    """Refuse a side below ``min_size(name)`` with one line."""
+    if img_size < min_size(name):
+        raise MedscopeError(f"model {name!r} needs images of at least {min_size(name)} px, "
+                            f"got {img_size}")
 
 
 def min_size(name: str) -> int:

@@ -13,7 +13,8 @@ import torch
 
 from medscope.config import RunConfig
 from medscope.errors import MedscopeError
-from medscope.models import create_model, is_known_model, min_size
+from medscope.models import create_model, is_known_model
+from medscope.models.registry import check_min_size
 from medscope.models.transfer import apply_freeze, check_weights_source
 from medscope.run import RunDir
 from medscope.train.runtime import Runtime, select_runtime
@@ -71,9 +72,10 @@ def check_progressive(config: RunConfig, model: torch.nn.Module) -> None:
         return
     if side >= full:
         raise MedscopeError(f"train.progressive_from {side} must be below data.img_size {full}")
-    if side < min_size(config.model.name):
-        raise MedscopeError(f"train.progressive_from {side}: model {config.model.name!r} needs "
-                            f"images of at least {min_size(config.model.name)} px")
+    try:
+        check_min_size(config.model.name, side)
+    except MedscopeError as exc:
+        raise MedscopeError(f"train.progressive_from {side}: {exc}") from None
     try:
         with torch.no_grad():
             model(torch.empty(2, config.data.in_chans, side, side, device="meta"))
