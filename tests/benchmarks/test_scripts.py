@@ -1,0 +1,98 @@
+"""The benchmark scripts run end to end at toy scale, on the paths a better-equipped machine
+(AVX512-BF16, a GPU) will take: bf16 training rows, every inference backend, the speedrun
+curve. The figures are meaningless here; the tests check that each script finishes and that
+its report holds one well-formed row per requested mode, backend or epoch. Run as
+subprocesses, exactly as documented in each script's docstring."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str, timeout: int = 600) -> str:
+    # One torch thread: the suite may share the machine, and two oversubscribed OpenMP
+    # pools make small forwards 100x slower, which only lengthens the test.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(report: str, first_cell: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in report.splitlines() if line.startswith("|")]
+    return [r for r in rows if r[0] == first_cell]
+
+
+def positive(cell: str) -> float:
+    value = float(re.sub(r"[^0-9.eE+-]", "", cell))
+    assert value > 0, cell
+    return value
+
+
+def test_train_throughput_reports_every_mode_and_preset(image_folder, tmp_path):
+    out = tmp_path / "train_throughput.txt"
+    run_script("train_throughput.py", "--data", str(image_folder), "--presets", "flips",
+               "--modes", "fp32-cl,bf16", "--img-size", "32", "--batch-size", "8",
+               "--epochs", "2", "--ref-epochs", "1", "--ref-workers", "0", "--threads", "1",
+               "--out", str(out))
+    report = out.read_text()
+    assert "AVX512-BF16/AMX" in report  # the machine line a results file needs
+    for mode in ("fp32-cl", "bf16"):
+        (row,) = table_rows(report, mode)
+        assert row[1] == "flips"
+        medscope, limit, reference, efficiency, speedup = map(positive, row[2:7])
+        assert efficiency == pytest.approx(medscope / limit, rel=0.02, abs=0.002)
+        assert speedup == pytest.approx(medscope / reference, rel=0.02, abs=0.02)
+        before, after = (float(v) for v in row[-1].split("->"))
+        assert before > 0 and after > 0
+    assert re.search(r"peak RSS: this process \d+ MiB", report)
+
+
+def test_predict_throughput_reports_every_backend(trained_run, tmp_path):
+    out = tmp_path / "predict_throughput.txt"
+    backends = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
+    run_script("predict_throughput.py", "--run", str(trained_run.root), "--limit-images", "8",
+               "--latency-images", "3", "--repeats", "1", "--batch-sizes", "1,4",
+               "--backends", ",".join(backends), "--threads", "1", "--out", str(out))
+    report = out.read_text()
+    assert re.search(r"overhead, torch fp32, batch 4: .* overhead [+-]\d", report)
+    for backend in backends:
+        (row,) = table_rows(report, backend)
+        for cell in row[1:7]:
+            positive(cell)
+        assert 0.0 <= float(row[7]) <= 1.0
+    (fp32,) = table_rows(report, "torch-fp32")
+    assert fp32[2] == "1.00x" and fp32[8] == "+0.00 pt"
+
+
+def test_speedrun_reports_a_curve_and_the_median(tmp_path):
+    data = tmp_path / "data"
+    make_image_folder(data / "train", per_class=10, size=36, seed=0)
+    make_image_folder(data / "test", per_class=4, size=36, seed=1)
+    out = tmp_path / "speedrun.txt"
+    run_script("speedrun.py", "--data", str(data), "--seeds", "0", "--target", "0.01",
+               "--budget-min", "10", "--set", "data.img_size=32", "--set", "train.epochs=2",
+               "--set", "train.batch_size=8", "--out", str(out))
+    report = out.read_text()
+    epochs = [r for r in (table_rows(report, "1") + table_rows(report, "2"))]
+    assert len(epochs) == 2
+    walls = [positive(r[1]) for r in epochs]
+    assert walls[0] < walls[1]  # wall time accumulates along the curve
+    for r in epochs:
+        assert 0.0 <= float(r[3]) <= 1.0
+    # any test accuracy above 1 % meets this target in epoch 1
+    assert re.search(r"time to 0\.01 test accuracy: \d+ s", report), report
+    assert "median over 1 seed(s)" in report
