@@ -542,6 +542,9 @@ def cmd_export(args) -> None:
 def cmd_serve(args) -> None:
     import os
 
+    from medscope.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: a server shares the machine (threads.py)
     from medscope.serve import create_app, load_models, serve
 
     if not 0 < args.port < 65536:
