@@ -45,9 +45,10 @@ def resume(out: Path | str, overrides: dict[str, Any] | None = None, *,
 
 def evaluate(run: RunDir | Path | str, data_dir: Path | None = None, out: Path | None = None,
              *, precision: str = "auto", device: str = "auto", progress: bool = True,
-             data: PreparedData | None = None, target_accuracy: float | None = None
-             ) -> dict[str, Any]:
+             data: PreparedData | None = None, target_accuracy: float | None = None,
+             tta: bool = False) -> dict[str, Any]:
     """Metrics of a run's best checkpoint on its test split, or on another folder of the same
-    classes (written to ``RUN/eval-<folder>/`` unless ``out`` says otherwise)."""
+    classes (written to ``RUN/eval-<folder>/`` unless ``out`` says otherwise); ``tta`` averages
+    the logits of the 8 dihedral views (written to ``RUN/eval-tta/``)."""
     return evaluate_run(run, data_dir, out, data=data, precision=precision, device=device,
-                        target_accuracy=target_accuracy, progress=progress)
+                        target_accuracy=target_accuracy, tta=tta, progress=progress)

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-accuracy", type=float, default=None, metavar="P",
                    help="refer-to-expert target (0-1): its threshold is fitted again on the "
                         "run's validation split (default: the one training fitted)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: logits averaged over the 8 flips/rotations "
+                        "(8x the time); written to RUN/eval-tta/ unless --out")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[common], help="classify images; writes a CSV")
@@ -405,10 +408,10 @@ def cmd_evaluate(args) -> None:
         raise MedscopeError(f"--target-accuracy {args.target_accuracy}: give a fraction "
                             "between 0 and 1 (e.g. 0.99)")
     m = evaluate(args.run, args.data, args.out, precision=args.precision, device=args.device,
-                 target_accuracy=args.target_accuracy,
+                 target_accuracy=args.target_accuracy, tta=args.tta,
                  progress=args.progress)
     print(f"accuracy {m['accuracy']:.4f}  F1 macro {m['f1_macro']:.4f}  "
-          f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images")
+          f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images{' (TTA)' if args.tta else ''}")
 
 
 def cmd_predict(args) -> None:

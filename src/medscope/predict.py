@@ -145,7 +145,7 @@ def predict_files(
 
     ``source``: a run directory, a checkpoint, an ONNX export (folder or ``model.onnx``), or
     with ``ensemble`` a ``medscope cv`` directory whose ``fold_*`` models are averaged.
-    ``tta``: mean probabilities over the 8 dihedral views (4 rotations x mirror).
+    ``tta``: each model's logits averaged over the 8 dihedral views (4 rotations x mirror).
     ``abstain_below``: refer the image to an expert when its top probability is below this;
     default the checkpoint's ``selective_threshold`` (single model only), 0 switches it off.
     ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
@@ -255,14 +255,13 @@ def abstain_threshold(models: Sequence[Any], given: float | None) -> float | Non
 
 def ensemble_probs(models: Sequence[Any], pixels: np.ndarray, *, tta: bool = False,
                    batch_size: int = 64) -> np.ndarray:
-    """N x K probabilities averaged over the models (and over the 8 dihedral views with
-    ``tta``)."""
+    """N x K calibrated probabilities averaged over the models (each model's own with
+    ``tta``: see ``model_probs``)."""
     k = len(models[0].classes)
     if not len(pixels):
         return np.empty((0, k), dtype=np.float32)
-    views = dihedral_views(pixels) if tta else [pixels]
-    total = sum(model_probs(m, v, batch_size) for m in models for v in views)
-    return (total / (len(models) * len(views))).astype(np.float32)
+    total = sum(model_probs(m, pixels, batch_size, tta=tta) for m in models)
+    return (total / len(models)).astype(np.float32)
 
 
 def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
@@ -272,10 +271,22 @@ def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
 
 
-def model_probs(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """One model's probabilities: calibrated by its temperature (``Predictor`` and
-    ``OnnxPredictor`` both apply it)."""
-    return np.asarray(model.probs_from_pixels(pixels, batch_size=batch_size))
+def tta_logits(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Test-time augmentation: a model's logits (before temperature) averaged over the 8
+    dihedral views. Averaged as logits, not probabilities, so the temperature calibrates the
+    result once, and evaluation's before/after calibration figures stay defined."""
+    views = dihedral_views(pixels)
+    total = sum(np.asarray(model.logits_from_pixels(v, batch_size), np.float64) for v in views)
+    return (total / len(views)).astype(np.float32)
+
+
+def model_probs(model: Any, pixels: np.ndarray, batch_size: int = 64, *,
+                tta: bool = False) -> np.ndarray:
+    """One model's probabilities, calibrated by its temperature (``Predictor`` and
+    ``OnnxPredictor`` both apply it); with ``tta`` from its logits averaged over the views."""
+    logits = (tta_logits(model, pixels, batch_size) if tta
+              else model.logits_from_pixels(pixels, batch_size))
+    return np.asarray(model.probs_from_logits(logits))
 
 
 def label_thresholds(models: Sequence[Any]) -> list[float] | None:

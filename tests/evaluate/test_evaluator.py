@@ -50,3 +50,32 @@ def test_predictions_csv_has_a_row_per_evaluated_image(trained_run):
     assert predicted == [classes[i][2:] for i in probs.argmax(1)]
     accuracy = np.mean([r["predicted"] == r["label"] for r in rows])
     assert accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_tta_evaluation_averages_the_views_logits_beside_the_runs_own_metrics(trained_run,
+                                                                             tmp_path):
+    import shutil
+
+    from medscope.predict import dihedral_views
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.root, run)
+    own = (run / "metrics.json").read_bytes()
+    assert main(["evaluate", str(run), "--tta", "--precision", "fp32", "-q"]) == 0
+    assert (run / "metrics.json").read_bytes() == own  # the run's own figures stay
+    metrics = json.loads((run / "eval-tta" / "metrics.json").read_text())
+    assert metrics["tta"] is True and metrics["data"].startswith("test split")
+
+    predictor = Predictor.load(run, precision="fp32")
+    samples, _, _ = run_split(trained_run, predictor.classes, "test")
+    pixels = predictor.decode(samples, progress=False).pixels
+    logits = np.mean([predictor.logits_from_pixels(v) for v in dihedral_views(pixels)], axis=0)
+    expected = predictor.probs_from_logits(logits)
+    rows = list(csv.DictReader((run / "eval-tta" / "predictions.csv").open()))
+    got = np.array([[float(r[f"p_{c}"]) for c in predictor.classes] for r in rows])
+    # predictions.csv has 6 decimals; the tiny model's views differ by ~1e-5..1e-4, so the
+    # tolerance tells averaged views from a single one
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 3e-6
+    assert np.abs(predictor.probs_from_pixels(pixels) - expected).max() > 1e-5
+    assert metrics["accuracy"] == pytest.approx(
+        np.mean(expected.argmax(1) == np.asarray(labels_of(samples))))

@@ -15,7 +15,7 @@ from medscope.data.sources import DataSource, Sample, load_source
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
-from medscope.predict import Predictor
+from medscope.predict import Predictor, tta_logits
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
@@ -33,10 +33,13 @@ SPLIT_TITLES = {"test": "test split",
 def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
                  out: Path | None = None, *, data: PreparedData | None = None,
                  precision: str = "auto", device: str = "auto",
-                 target_accuracy: float | None = None, progress: bool = True) -> dict[str, Any]:
+                 target_accuracy: float | None = None, tta: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
     """Metrics of a run's best checkpoint; ``data`` (images already decoded by training) saves
     decoding them again. Results on another folder go to ``RUN/eval-<folder>/`` unless ``out``
-    says otherwise. ``target_accuracy`` other than the one training fitted: the refer-to-expert
+    says otherwise. ``tta``: logits averaged over the 8 dihedral views; written to
+    ``RUN/eval-tta/`` (``RUN/eval-<folder>-tta/``) so the run's own metrics stay as they are.
+    ``target_accuracy`` other than the one training fitted: the refer-to-expert
     threshold for it is fitted again on the run's validation split (the checkpoint is left
     as it is)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -55,7 +58,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
         samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
     if not samples:
         raise MedscopeError(f"{run.root}: no readable images to evaluate on")
-    logits = predictor.logits_from_pixels(pixels)
+    logits = tta_logits(predictor, pixels) if tta else predictor.logits_from_pixels(pixels)
     probs = predictor.probs_from_logits(logits)
     labels = labels_of(samples)
     multilabel, info = predictor.multilabel, predictor.info
@@ -73,8 +76,8 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
                                  thresholds=info.thresholds, selective_threshold=selective,
                                  target_accuracy=target_accuracy)
     metrics["data"] = str(data_dir) if data_dir else SPLIT_TITLES[split]
-    target = Path(out) if out else (run.root if data_dir is None
-                                    else run.root / f"eval-{Path(data_dir).name}")
+    metrics["tta"] = tta
+    target = Path(out) if out else default_target(run, data_dir, tta)
     atomic_write_json(target / "metrics.json", metrics)
     write_predictions(target / PREDICTIONS, source, samples, probs, info.thresholds)
     write_evaluation_plots(target, labels, probs, classes, multilabel=multilabel,
@@ -84,7 +87,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     if not multilabel:  # a K x K confusion matrix only means something for one label per image
         plot_confusion_matrix(metrics["confusion_matrix"], classes,
                               target / "confusion_matrix.png")
-    if data_dir is None and out is None:
+    if target == run.root:
         if not multilabel:
             plot_prediction_examples(pixels, labels, probs, classes, run.examples)
             _gradcam_of_mistakes(predictor, pixels, labels, probs, run)
@@ -92,6 +95,14 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def default_target(run: RunDir, data_dir: Path | None, tta: bool) -> Path:
+    """The run itself for its own test split; a sibling folder for other data or TTA."""
+    if data_dir is None and not tta:
+        return run.root
+    name = "eval" + (f"-{Path(data_dir).name}" if data_dir is not None else "")
+    return run.root / (name + ("-tta" if tta else ""))
 
 
 def _threshold_on_validation(predictor: Predictor, run: RunDir, target: float,

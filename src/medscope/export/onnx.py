@@ -249,10 +249,13 @@ class OnnxPredictor:
         return np.concatenate(outs).astype(np.float32) if outs else np.empty((0, k), np.float32)
 
     def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return self.probs_from_logits(self.logits_from_pixels(pixels, batch_size))
+
+    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray:
         from scipy.special import expit, softmax
 
         # As Predictor: the temperature calibrates softmax only; multi-label has thresholds.
-        logits = self.logits_from_pixels(pixels, batch_size)
+        logits = np.asarray(logits, dtype=np.float32)
         return expit(logits) if self.multilabel else softmax(logits / self.temperature, axis=1)
 
     def decode(self, samples: Sequence[Any], **kw: Any):
