@@ -112,3 +112,32 @@ def test_only_runs_the_named_experiment_and_what_it_starts_from(tmp_path):
     assert main(["run", str(recipe), "--quick", "-q", "--out", str(out), "--only", "third"]) == 0
     rows = json.loads((out / "comparison" / "recipe.json").read_text())["experiments"]
     assert [r["name"] for r in rows] == ["third"]
+
+
+def test_tta_recipe_evaluates_each_run_once_and_tabulates_both(tmp_path):
+    recipe = tmp_path / "tta.yaml"
+    recipe.write_text(textwrap.dedent("""
+        title: tta
+        tta: true
+        base:
+          model: {name: simple_cnn}
+        quick: {per_class: 4, image_size: 32}
+        experiments:
+          - name: only
+            quick_data: {classes: 3}
+        """))
+    args = ["run", str(recipe), "--quick", "-q", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    run = tmp_path / "out" / "only"
+    plain = json.loads((run / "metrics.json").read_text())
+    tta = json.loads((run / "eval-tta" / "metrics.json").read_text())
+    assert tta["tta"] is True and tta["n"] == plain["n"]
+    report = (tmp_path / "out" / "comparison" / "recipe.md").read_text()
+    section = report.split("Test-time augmentation", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| only |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[1]) == pytest.approx(plain["accuracy"], abs=1e-4)
+    assert float(cells[2]) == pytest.approx(tta["accuracy"], abs=1e-4)
+    stamp = (run / "eval-tta" / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0  # a re-run keeps the TTA evaluation as it keeps the run
+    assert (run / "eval-tta" / "metrics.json").stat().st_mtime_ns == stamp

@@ -25,6 +25,7 @@ from medscope.train.checkpoint import read_meta, write_meta
 log = logging.getLogger("medscope")
 
 PREDICTIONS = "predictions.csv"
+TTA_DIR = "eval-tta"  # a run's own test split, with test-time augmentation
 
 SPLIT_TITLES = {"test": "test split",
                 "val": "validation split (no test split: optimistic, it also chose the epoch)"}
@@ -99,10 +100,9 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
 
 def default_target(run: RunDir, data_dir: Path | None, tta: bool) -> Path:
     """The run itself for its own test split; a sibling folder for other data or TTA."""
-    if data_dir is None and not tta:
-        return run.root
-    name = "eval" + (f"-{Path(data_dir).name}" if data_dir is not None else "")
-    return run.root / (name + ("-tta" if tta else ""))
+    if data_dir is None:
+        return run.root / TTA_DIR if tta else run.root
+    return run.root / f"eval-{Path(data_dir).name}{'-tta' if tta else ''}"
 
 
 def _threshold_on_validation(predictor: Predictor, run: RunDir, target: float,

@@ -8,6 +8,7 @@ experiment by :func:`experiment_config`.
     cv: {folds: 10}                  # optional: every experiment cross-validated
     quick: {overrides: {...}, folds: 2, per_class: 6}
     plots: [training_error]          # optional recipe-level plots
+    tta: true                        # optional: also evaluate with test-time augmentation
     experiments:
       - name: resnet18
         overrides: {model.name: resnet18, train.lr: 1.0e-3}
@@ -85,6 +86,9 @@ class Recipe(_Strict):
     cv: CV | None = None
     quick: Quick = Field(default_factory=Quick)
     plots: list[Literal["training_error"]] = Field(default_factory=list)
+    tta: bool = Field(False, description="also evaluate every train + evaluate experiment with "
+                      "test-time augmentation (8 flips/rotations) into its eval-tta/; the "
+                      "report gets a table of both")
     experiments: list[Experiment] = Field(min_length=1)
 
     _path: Path | None = PrivateAttr(None)  # the file it was read from

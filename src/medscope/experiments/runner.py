@@ -16,6 +16,7 @@ from medscope.config import RunConfig, parse_override
 from medscope.errors import MedscopeError
 from medscope.evaluate.compare import compare_runs, markdown_table
 from medscope.evaluate.cv import run_cv
+from medscope.evaluate.evaluator import TTA_DIR, evaluate_run
 from medscope.experiments.quick import quick_dataset
 from medscope.experiments.recipe import Experiment, Recipe, experiment_config, load_recipe
 from medscope.models.transfer import check_weights_source
@@ -76,6 +77,8 @@ def run_recipe(recipe: Recipe | Path | str, *, out: Path | None = None,
             check_weights_source(p.config.model.pretrained)
     for i, p in enumerate(plan, 1):
         _run_one(recipe, p, out, i, len(plan), progress)
+        if recipe.tta and not p.folds:
+            _evaluate_tta(p, progress)
     return write_report(recipe, plan, out, quick=quick, latency_repeats=latency_repeats)
 
 
@@ -177,6 +180,14 @@ def _run_one(recipe: Recipe, p: Planned, out: Path, i: int, n: int, progress: bo
         train_run(p.config, resume=resume, progress=progress)
 
 
+def _evaluate_tta(p: Planned, progress: bool) -> None:
+    """RUN/eval-tta/metrics.json once per finished run (kept, like the run, when re-run)."""
+    if (p.out / TTA_DIR / "metrics.json").is_file():
+        return
+    log.info("%s: evaluating with test-time augmentation (8 views)", p.exp.name)
+    evaluate_run(p.out, tta=True, progress=progress)
+
+
 def _finished(p: Planned) -> bool:
     if not p.folds:
         return RunDir(p.out).is_finished()
@@ -222,6 +233,9 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
             sections.append(("Training error", f"![training and validation error per epoch]"
                              f"({TRAINING_ERROR})\n\nDashed: training error; bold: validation "
                              "error (He et al. 2016, Fig. 6)."))
+    tta = tta_table(plan) if recipe.tta else ""
+    if tta:
+        sections.append(("Test-time augmentation", tta))
     multilabel = multilabel_table(plan)
     if multilabel:
         sections.append(("Multi-label metrics", multilabel))
@@ -250,6 +264,26 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
                          "data": str(p.config.data.path), "status": p.status} for p in plan]})
     log.info("comparison of %d experiment(s): %s", len(plan), where / RECIPE_MD)
     return where
+
+
+def tta_table(plan: list[Planned]) -> str:
+    """Test accuracy and macro-F1 of each run without and with test-time augmentation."""
+    rows = []
+    for p in plan:
+        plain, tta = p.out / "metrics.json", p.out / TTA_DIR / "metrics.json"
+        if p.folds or not (plain.is_file() and tta.is_file()):
+            continue
+        a, b = read_json(plain), read_json(tta)
+        rows.append(f"| {p.exp.name} | {a['accuracy']:.4f} | {b['accuracy']:.4f} | "
+                    f"{b['accuracy'] - a['accuracy']:+.4f} | {a['f1_macro']:.4f} | "
+                    f"{b['f1_macro']:.4f} | {b['n']} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "| experiment | accuracy | accuracy, TTA | gain | macro-F1 | macro-F1, TTA | images |",
+        "|---|---|---|---|---|---|---|", *rows,
+        "", "TTA: each image's logits averaged over its 8 flips/rotations "
+        f"(`medscope evaluate RUN --tta`, in `RUN/{TTA_DIR}/`)."])
 
 
 def multilabel_table(plan: list[Planned]) -> str:
