@@ -86,3 +86,16 @@ def test_adam_is_plain_adam_with_l2_weight_decay(image_folder, tmp_path):
     opt = build_optimizer(model, cfg.train)
     assert type(opt) is torch.optim.Adam  # AdamW subclasses Adam: the exact type matters
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.01}
+
+
+def test_epoch_line_counts_epochs_and_estimates_the_rest_from_recent_epochs():
+    from medscope.train.engine import _epoch_line, duration_text
+
+    history = [{"seconds": s} for s in (900.0, 400.0, 420.0, 410.0)]  # epoch 1 warmed up
+    row = {"epoch": 4, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 0.9,
+           "val_accuracy": 0.6, "val_f1_macro": 0.55, "lr": 1e-3, "seconds": 410.0}
+    line = _epoch_line(row, True, 60, history)
+    assert line.startswith("epoch   4/60  train loss 1.0000")
+    assert "eta 6h22m" in line and line.endswith("*best*")  # 56 x 410 s = 22,960 s
+    assert "eta" not in _epoch_line({**row, "epoch": 60}, False, 60, history)
+    assert [duration_text(s) for s in (5.4, 245, 7620)] == ["5s", "4m05s", "2h07m"]

@@ -309,7 +309,7 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
         clock.reset()
         epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
                            val_acc="-" if not val else f"{val['accuracy']:.3f}")
-        _say(_epoch_line(row, improved), progress)
+        _say(_epoch_line(row, improved, cfg.epochs, state.history), progress)
         if stop:  # a signal during validation: this epoch's ``last`` is already written
             raise TrainingInterrupted(f"training stopped by {stop.describe()} after epoch "
                                       f"{epoch + 1}; its checkpoint is complete", stop.signum)
@@ -526,11 +526,27 @@ def _say(line: str, progress: bool) -> None:
         log.info(line)
 
 
-def _epoch_line(row: dict[str, Any], improved: bool) -> str:
+def _epoch_line(row: dict[str, Any], improved: bool, epochs: int,
+                history: list[dict[str, Any]]) -> str:
     val = ("" if row["val_loss"] is None else
            f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
            f"f1 {row['val_f1_macro']:.4f}")
+    left = epochs - row["epoch"]
+    # From the latest epochs: the first may include warming up, and a resumed run's earlier
+    # epochs may have run on another machine.
+    recent = [r["seconds"] for r in history[-3:]]
+    eta = f"  eta {duration_text(left * sum(recent) / len(recent))}" if left > 0 else ""
     mark = "  *best*" if improved else ""
-    return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} "
+    return (f"epoch {row['epoch']:3d}/{epochs}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.4f}{val}  lr {row['lr']:.2e}  "
-            f"{row['seconds']:.1f}s{mark}")
+            f"{row['seconds']:.1f}s{eta}{mark}")
+
+
+def duration_text(seconds: float) -> str:
+    """12s, 4m05s, 2h07m: what a person reads at a glance."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
