@@ -147,10 +147,14 @@ def test_ensemble_mistakes_are_one_line(trained_run, image_folder, tmp_path, cap
     assert rc == 2 and "fold_2: classes" in err and "cannot ensemble" in err
 
 
-def test_both_backends_apply_the_checkpoint_temperature(run_copy, image_folder):
+@pytest.mark.parametrize("exported_before", [False, True])
+def test_both_backends_apply_the_checkpoint_temperature(run_copy, image_folder, exported_before):
     from medscope.data.io import read_image
     from medscope.predict import Predictor
 
+    if exported_before:  # an export of the same weights under the old temperature is redone
+        predict_files(run_copy, [image_folder / "beta"], progress=False, backend="onnx")
+        assert json.loads((run_copy / "onnx" / "model.json").read_text())["temperature"] != 3.0
     meta_path = run_copy / "checkpoints" / "best.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "temperature": 3.0}))

@@ -226,7 +226,7 @@ def _is_onnx_export(source: Path) -> bool:
 
 def current_onnx_export(source: Path | str, int8: bool = False) -> Path:
     """The export folder of a run/checkpoint (its int8 one with ``int8``), (re-)exported when
-    absent or made from other weights than the checkpoint's current ones."""
+    absent or made from other weights or metadata than the checkpoint's current ones."""
     from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
     from medscope.run import read_json
 

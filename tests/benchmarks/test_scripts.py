@@ -62,9 +62,12 @@ def test_train_throughput_reports_every_mode_and_preset(image_folder, tmp_path):
 
 
 def test_predict_throughput_reports_every_backend(trained_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(trained_run.root, tmp_path / "run")  # the script exports into it
     out = tmp_path / "predict_throughput.txt"
     backends = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
-    run_script("predict_throughput.py", "--run", str(trained_run.root), "--limit-images", "8",
+    run_script("predict_throughput.py", "--run", str(run), "--limit-images", "8",
                "--latency-images", "3", "--repeats", "1", "--batch-sizes", "1,4",
                "--backends", ",".join(backends), "--threads", "1", "--out", str(out))
     report = out.read_text()

@@ -197,11 +197,16 @@ def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> 
 
 
 def checkpoint_digest(stem: Path) -> str:
-    """sha256 of the checkpoint's weights: tells whether an export is still that model's."""
+    """sha256 of the checkpoint's weights and metadata: tells whether an export is still that
+    model's. The metadata counts because the export copies its temperature, thresholds and
+    classes, which can change while the weights do not."""
     digest = hashlib.sha256()
-    with Path(stem).with_suffix(".safetensors").open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for path in (Path(stem).with_suffix(".safetensors"), Path(stem).with_suffix(".json")):
+        if not path.is_file() and path.suffix == ".json":
+            continue
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
