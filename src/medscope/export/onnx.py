@@ -200,10 +200,10 @@ def checkpoint_digest(stem: Path) -> str:
     """sha256 of the checkpoint's weights and metadata: tells whether an export is still that
     model's. The metadata counts because the export copies its temperature, thresholds and
     classes, which can change while the weights do not."""
+    stem = Path(stem)
+    meta = stem.with_suffix(".json")
     digest = hashlib.sha256()
-    for path in (Path(stem).with_suffix(".safetensors"), Path(stem).with_suffix(".json")):
-        if not path.is_file() and path.suffix == ".json":
-            continue
+    for path in (stem.with_suffix(".safetensors"), *([meta] if meta.is_file() else [])):
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
