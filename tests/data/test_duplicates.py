@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 
 from medscope.data.duplicates import HASH_CACHE, handle_duplicates, merged_groups
-from medscope.data.prepare import scan_source
+from medscope.data.prepare import given_splits_of, prepare_data, scan_source
 from medscope.data.sources import Sample, load_source, scan_folder
 from medscope.data.splits import split_indices
+from medscope.run import RunDir, atomic_write_json, read_json
 from tests.conftest import make_image_folder, tiny_config
 
 
@@ -89,6 +90,38 @@ def test_test_side_copies_of_presplit_data_are_counted_then_dropped(tmp_path, ca
     # With a split file (or in CV) the given folders are not used: no leak to report.
     _, report = handle_duplicates(load_source(root), "group", given_splits=False)
     assert report.test_leaks == 0 and report.groups == 1
+
+
+def test_a_resume_drops_the_same_copies_as_the_first_scan(tmp_path):
+    """A resumed run re-reads its own splits.csv; it must still prefer the train-side copy as
+    its first scan did (it kept the test-side one and failed on 'has no split for')."""
+    root = tmp_path / "split"
+    make_image_folder(root / "train", per_class=4, size=16)
+    make_image_folder(root / "test", per_class=3, size=16, seed=1)
+    shutil.copy(root / "train" / "beta" / "beta_002.png", root / "test" / "beta" / "leak.png")
+    config = tiny_config(root, tmp_path / "r", **{"data.duplicates": "drop"})
+    run = RunDir(config.out)
+    run.prepare_new()
+    first = prepare_data(config, run, progress=False)
+    again = config.model_copy(update={"data": config.data.model_copy(
+        update={"split_file": run.splits})})
+    expected = {k: [s.path for s in v] for k, v in first.samples.items()}
+    assert read_json(run.duplicates)["given_splits"] is True
+    assert given_splits_of(run) is True
+    resumed = prepare_data(again, run, progress=False)
+    assert {k: [s.path for s in v] for k, v in resumed.samples.items()} == expected
+    assert resumed.duplicates.test_leaks == 1
+    # Another process (a torchrun rank) reads the same split into a scratch run dir.
+    rank = prepare_data(again, RunDir(tmp_path / "scratch"), progress=False,
+                        given_splits=given_splits_of(run))
+    assert {k: [s.path for s in v] for k, v in rank.samples.items()} == expected
+    # Runs from before given_splits was recorded: inferred from the test-side copies.
+    legacy = read_json(run.duplicates)
+    del legacy["given_splits"]
+    atomic_write_json(run.duplicates, legacy)
+    assert given_splits_of(run) is True
+    resumed = prepare_data(again, run, progress=False)
+    assert {k: [s.path for s in v] for k, v in resumed.samples.items()} == expected
 
 
 def test_hashes_are_cached_by_size_and_mtime(folder_with_copies, tmp_path, monkeypatch):

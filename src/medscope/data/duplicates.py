@@ -41,6 +41,8 @@ class DuplicateReport:
     conflicts: list[list[str]] | None = None  # sample ids of each set with different labels
     dropped: int = 0  # images removed (conflicts, and extra copies with ``drop``)
     test_leaks: int = 0  # test images with a copy in train/val (pre-split data)
+    # Whether the data's own train/test folders were used: a resume must scan the same way.
+    given_splits: bool = True
 
 
 def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path | None = None,
@@ -48,7 +50,7 @@ def handle_duplicates(source: DataSource, mode: str = "group", cache_dir: Path |
     """``source`` with byte-identical images grouped or dropped as ``mode`` says.
     ``given_splits`` False: the data's own train/test folders are not used (a split file, CV),
     so copies across them are not a leak."""
-    report = DuplicateReport(conflicts=[])
+    report = DuplicateReport(conflicts=[], given_splits=given_splits)
     if mode == "keep" or not source.samples:
         return source, report
     hashes = sample_hashes(source.samples, cache_dir)

@@ -19,7 +19,7 @@ from medscope.data.duplicates import DuplicateReport, handle_duplicates
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
-from medscope.run import RunDir, atomic_write_csv, atomic_write_json, open_run_csv
+from medscope.run import RunDir, atomic_write_csv, atomic_write_json, open_run_csv, read_json
 
 log = logging.getLogger("medscope")
 
@@ -50,10 +50,15 @@ def labels_of(samples: list[Sample]) -> np.ndarray:
     return np.array([s.label for s in samples], dtype=np.int64)
 
 
-def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> PreparedData:
-    """Scan, split (or re-use a split), decode every image once; write splits and bad files."""
+def prepare_data(config: RunConfig, run: RunDir, progress: bool = True, *,
+                 given_splits: bool | None = None) -> PreparedData:
+    """Scan, split (or re-use a split), decode every image once; write splits and bad files.
+    ``given_splits`` as in :func:`scan_source`; re-using the run's own ``splits.csv`` (a resume)
+    scans as the run first did, so that the same copies are dropped."""
     dc = config.data
-    source, duplicates = scan_source(config)
+    if given_splits is None and _is_own_split(dc.split_file, run):
+        given_splits = given_splits_of(run)
+    source, duplicates = scan_source(config, given_splits=given_splits)
     assign = assign_splits(source, config)
     present = set(assign.tolist())
     if not present & {"val", "test"}:
@@ -78,6 +83,24 @@ def prepare_data(config: RunConfig, run: RunDir, progress: bool = True) -> Prepa
     if not samples["train"]:
         raise MedscopeError(f"{dc.path}: no readable training images")
     return PreparedData(source, samples, pixels, duplicates)
+
+
+def _is_own_split(split_file: Path | None, run: RunDir) -> bool:
+    return split_file is not None and run.splits.is_file() \
+        and Path(split_file).resolve() == run.splits.resolve()
+
+
+def given_splits_of(run: RunDir) -> bool | None:
+    """Whether the run's first scan used the data's own train/test folders (it decides which
+    copy of a duplicate survives): from its duplicates.json; None when the run has none.
+    Runs from before it was recorded: test-side copies are only counted with the folders used;
+    without any, the kept copy can differ only for train/val copies in data with a val folder."""
+    if not run.duplicates.is_file():
+        return None
+    found = read_json(run.duplicates)
+    if "given_splits" in found:
+        return bool(found["given_splits"])
+    return found.get("test_leaks", 0) > 0
 
 
 def scan_source(config: RunConfig, *, given_splits: bool | None = None

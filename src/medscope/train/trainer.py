@@ -11,7 +11,7 @@ from typing import Any
 
 from medscope.config import RunConfig, config_to_yaml, load_config
 from medscope.data.balance import class_counts, distribution_line
-from medscope.data.prepare import SPLITS, PreparedData, prepare_data
+from medscope.data.prepare import SPLITS, PreparedData, given_splits_of, prepare_data
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 from medscope.evaluate.evaluator import calibrate_run, evaluate_run
@@ -210,7 +210,8 @@ def _prepare_data_ranked(config: RunConfig, run: RunDir, dist: DistContext, prog
     same_split = config.model_copy(update={"data": config.data.model_copy(
         update={"split_file": run.splits})})
     with tempfile.TemporaryDirectory(prefix=f"medscope-rank{dist.rank}-") as scratch:
-        return prepare_data(same_split, RunDir(scratch), progress=False)
+        return prepare_data(same_split, RunDir(scratch), progress=False,
+                            given_splits=given_splits_of(run))
 
 
 def _compiled(model: Any, compile_model: bool) -> Any:
