@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine, train_step  # noqa: E402
+from machine import Report, child_result, describe_machine, result_line, train_step  # noqa: E402
 
 MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
 
@@ -40,7 +40,7 @@ MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(measure(json.loads(args.child))), flush=True)
+        print(result_line(measure(json.loads(args.child))), flush=True)
         return
     if args.threads:  # the children set it too; here for the machine line
         import torch
@@ -111,11 +111,11 @@ def run_child(spec: dict) -> dict:
                "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                               capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
+    result = child_result(proc.stdout)
+    if proc.returncode or result is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"{spec['model']} {spec['phase']} failed: {tail}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return result
 
 
 def measure(spec: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -78,6 +79,21 @@ class Report:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text("\n".join(self.lines) + "\n")
         print(f"written to {self.out}", file=sys.stderr)
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def result_line(values: dict) -> str:
+    """The line a benchmark's child process prints for its parent to read back."""
+    return RESULT_PREFIX + json.dumps(values)
+
+
+def child_result(stdout: str) -> dict | None:
+    """The values of the last result line in a child's output (None when it printed none):
+    children print progress and warnings too, so the parent reads only the marked line."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    return json.loads(lines[-1][len(RESULT_PREFIX):]) if lines else None
 
 
 def timed(fn, *args, **kw) -> tuple[object, float]:

@@ -26,7 +26,6 @@ Run it on an otherwise quiet machine: the 'quiet' columns assume nothing else ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine  # noqa: E402
+from machine import Report, child_result, describe_machine  # noqa: E402
 
 POLICIES = {
     "default": {},
@@ -145,7 +144,7 @@ def loaded(policy: str, threads: int, steps: int, report: Report) -> dict:
         finally:
             stop.touch()
             out, _ = load.communicate(timeout=600)
-    row["load_rate"] = json.loads(out.split("RESULT ", 1)[1])["img_s"]
+    row["load_rate"] = child_result(out)["img_s"]
     report(f"{policy}: loaded {row['loaded_infer']:.1f} ms, {row['loaded_train']:.1f} img/s "
            f"(the other process {row['load_rate']:.1f} img/s)")
     return row
@@ -155,7 +154,7 @@ def child(env: dict, task: str, threads: int, steps: int) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, task, str(threads), str(steps), "-"],
                          env=env,
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.split("RESULT ", 1)[1])
+    return child_result(out)
 
 
 if __name__ == "__main__":
