@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, child_result, describe_machine  # noqa: E402
+from machine import RESULT_PREFIX, Report, child_result, describe_machine  # noqa: E402
 
 POLICIES = {
     "default": {},
@@ -48,7 +48,8 @@ POLICIES = {
 CHILD = r"""
 import json, sys, time, torch, timm
 import os
-task, threads, steps, stop_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+task, threads, steps, stop_file, prefix = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
+                                          sys.argv[4], sys.argv[5])
 torch.manual_seed(0)
 torch.set_num_threads(threads)
 cl = torch.channels_last
@@ -62,7 +63,7 @@ if task == "infer":
             model(x)
             times.append(time.perf_counter() - t)
     times = sorted(times[3:])
-    print("RESULT " + json.dumps({"p50_ms": 1e3 * times[len(times) // 2]}), flush=True)
+    print(prefix + json.dumps({"p50_ms": 1e3 * times[len(times) // 2]}), flush=True)
 else:
     model = timm.create_model("resnet18", num_classes=5).to(memory_format=cl)
     opt = torch.optim.AdamW(model.parameters())
@@ -79,7 +80,7 @@ else:
         step()
         done += 1
     rate = 64 * done / (time.perf_counter() - start)
-    print("RESULT " + json.dumps({"img_s": rate}), flush=True)
+    print(prefix + json.dumps({"img_s": rate}), flush=True)
 """
 
 
@@ -136,7 +137,8 @@ def loaded(policy: str, threads: int, steps: int, report: Report) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         stop = Path(tmp) / "stop"
         load = subprocess.Popen([sys.executable, "-c", CHILD, "load", str(threads), "0",
-                                 str(stop)], env=env, stdout=subprocess.PIPE, text=True)
+                                 str(stop), RESULT_PREFIX],
+                                env=env, stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(8)  # the load process imports torch and warms up
             row = {"loaded_infer": child(env, "infer", threads, steps)["p50_ms"],
@@ -144,17 +146,25 @@ def loaded(policy: str, threads: int, steps: int, report: Report) -> dict:
         finally:
             stop.touch()
             out, _ = load.communicate(timeout=600)
-    row["load_rate"] = child_result(out)["img_s"]
+    row["load_rate"] = required_result(out, "load")["img_s"]
     report(f"{policy}: loaded {row['loaded_infer']:.1f} ms, {row['loaded_train']:.1f} img/s "
            f"(the other process {row['load_rate']:.1f} img/s)")
     return row
 
 
 def child(env: dict, task: str, threads: int, steps: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, task, str(threads), str(steps), "-"],
-                         env=env,
-                         capture_output=True, text=True, check=True).stdout
-    return child_result(out)
+    out = subprocess.run([sys.executable, "-c", CHILD, task, str(threads), str(steps), "-",
+                          RESULT_PREFIX],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    return required_result(out, task)
+
+
+def required_result(stdout: str, task: str) -> dict:
+    """The child's figures, or one line saying which child printed none."""
+    result = child_result(stdout)
+    if result is None:
+        raise SystemExit(f"omp_wait: the {task} child printed no result line")
+    return result
 
 
 if __name__ == "__main__":

@@ -79,3 +79,31 @@ def test_tta_evaluation_averages_the_views_logits_beside_the_runs_own_metrics(tr
     assert np.abs(predictor.probs_from_pixels(pixels) - expected).max() > 1e-5
     assert metrics["accuracy"] == pytest.approx(
         np.mean(expected.argmax(1) == np.asarray(labels_of(samples))))
+
+
+def test_a_later_evaluation_resamples_the_groups_training_recorded(trained_run, tmp_path):
+    """Groups found at training time (e.g. byte-identical copies) live only in splits.csv; a
+    re-evaluation must bootstrap them together too, not image by image."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.root, run)
+    with (run / "splits.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    test_rows = [r for r in rows if r["split"] == "test"]
+    for i, r in enumerate(test_rows):
+        r["group"] = f"dup:{i // 2}"  # pairs of test images, as copies would be
+    with (run / "splits.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    from medscope.run import RunDir
+
+    predictor = Predictor.load(run)
+    samples, split, _ = run_split(RunDir(run), predictor.classes)
+    assert split == "test" and len(samples) == len(test_rows)
+    assert sorted(s.group for s in samples) == sorted(r["group"] for r in test_rows)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--out", str(out), "-q"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["ci"]["grouped"] is True

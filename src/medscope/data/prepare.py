@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -210,5 +210,9 @@ def run_split(run: RunDir, classes: list[str], split: str | None = None
     rows = read_splits(run.splits)
     if split is None:
         split = "test" if any(r["split"] == "test" for r in rows) else "val"
-    chosen = {r["path"] for r in rows if r["split"] == split}
-    return [s for s in source.samples if source.sample_id(s) in chosen], split, source
+    # The groups training used (copies found by the duplicate scan included), so that a later
+    # evaluation resamples them together in its confidence intervals as training's did.
+    chosen = {r["path"]: r.get("group") or None for r in rows if r["split"] == split}
+    samples = [replace(s, group=chosen[source.sample_id(s)] or s.group)
+               for s in source.samples if source.sample_id(s) in chosen]
+    return samples, split, source
