@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from medscope.cli import main
-from medscope.data.prepare import labels_of, run_split
+from medscope.data.prepare import labels_of, read_splits, run_split
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.predict import Predictor
+from medscope.run import RunDir, atomic_write_csv
 
 
 def test_target_accuracy_refits_the_threshold_on_validation(trained_run, tmp_path, capsys):
@@ -88,17 +89,11 @@ def test_a_later_evaluation_resamples_the_groups_training_recorded(trained_run, 
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.root, run)
-    with (run / "splits.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_splits(run / "splits.csv")
     test_rows = [r for r in rows if r["split"] == "test"]
     for i, r in enumerate(test_rows):
         r["group"] = f"dup:{i // 2}"  # pairs of test images, as copies would be
-    with (run / "splits.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-    from medscope.run import RunDir
+    atomic_write_csv(run / "splits.csv", list(rows[0]), [list(r.values()) for r in rows])
 
     predictor = Predictor.load(run)
     samples, split, _ = run_split(RunDir(run), predictor.classes)
