@@ -1,7 +1,7 @@
 """The Python API, a facade over the rooms that do the work: ``train`` / ``resume`` a run
-(``medscope.train``), ``evaluate`` it (``medscope.evaluate``), ``predict`` files
-(``medscope.predict``), ``run_recipe`` a study's experiments (``medscope.experiments``).
-The CLI is a thin layer over these functions.
+(``medscope.train``), ``evaluate`` it or ``evaluate_ensemble`` several (``medscope.evaluate``),
+``predict`` files (``medscope.predict``), ``run_recipe`` a study's experiments
+(``medscope.experiments``). The CLI is a thin layer over these functions.
 
     >>> from medscope.api import train, evaluate
     >>> from medscope.config import load_config
@@ -16,6 +16,7 @@ from typing import Any
 
 from medscope.config import RunConfig
 from medscope.data.prepare import PreparedData
+from medscope.evaluate.ensemble import evaluate_ensemble
 from medscope.evaluate.evaluator import evaluate_run
 from medscope.experiments.runner import run_recipe
 from medscope.predict import Predictor, predict_files
@@ -23,7 +24,8 @@ from medscope.run import RunDir
 from medscope.train.engine import EpochEnd
 from medscope.train.trainer import resume_config, train_run
 
-__all__ = ["Predictor", "evaluate", "predict_files", "resume", "run_recipe", "train"]
+__all__ = ["Predictor", "evaluate", "evaluate_ensemble", "predict_files", "resume", "run_recipe",
+           "train"]
 
 
 def train(config: RunConfig, *, resume: bool = False, progress: bool = True,

@@ -158,10 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("evaluate", parents=[common],
-                       help="metrics of a run on its test split or on another folder")
-    p.add_argument("run", type=Path, help="run directory")
+                       help="metrics of a run (or of several averaged) on its test split or on "
+                            "another folder")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                   help="run directory; several: evaluate the average of their calibrated "
+                        "probabilities (an ensemble; they must share the test split, or give "
+                        "--data) into --out")
     p.add_argument("--data", type=Path, default=None, help="folder with the same classes")
-    p.add_argument("--out", type=Path, default=None, help="where metrics.json goes")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where metrics.json goes (required for an ensemble)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="fp16: CUDA only")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -192,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnx-int8: on RUN/onnx-int8 (statically quantized, calibrated on "
                         "the run's training images)")
     p.add_argument("--ensemble", action="store_true",
-                   help="RUN is a `medscope cv` directory: average its fold models")
+                   help="RUN (and each --with) is a `medscope cv` directory: average its fold "
+                        "models")
+    p.add_argument("--with", dest="with_runs", type=Path, action="append", default=[],
+                   metavar="RUN", help="another run to average with RUN (repeatable); the "
+                   "runs must share classes, and may differ in architecture and image size")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", parents=[common],
@@ -407,20 +416,42 @@ def cmd_evaluate(args) -> None:
     if args.target_accuracy is not None and not 0 < args.target_accuracy < 1:
         raise MedscopeError(f"--target-accuracy {args.target_accuracy}: give a fraction "
                             "between 0 and 1 (e.g. 0.99)")
-    m = evaluate(args.run, args.data, args.out, precision=args.precision, device=args.device,
-                 target_accuracy=args.target_accuracy, tta=args.tta,
+    if len(args.runs) > 1:
+        _evaluate_ensemble(args)
+        return
+    m = evaluate(args.runs[0], args.data, args.out, precision=args.precision,
+                 device=args.device, target_accuracy=args.target_accuracy, tta=args.tta,
                  progress=args.progress)
     print(f"accuracy {m['accuracy']:.4f}  F1 macro {m['f1_macro']:.4f}  "
           f"F1 micro {m['f1_micro']:.4f}  on {m['n']} images{' (TTA)' if args.tta else ''}")
 
 
+def _evaluate_ensemble(args) -> None:
+    from medscope.api import evaluate_ensemble
+
+    if args.out is None:
+        raise MedscopeError(f"{len(args.runs)} runs: give --out DIR for the ensemble's "
+                            "metrics.json, predictions.csv and plots")
+    m = evaluate_ensemble(args.runs, args.out, data_dir=args.data, precision=args.precision,
+                          device=args.device, target_accuracy=args.target_accuracy,
+                          tta=args.tta, progress=args.progress)
+    ci = m["ci"].get("accuracy") or {}
+    interval = f" (95% CI {ci['low']:.4f}-{ci['high']:.4f})" if "low" in ci else ""
+    print(f"ensemble of {len(args.runs)}: accuracy {m['accuracy']:.4f}{interval}  F1 macro "
+          f"{m['f1_macro']:.4f}  on {m['n']} images{' (TTA)' if args.tta else ''}")
+    for member in m["ensemble"]["members"]:
+        print(f"  {member['run']}: accuracy {member['accuracy']:.4f}  F1 macro "
+              f"{member['f1_macro']:.4f}")
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+
+
 def cmd_predict(args) -> None:
     from medscope.predict import predict_files
 
-    rows = predict_files(args.run, args.inputs, args.out, precision=args.precision,
-                         device=args.device, progress=args.progress, tta=args.tta, top_k=args.top_k,
-                         abstain_below=args.abstain_below, batch_size=args.batch_size,
-                         backend=args.backend, ensemble=args.ensemble)
+    rows = predict_files([args.run, *args.with_runs], args.inputs, args.out,
+                         precision=args.precision, device=args.device, progress=args.progress,
+                         tta=args.tta, top_k=args.top_k, abstain_below=args.abstain_below,
+                         batch_size=args.batch_size, backend=args.backend, ensemble=args.ensemble)
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
         return

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,7 +126,7 @@ PREDICT_CHUNK = 512  # images decoded at a time: memory stays bounded on big fol
 
 
 def predict_files(
-    source: Path | str,
+    source: Path | str | Sequence[Path | str],
     inputs: Sequence[Path | str],
     out_csv: Path | None = None,
     *,
@@ -144,7 +145,8 @@ def predict_files(
     (listed with the reason, not fatal).
 
     ``source``: a run directory, a checkpoint, an ONNX export (folder or ``model.onnx``), or
-    with ``ensemble`` a ``medscope cv`` directory whose ``fold_*`` models are averaged.
+    with ``ensemble`` a ``medscope cv`` directory whose ``fold_*`` models are averaged; a list
+    of them averages their models (image sizes may differ: each gets the images at its own).
     ``tta``: each model's logits averaged over the 8 dihedral views (4 rotations x mirror).
     ``abstain_below``: refer the image to an expert when its top probability is below this;
     default the checkpoint's ``selective_threshold`` (single model only), 0 switches it off.
@@ -167,9 +169,10 @@ def predict_files(
     bar = _progress_bar(len(paths), progress)
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start:start + PREDICT_CHUNK]
-        decoded = models[0].decode([Sample(p, -1) for p in chunk], progress=False)
-        probs = ensemble_probs(models, decoded.pixels, tta=tta, batch_size=batch_size)
-        rows += chunk_rows(chunk, decoded, probs, classes, thresholds, top_k, threshold)
+        kept, bad, each = probs_per_model(models, [Sample(p, -1) for p in chunk], tta=tta,
+                                          batch_size=batch_size)
+        rows += chunk_rows(chunk, kept, bad, np.mean(each, axis=0), classes, thresholds, top_k,
+                           threshold)
         bar.update(len(chunk))
     bar.close()
     if out_csv is not None:
@@ -182,15 +185,19 @@ def predict_files(
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
-def load_models(source: Path | str, *, backend: str = "torch", precision: str = "auto",
-                device: str = "auto", ensemble: bool = False) -> list[Any]:
-    """The predictors behind ``source`` (one, or one per fold); all must share classes and
-    preprocessing."""
-    sources = fold_dirs(source) if ensemble else [Path(source)]
+def load_models(source: Path | str | Sequence[Path | str], *, backend: str = "torch",
+                precision: str = "auto", device: str = "auto", ensemble: bool = False
+                ) -> list[Any]:
+    """The predictors behind ``source`` (one, one per fold, or those of each source in a list);
+    all must share classes and the kind of labels (image size and channels may differ)."""
+    given = [source] if isinstance(source, (str, Path)) else list(source)
+    if not given:
+        raise MedscopeError("no model given: name at least one run directory or checkpoint")
+    sources = [s for g in given for s in (fold_dirs(g) if ensemble else [Path(g)])]
     models = [_load_one(s, backend, precision, device) for s in sources]
     ref = models[0]
     for src, model in zip(sources[1:], models[1:], strict=True):
-        for what in ("classes", "img_size", "in_chans", "multilabel"):
+        for what in ("classes", "multilabel"):
             if getattr(model, what) != getattr(ref, what):
                 raise MedscopeError(f"{src}: {what} {getattr(model, what)} differ from "
                                     f"{sources[0]}'s {getattr(ref, what)}; cannot ensemble")
@@ -253,15 +260,28 @@ def abstain_threshold(models: Sequence[Any], given: float | None) -> float | Non
     return None
 
 
-def ensemble_probs(models: Sequence[Any], pixels: np.ndarray, *, tta: bool = False,
-                   batch_size: int = 64) -> np.ndarray:
-    """N x K calibrated probabilities averaged over the models (each model's own with
-    ``tta``: see ``model_probs``)."""
+def probs_per_model(models: Sequence[Any], samples: Sequence[Sample], *, tta: bool = False,
+                    batch_size: int = 64, progress: bool = False, desc: str = "decode"
+                    ) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray]:
+    """``(kept, bad, probs)``: the indices of the samples every model could read, the unreadable
+    files with the reason, and an M x N x K array of each model's calibrated probabilities on
+    the kept ones (``tta``: see ``model_probs``). The images are decoded once per distinct
+    size and channel count, so models trained at different resolutions can be averaged."""
+    decoded: dict[tuple[int, int], DecodedImages] = {}
+    for m in models:
+        key = (m.img_size, m.in_chans)
+        if key not in decoded:
+            decoded[key] = m.decode(samples, progress=progress, desc=desc)
+    kept = functools.reduce(np.intersect1d, (d.kept for d in decoded.values()))
+    bad = {str(p): (p, why) for d in decoded.values() for p, why in d.bad}
     k = len(models[0].classes)
-    if not len(pixels):
-        return np.empty((0, k), dtype=np.float32)
-    total = sum(model_probs(m, pixels, batch_size, tta=tta) for m in models)
-    return (total / len(models)).astype(np.float32)
+    probs = np.empty((len(models), len(kept), k), dtype=np.float32)
+    for i, m in enumerate(models):
+        d = decoded[(m.img_size, m.in_chans)]
+        pixels = d.pixels if len(d.kept) == len(kept) else d.pixels[np.isin(d.kept, kept)]
+        if len(kept):
+            probs[i] = model_probs(m, pixels, batch_size, tta=tta)
+    return kept, list(bad.values()), probs
 
 
 def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
@@ -298,15 +318,16 @@ def label_thresholds(models: Sequence[Any]) -> list[float] | None:
     return list(tuned) if tuned else [0.5] * len(models[0].classes)
 
 
-def chunk_rows(paths: Sequence[Path], decoded: DecodedImages, probs: np.ndarray,
-               classes: list[str], thresholds: list[float] | None, top_k: int,
-               abstain: float | None) -> list[dict[str, Any]]:
-    """Rows for one decoded chunk, in the order of ``paths``."""
+def chunk_rows(paths: Sequence[Path], kept: np.ndarray, unreadable: list[tuple[Path, str]],
+               probs: np.ndarray, classes: list[str], thresholds: list[float] | None,
+               top_k: int, abstain: float | None) -> list[dict[str, Any]]:
+    """Rows for one decoded chunk (``kept``: indices into ``paths`` of the rows of ``probs``),
+    in the order of ``paths``."""
     rows: dict[int, dict[str, Any]] = {}
-    for row_probs, idx in zip(probs, decoded.kept, strict=True):
+    for row_probs, idx in zip(probs, kept, strict=True):
         rows[int(idx)] = prediction_row(paths[idx], row_probs, classes, thresholds, top_k,
                                         abstain)
-    bad = {str(p): reason for p, reason in decoded.bad}
+    bad = {str(p): reason for p, reason in unreadable}
     for idx, path in enumerate(paths):
         if idx not in rows:
             rows[idx] = {"file": str(path), "prediction": "", "probability": "", "top_k": "",

@@ -1,0 +1,144 @@
+"""Evaluate several finished runs as one model: the average of their calibrated probabilities on
+the test split they share (or on another folder of the same classes). Runs may differ in
+architecture and image size; each sees the images at its own size. Writes what a single run's
+evaluation writes (metrics.json with CIs, predictions.csv, plots) plus each member's figures on
+the same images, so the gain of the ensemble over its best member is read off one file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medscope.data.prepare import labels_of, run_split
+from medscope.data.sources import Sample, load_source
+from medscope.errors import MedscopeError
+from medscope.evaluate.calibration import threshold_for_accuracy
+from medscope.evaluate.evaluator import PREDICTIONS, write_predictions
+from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
+from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
+from medscope.predict import load_models, probs_per_model
+from medscope.report.curves import write_evaluation_plots
+from medscope.report.plots import plot_confusion_matrix
+from medscope.run import RunDir, atomic_write_json
+
+log = logging.getLogger("medscope")
+
+def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
+                      data_dir: Path | None = None, precision: str = "auto",
+                      device: str = "auto", tta: bool = False,
+                      target_accuracy: float | None = None,
+                      progress: bool = True) -> dict[str, Any]:
+    """Metrics of the average of ``runs``' calibrated probabilities, written to ``out``.
+
+    Without ``data_dir`` the runs must share their test split (the same images, e.g. one
+    dataset's given test folder, or the same ``data.split_seed``); the refer-to-expert
+    threshold for ``target_accuracy`` is then fitted on their shared validation split, or on
+    the evaluated images (flagged) when the validation splits differ."""
+    rundirs = [RunDir(r) for r in runs]
+    if len(rundirs) < 2:
+        raise MedscopeError("an ensemble needs at least two runs")
+    for run in rundirs:
+        run.require_finished()
+    models = load_models([r.root for r in rundirs], precision=precision, device=device)
+    classes, multilabel = models[0].classes, models[0].multilabel
+    if data_dir is not None:
+        source = load_source(data_dir, classes=classes)
+        samples, title = source.samples, str(data_dir)
+    else:
+        try:
+            samples, split, source = shared_split(rundirs, classes)
+        except MedscopeError as exc:
+            raise MedscopeError(f"{exc}: give --data FOLDER to score the ensemble on images "
+                                "none of the runs trained on") from None
+        title = f"{split} split shared by the {len(rundirs)} runs"
+    kept, _, each = probs_per_model(models, samples, tta=tta, progress=progress,
+                                    desc="evaluate")
+    samples = [samples[i] for i in kept]
+    if not samples:
+        raise MedscopeError(f"{title}: no readable images to evaluate the ensemble on")
+    probs, labels = each.mean(axis=0), labels_of(samples)
+    target_accuracy = target_accuracy or models[0].info.target_accuracy or 0.99
+    selective = (NOT_FITTED if multilabel else
+                 _threshold_on_shared_validation(models, rundirs, target_accuracy, tta,
+                                                 progress))
+    # Each member's probabilities are already calibrated by its own temperature; the average
+    # gets none of its own, so "uncalibrated" ECE is the same as ECE here.
+    metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
+                                 groups=_groups(samples), selective_threshold=selective,
+                                 target_accuracy=target_accuracy)
+    members = [_member(r, p, labels, classes, multilabel) for r, p in zip(rundirs, each,
+                                                                          strict=True)]
+    metrics.update(data=title, tta=tta, ensemble={"runs": [str(r.root) for r in rundirs],
+                                                  "members": members})
+    _write(Path(out), metrics, source, samples, labels, probs, classes, multilabel, selective,
+           target_accuracy)
+    return metrics
+
+
+def shared_split(runs: Sequence[RunDir], classes: list[str], split: str | None = None
+                 ) -> tuple[list[Sample], str, Any]:
+    """The first run's ``split`` (default: its evaluation split), once every other run is
+    checked to hold the same images there: an ensemble scored on images some member trained
+    on would be flattered."""
+    samples, split, source = run_split(runs[0], classes, split)
+    ids = {source.sample_id(s) for s in samples}
+    if not ids:
+        raise MedscopeError(f"{runs[0].root} has no {split} split")
+    for run in runs[1:]:
+        other, _, other_source = run_split(run, classes, split)
+        other_ids = {other_source.sample_id(s) for s in other}
+        if other_ids != ids:
+            raise MedscopeError(f"{run.root}: its {split} split ({len(other_ids)} images) is "
+                                f"not {runs[0].root}'s ({len(ids)} images, "
+                                f"{len(ids ^ other_ids)} differ)")
+    return samples, split, source
+
+
+def _threshold_on_shared_validation(models: Sequence[Any], runs: Sequence[RunDir],
+                                    target: float, tta: bool, progress: bool) -> Any:
+    """The ensemble's refer-to-expert threshold for ``target`` accuracy, fitted on the
+    validation split the runs share; NOT_FITTED (chosen on the evaluated images, and marked so)
+    when they do not share one."""
+    try:
+        samples, _, _ = shared_split(runs, models[0].classes, "val")
+    except MedscopeError as exc:
+        log.warning("refer-to-expert threshold chosen on the evaluated images (optimistic): %s",
+                    exc)
+        return NOT_FITTED
+    kept, _, each = probs_per_model(models, samples, tta=tta, progress=progress,
+                                    desc="validation")
+    if not len(kept):
+        return NOT_FITTED
+    return threshold_for_accuracy(each.mean(axis=0), labels_of([samples[i] for i in kept]),
+                                  target)
+
+
+def _groups(samples: Sequence[Sample]) -> list[str] | None:
+    # Images of one slide or patient are resampled together, so the CIs are not too narrow.
+    return [s.group or str(s.path) for s in samples] if any(s.group for s in samples) else None
+
+
+def _member(run: RunDir, probs: np.ndarray, labels: np.ndarray, classes: list[str],
+            multilabel: bool) -> dict[str, Any]:
+    m = (multilabel_metrics(labels, probs, classes) if multilabel
+         else classification_metrics(labels, probs, classes))
+    return {"run": str(run.root), "accuracy": m["accuracy"], "f1_macro": m["f1_macro"]}
+
+
+def _write(out: Path, metrics: dict[str, Any], source: Any, samples: list[Sample],
+           labels: np.ndarray, probs: np.ndarray, classes: list[str], multilabel: bool,
+           selective: Any, target_accuracy: float) -> None:
+    atomic_write_json(out / "metrics.json", metrics)
+    write_predictions(out / PREDICTIONS, source, samples, probs)
+    write_evaluation_plots(out, labels, probs, classes, multilabel=multilabel,
+                           selective_threshold=None if selective is NOT_FITTED else selective,
+                           target_accuracy=target_accuracy)
+    if not multilabel:
+        plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
+    log.info("ensemble of %d runs: accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s",
+             len(metrics["ensemble"]["runs"]), metrics["accuracy"], metrics["f1_macro"],
+             metrics["n"], metrics["data"], out / "metrics.json")
