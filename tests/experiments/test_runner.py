@@ -141,3 +141,53 @@ def test_tta_recipe_evaluates_each_run_once_and_tabulates_both(tmp_path):
     stamp = (run / "eval-tta" / "metrics.json").stat().st_mtime_ns
     assert main(args) == 0  # a re-run keeps the TTA evaluation as it keeps the run
     assert (run / "eval-tta" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+ENSEMBLE = """
+    title: ensemble
+    tta: true
+    ensemble: true
+    base:
+      model: {name: simple_cnn}
+    quick: {per_class: 4, image_size: 40}
+    experiments:
+      - name: small
+        quick_data: {classes: 3}
+      - name: lenet
+        overrides: {model.name: lenet5}
+        quick: {data.img_size: 40}
+        quick_data: {classes: 3}
+    """
+
+
+def test_ensemble_recipe_scores_the_experiments_averaged_once(tmp_path):
+    recipe = tmp_path / "ens.yaml"
+    recipe.write_text(textwrap.dedent(ENSEMBLE))
+    out = tmp_path / "out"
+    args = ["run", str(recipe), "--quick", "-q", "--out", str(out)]
+    assert main(args) == 0
+    for folder, tta in (("ensemble", False), ("ensemble-tta", True)):
+        m = json.loads((out / folder / "metrics.json").read_text())
+        assert m["tta"] is tta
+        assert m["ensemble"]["runs"] == [str(out / "small"), str(out / "lenet")]
+        own = json.loads((out / ("small/eval-tta" if tta else "small") / "metrics.json")
+                         .read_text())
+        assert m["n"] == own["n"]
+        assert m["ensemble"]["members"][0]["accuracy"] == pytest.approx(own["accuracy"])
+    section = (out / "comparison" / "recipe.md").read_text().split("## Ensemble", 1)[1]
+    assert section.count("**ensemble of 2**") == 2 and "| lenet (TTA) |" in section
+    stamp = (out / "ensemble" / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0  # the same members: not evaluated again
+    assert (out / "ensemble" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+def test_ensemble_of_runs_on_different_splits_is_reported_not_fatal(tmp_path):
+    recipe = tmp_path / "ens.yaml"
+    recipe.write_text(textwrap.dedent(ENSEMBLE).replace("tta: true\n", "")
+                      .replace("{model.name: lenet5}", "{model.name: lenet5, train.seed: 3}"))
+    out = tmp_path / "out"
+    assert main(["run", str(recipe), "--quick", "-q", "--out", str(out)]) == 0
+    assert not (out / "ensemble" / "metrics.json").exists()
+    assert "split" in (out / "ensemble" / "skipped.txt").read_text()
+    section = (out / "comparison" / "recipe.md").read_text().split("## Ensemble", 1)[1]
+    assert "Not evaluated: " in section and "--data" in section

@@ -9,6 +9,7 @@ experiment by :func:`experiment_config`.
     quick: {overrides: {...}, folds: 2, per_class: 6}
     plots: [training_error]          # optional recipe-level plots
     tta: true                        # optional: also evaluate with test-time augmentation
+    ensemble: true                   # optional: also score the experiments averaged
     experiments:
       - name: resnet18
         overrides: {model.name: resnet18, train.lr: 1.0e-3}
@@ -89,6 +90,10 @@ class Recipe(_Strict):
     tta: bool = Field(False, description="also evaluate every train + evaluate experiment with "
                       "test-time augmentation (8 flips/rotations) into its eval-tta/; the "
                       "report gets a table of both")
+    ensemble: bool = Field(False, description="also evaluate the train + evaluate "
+                           "experiments as one model, their calibrated probabilities averaged "
+                           "on the test split they share, into OUT/ensemble/ (and "
+                           "OUT/ensemble-tta/ with tta); the report gets a table")
     experiments: list[Experiment] = Field(min_length=1)
 
     _path: Path | None = PrivateAttr(None)  # the file it was read from

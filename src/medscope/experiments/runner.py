@@ -16,6 +16,7 @@ from medscope.config import RunConfig, parse_override
 from medscope.errors import MedscopeError
 from medscope.evaluate.compare import compare_runs, markdown_table
 from medscope.evaluate.cv import run_cv
+from medscope.evaluate.ensemble import evaluate_ensemble
 from medscope.evaluate.evaluator import TTA_DIR, evaluate_run
 from medscope.experiments.quick import quick_dataset
 from medscope.experiments.recipe import Experiment, Recipe, experiment_config, load_recipe
@@ -28,7 +29,7 @@ from medscope.report.recipe import (
     read_history,
     write_recipe_markdown,
 )
-from medscope.run import RunDir, atomic_write_json, read_json
+from medscope.run import RunDir, atomic_write_json, atomic_write_text, read_json
 from medscope.tracking import flatten
 from medscope.train.preflight import check_model
 from medscope.train.trainer import train_run
@@ -36,6 +37,8 @@ from medscope.train.trainer import train_run
 log = logging.getLogger("medscope")
 
 COMPARISON = "comparison"
+ENSEMBLE_DIR = "ensemble"
+SKIPPED = "skipped.txt"
 QUICK_DATA = "quick-data"
 # Settings that say where a run ran, not what it is: a finished run made with other values of
 # these is still the same experiment.
@@ -79,6 +82,10 @@ def run_recipe(recipe: Recipe | Path | str, *, out: Path | None = None,
         _run_one(recipe, p, out, i, len(plan), progress)
         if recipe.tta and not p.folds:
             _evaluate_tta(p, progress)
+    if recipe.ensemble:
+        for tta in (False, True) if recipe.tta else (False,):
+            _evaluate_ensemble(plan, out / (ENSEMBLE_DIR + ("-tta" if tta else "")), tta,
+                               progress)
     return write_report(recipe, plan, out, quick=quick, latency_repeats=latency_repeats)
 
 
@@ -188,6 +195,27 @@ def _evaluate_tta(p: Planned, progress: bool) -> None:
     evaluate_run(p.out, tta=True, progress=progress)
 
 
+def _evaluate_ensemble(plan: list[Planned], target: Path, tta: bool, progress: bool) -> None:
+    """``target``/metrics.json for the train + evaluate experiments averaged, once per set of
+    members. Members that do not share a test split leave a warning and the reason in
+    ``target``/skipped.txt, not a failed recipe: their runs are still worth their report."""
+    runs = [str(p.out) for p in plan if not p.folds]
+    metrics = target / "metrics.json"
+    if metrics.is_file() and read_json(metrics).get("ensemble", {}).get("runs") == runs:
+        return
+    if len(runs) < 2:
+        log.warning("ensemble: %d train + evaluate experiment(s) here; it needs two", len(runs))
+        return
+    log.info("evaluating the ensemble of %d experiments%s", len(runs), " with TTA" if tta else "")
+    try:
+        evaluate_ensemble(runs, target, tta=tta, progress=progress)
+    except MedscopeError as exc:
+        log.warning("ensemble not evaluated: %s", exc)
+        atomic_write_text(target / SKIPPED, f"{exc}\n")
+    else:
+        (target / SKIPPED).unlink(missing_ok=True)
+
+
 def _finished(p: Planned) -> bool:
     if not p.folds:
         return RunDir(p.out).is_finished()
@@ -236,6 +264,9 @@ def write_report(recipe: Recipe, plan: list[Planned], out: Path, *, quick: bool,
     tta = tta_table(plan) if recipe.tta else ""
     if tta:
         sections.append(("Test-time augmentation", tta))
+    ensemble = ensemble_table(out, recipe.tta) if recipe.ensemble else ""
+    if ensemble:
+        sections.append(("Ensemble", ensemble))
     multilabel = multilabel_table(plan)
     if multilabel:
         sections.append(("Multi-label metrics", multilabel))
@@ -284,6 +315,35 @@ def tta_table(plan: list[Planned]) -> str:
         "|---|---|---|---|---|---|---|", *rows,
         "", "TTA: each image's logits averaged over its 8 flips/rotations "
         f"(`medscope evaluate RUN --tta`, in `RUN/{TTA_DIR}/`)."])
+
+
+def ensemble_table(out: Path, tta: bool) -> str:
+    """Each member and the ensemble on the same test images, with the ensemble's 95 % CIs (and
+    the same with TTA); the reason when it could not be evaluated."""
+    lines = []
+    for suffix in ("", "-tta") if tta else ("",):
+        folder = out / (ENSEMBLE_DIR + suffix)
+        if (folder / SKIPPED).is_file():
+            lines.append(f"Not evaluated{' with TTA' if suffix else ''}: "
+                         f"{(folder / SKIPPED).read_text().strip()}")
+        if not (folder / "metrics.json").is_file():
+            continue
+        m, label = read_json(folder / "metrics.json"), " (TTA)" if suffix else ""
+        for member in m["ensemble"]["members"]:
+            lines.append(f"| {Path(member['run']).name}{label} | {member['accuracy']:.4f} | | "
+                         f"{member['f1_macro']:.4f} | {m['n']} |")
+        ci = m["ci"].get("accuracy") or {}
+        interval = f"{ci['low']:.4f}–{ci['high']:.4f}" if ci else ""
+        lines.append(f"| **ensemble of {len(m['ensemble']['members'])}**{label} | "
+                     f"**{m['accuracy']:.4f}** | {interval} | **{m['f1_macro']:.4f}** | "
+                     f"{m['n']} |")
+    rows = [line for line in lines if line.startswith("|")]
+    notes = [line for line in lines if not line.startswith("|")]
+    table = ["| model | accuracy | 95 % CI | macro-F1 | images |", "|---|---|---|---|---|", *rows,
+             "", "Ensemble: the members' calibrated probabilities averaged on the test images "
+             f"they share (`medscope evaluate RUN RUN ... --out DIR`, in `{ENSEMBLE_DIR}/`)."
+             ] if rows else []
+    return "\n".join([*table, *([""] if table and notes else []), *notes])
 
 
 def multilabel_table(plan: list[Planned]) -> str:
