@@ -51,6 +51,10 @@ def test_quick_run_of_every_shipped_recipe(path, tmp_path):
         assert "| exact match | Hamming loss |" in report
     if "training_error" in recipe.plots:
         assert (where / "training_error.png").stat().st_size > 1000
+    if recipe.ensemble:  # the shipped ensembles' members share one split
+        members = json.loads((out / "ensemble" / "metrics.json").read_text())["ensemble"]
+        assert len(members["runs"]) == len(recipe.experiments)
+        assert "**ensemble of" in report
 
 
 @pytest.mark.realdata
