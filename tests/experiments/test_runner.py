@@ -176,6 +176,8 @@ def test_ensemble_recipe_scores_the_experiments_averaged_once(tmp_path):
         assert m["ensemble"]["members"][0]["accuracy"] == pytest.approx(own["accuracy"])
     section = (out / "comparison" / "recipe.md").read_text().split("## Ensemble", 1)[1]
     assert section.count("**ensemble of 2**") == 2 and "| lenet (TTA) |" in section
+    page = (out / "comparison" / "recipe.html").read_text()
+    assert page.count("<strong>ensemble of 2</strong>") == 2 and "<th>95 % CI</th>" in page
     stamp = (out / "ensemble" / "metrics.json").stat().st_mtime_ns
     assert main(args) == 0  # the same members: not evaluated again
     assert (out / "ensemble" / "metrics.json").stat().st_mtime_ns == stamp
@@ -191,3 +193,14 @@ def test_ensemble_of_runs_on_different_splits_is_reported_not_fatal(tmp_path):
     assert "split" in (out / "ensemble" / "skipped.txt").read_text()
     section = (out / "comparison" / "recipe.md").read_text().split("## Ensemble", 1)[1]
     assert "Not evaluated: " in section and "--data" in section
+
+
+def test_recipe_page_shows_user_text_as_text(tmp_path):
+    from medscope.report.recipe import write_recipe_markdown
+
+    write_recipe_markdown(tmp_path / "recipe.md", title="<b>x</b>", header=[],
+                          experiments=[["a<script>", "m", "w", "e", "0.9", "d", "trained"]],
+                          comparison="| a |\n|---|\n| 1 |", sections=[("Notes", "A & B")])
+    page = (tmp_path / "recipe.html").read_text()
+    assert "<script>" not in page and "a&lt;script&gt;" in page and "&lt;b&gt;x" in page
+    assert page.count("<table>") == 2 and "A &amp; B" in page

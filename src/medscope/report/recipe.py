@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medscope.report.page import render_page
 from medscope.report.plots import _save, plt
 from medscope.run import atomic_write_text
 
 TRAINING_ERROR = "training_error.png"
 RECIPE_MD = "recipe.md"
+RECIPE_HTML = "recipe.html"
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -62,5 +64,19 @@ def write_recipe_markdown(path: Path, *, title: str, header: Sequence[str],
     lines += ["", "## Comparison", "", comparison.strip()]
     for heading, body in sections:
         lines += ["", f"## {heading}", "", body.strip()]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(path, text)
+    write_recipe_html(path.with_name(RECIPE_HTML), title=title, markdown_text=text)
+    return path
+
+
+def write_recipe_html(path: Path, *, title: str, markdown_text: str) -> Path:
+    """``recipe.html``: recipe.md as a page (its tables, plots and notes), for readers who open
+    a browser rather than a Markdown viewer."""
+    import markdown
+
+    # Recipe titles and notes are the user's text: shown, never interpreted as HTML.
+    body = markdown.markdown(markdown_text.replace("&", "&amp;").replace("<", "&lt;"),
+                             extensions=["tables"])
+    atomic_write_text(path, render_page("recipe.html", title=title, body=body))
     return path
