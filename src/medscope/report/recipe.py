@@ -56,7 +56,7 @@ def write_recipe_markdown(path: Path, *, title: str, header: Sequence[str],
                           sections: Sequence[tuple[str, str]]) -> Path:
     """``recipe.md``: title and header lines, the experiment table, the comparison table, then
     one section per (heading, markdown body)."""
-    lines = [f"# {title}", "", *header, "", "## Experiments", "",
+    lines = [f"# {title}", "", *(x for line in header for x in (line, "")), "## Experiments", "",
              "| experiment | model | weights | evaluation | best val acc | data | this run |",
              "|---|---|---|---|---:|---|---|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
@@ -76,7 +76,9 @@ def write_recipe_html(path: Path, *, title: str, markdown_text: str) -> Path:
     import markdown
 
     # Recipe titles and notes are the user's text: shown, never interpreted as HTML.
-    body = markdown.markdown(markdown_text.replace("&", "&amp;").replace("<", "&lt;"),
-                             extensions=["tables"])
+    text = markdown_text.replace("&", "&amp;").replace("<", "&lt;")
+    if text.startswith("# "):  # the page shell shows the title already
+        text = text.partition("\n")[2]
+    body = markdown.markdown(text, extensions=["tables"])
     atomic_write_text(path, render_page("recipe.html", title=title, body=body))
     return path
