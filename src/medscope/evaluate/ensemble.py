@@ -27,6 +27,7 @@ from medscope.run import RunDir, atomic_write_json
 
 log = logging.getLogger("medscope")
 
+
 def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
                       data_dir: Path | None = None, precision: str = "auto",
                       device: str = "auto", tta: bool = False,
