@@ -17,7 +17,7 @@ from medscope.data.prepare import labels_of, run_split
 from medscope.data.sources import Sample, load_source
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
-from medscope.evaluate.evaluator import PREDICTIONS, write_predictions
+from medscope.evaluate.evaluator import PREDICTIONS, groups_of, write_predictions
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
 from medscope.predict import load_models, probs_per_model
@@ -69,7 +69,7 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
     # Each member's probabilities are already calibrated by its own temperature; the average
     # gets none of its own, so "uncalibrated" ECE is the same as ECE here.
     metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
-                                 groups=_groups(samples), selective_threshold=selective,
+                                 groups=groups_of(samples), selective_threshold=selective,
                                  target_accuracy=target_accuracy)
     members = [_member(r, p, labels, classes, multilabel) for r, p in zip(rundirs, each,
                                                                           strict=True)]
@@ -116,11 +116,6 @@ def _threshold_on_shared_validation(models: Sequence[Any], runs: Sequence[RunDir
         return NOT_FITTED
     return threshold_for_accuracy(each.mean(axis=0), labels_of([samples[i] for i in kept]),
                                   target)
-
-
-def _groups(samples: Sequence[Sample]) -> list[str] | None:
-    # Images of one slide or patient are resampled together, so the CIs are not too narrow.
-    return [s.group or str(s.path) for s in samples] if any(s.group for s in samples) else None
 
 
 def _member(run: RunDir, probs: np.ndarray, labels: np.ndarray, classes: list[str],

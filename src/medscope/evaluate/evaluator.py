@@ -63,9 +63,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     probs = predictor.probs_from_logits(logits)
     labels = labels_of(samples)
     multilabel, info = predictor.multilabel, predictor.info
-    # Images of one slide or patient are resampled together, so the CIs are not too narrow.
-    groups = ([s.group or str(s.path) for s in samples] if any(s.group for s in samples)
-              else None)
+    groups = groups_of(samples)
     selective = info.selective_threshold if info.selective_fitted else NOT_FITTED
     if target_accuracy is not None and not multilabel and (
             target_accuracy != info.target_accuracy or selective is NOT_FITTED):
@@ -96,6 +94,12 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def groups_of(samples: list[Sample]) -> list[str] | None:
+    """The bootstrap's resampling units: images of one slide or patient (or copies of one image)
+    are resampled together, so the CIs are not too narrow; None when no sample has a group."""
+    return [s.group or str(s.path) for s in samples] if any(s.group for s in samples) else None
 
 
 def default_target(run: RunDir, data_dir: Path | None, tta: bool) -> Path:

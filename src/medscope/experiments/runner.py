@@ -320,25 +320,24 @@ def tta_table(plan: list[Planned]) -> str:
 def ensemble_table(out: Path, tta: bool) -> str:
     """Each member and the ensemble on the same test images, with the ensemble's 95 % CIs (and
     the same with TTA); the reason when it could not be evaluated."""
-    lines = []
+    rows: list[str] = []
+    notes: list[str] = []
     for suffix in ("", "-tta") if tta else ("",):
         folder = out / (ENSEMBLE_DIR + suffix)
         if (folder / SKIPPED).is_file():
-            lines.append(f"Not evaluated{' with TTA' if suffix else ''}: "
+            notes.append(f"Not evaluated{' with TTA' if suffix else ''}: "
                          f"{(folder / SKIPPED).read_text().strip()}")
         if not (folder / "metrics.json").is_file():
             continue
         m, label = read_json(folder / "metrics.json"), " (TTA)" if suffix else ""
         for member in m["ensemble"]["members"]:
-            lines.append(f"| {Path(member['run']).name}{label} | {member['accuracy']:.4f} | | "
-                         f"{member['f1_macro']:.4f} | {m['n']} |")
+            rows.append(f"| {Path(member['run']).name}{label} | {member['accuracy']:.4f} | | "
+                        f"{member['f1_macro']:.4f} | {m['n']} |")
         ci = m["ci"].get("accuracy") or {}
         interval = f"{ci['low']:.4f}–{ci['high']:.4f}" if ci else ""
-        lines.append(f"| **ensemble of {len(m['ensemble']['members'])}**{label} | "
-                     f"**{m['accuracy']:.4f}** | {interval} | **{m['f1_macro']:.4f}** | "
-                     f"{m['n']} |")
-    rows = [line for line in lines if line.startswith("|")]
-    notes = [line for line in lines if not line.startswith("|")]
+        rows.append(f"| **ensemble of {len(m['ensemble']['members'])}**{label} | "
+                    f"**{m['accuracy']:.4f}** | {interval} | **{m['f1_macro']:.4f}** | "
+                    f"{m['n']} |")
     table = ["| model | accuracy | 95 % CI | macro-F1 | images |", "|---|---|---|---|---|", *rows,
              "", "Ensemble: the members' calibrated probabilities averaged on the test images "
              f"they share (`medscope evaluate RUN RUN ... --out DIR`, in `{ENSEMBLE_DIR}/`)."
