@@ -266,10 +266,15 @@ def color_jitter(images: torch.Tensor, brightness: float, contrast: float, satur
     return x.to(torch.uint8)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-    # torchvision's _blend on uint8: x * r + other * (1 - r), clamped, truncated to integers.
+def _blend(x: torch.Tensor, other: torch.Tensor | None, ratio: torch.Tensor) -> torch.Tensor:
+    # torchvision's _blend on uint8: x * r + other * (1 - r), clamped, truncated to integers
+    # (other None: black, whose term is exactly 0). In place after the first product: the
+    # same values with fewer full-batch temporaries.
     r = ratio.view(-1, 1, 1, 1)
-    return (x * r + other * (1 - r)).clamp_(0, 255).trunc_()
+    out = x * r
+    if other is not None:
+        out.add_(other * (1 - r))
+    return out.clamp_(0, 255).trunc_()
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +285,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros((), device=x.device), f)
+    return _blend(x, None, f)
 
 
 def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -302,9 +307,12 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     maxc, minc = x.amax(1), x.amin(1)
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h6 = torch.where(maxc == r, (g - b) / safe,
-                     torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
-    h6 = h6 + 6.0 * f.view(-1, 1, 1)
+    # Which channel is the max picks the sector's numerator and offset: one division, not
+    # one per sector (the hue op is the costliest of the jitter).
+    is_r, is_g = maxc == r, maxc == g
+    num = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    offset = torch.where(is_r, 0.0, torch.where(is_g, 2.0, 4.0))
+    h6 = num.div_(safe).add_(offset).add_(6.0 * f.view(-1, 1, 1))
     n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
     k = (n + h6.unsqueeze(1)).remainder_(6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
