@@ -12,8 +12,9 @@ channels_last (the default on CPUs without BF16) and bf16 + channels_last.
   excluded (``fit`` gets no validation loader) and timed on its own afterwards; checkpoint
   writing is not in it either.
 - limit: the same model, batch, threads, precision and layout, forward + backward + AdamW step
-  on one normalised batch already in memory, as many steps as one epoch; measured before and
-  after the presets of a mode (drift shows the machine's noise).
+  on one normalised batch already in memory, as many steps as one epoch; measured before the
+  first preset of a mode and after each, every preset set against the mean of the two
+  measurements around it (their drift shows the machine's noise).
 - reference: torchvision ``ImageFolder`` over the same training images, PIL decode + resize +
   the preset's per-image torchvision v2 pipeline + normalise in the ``__getitem__`` of every
   epoch, ``DataLoader(num_workers=2, shuffle=True)``, the same model and precision; images/s of
@@ -138,23 +139,24 @@ def run(args: argparse.Namespace, folder: Path, work: Path, report: Report) -> N
            f"reference epochs {args.ref_epochs} ({args.ref_workers} workers, last timed)")
     rows = []
     for mode in args.modes:
-        limit_before = limit_rate(config, data, mode, n_train)
-        report(f"[{mode}] limit {limit_before:.1f} img/s (before)")
+        # The limit is measured before each preset and once after the last, and each preset is
+        # set against the mean of the two around it: these VMs drift by 10-20 % within minutes.
+        limit = limit_rate(config, data, mode, n_train)
+        report(f"[{mode}] limit {limit:.1f} img/s")
         for preset in args.presets:
             cfg = config.model_copy(update={"data": config.data.model_copy(
                 update={"augment": preset})})
             ms = medscope_rates(cfg, data, mode)
             ref = reference_rate(cfg, data, mode, args.ref_epochs, args.ref_workers)
-            row = {"mode": mode, "preset": preset, "limit": limit_before, **ms, "reference": ref}
+            after = limit_rate(config, data, mode, n_train)
+            row = {"mode": mode, "preset": preset, "limit": (limit + after) / 2, **ms,
+                   "reference": ref}
             rows.append(row)
             report(f"[{mode}] {preset}: medscope {ms['medscope']:.1f} img/s (val "
                    f"{ms['val']:.1f} img/s), reference {ref:.1f} img/s, RSS epoch 1 "
                    f"{ms['rss_first']:.0f} MiB -> epoch {args.epochs} {ms['rss_last']:.0f} MiB")
-        limit_after = limit_rate(config, data, mode, n_train)
-        report(f"[{mode}] limit {limit_after:.1f} img/s (after)")
-        for row in rows:
-            if row["mode"] == mode:
-                row["limit"] = (limit_before + limit_after) / 2
+            report(f"[{mode}] limit {after:.1f} img/s")
+            limit = after
     report()
     fp32_ref = {r["preset"]: r["reference"] for r in rows if r["mode"] == "fp32"}
     report("| mode | preset | medscope img/s | limit img/s | reference img/s | efficiency | "
@@ -169,7 +171,8 @@ def run(args: argparse.Namespace, folder: Path, work: Path, report: Report) -> N
                f"{r['rss_first']:.0f} -> {r['rss_last']:.0f} |")
     report(f"peak RSS: this process {peak_rss_mib():.0f} MiB, largest worker "
            f"{peak_rss_mib(children=True):.0f} MiB")
-    report("efficiency = medscope / limit (limit: mean of before and after); "
+    report("efficiency = medscope / limit (limit: mean of the measurements just before and just "
+           "after that preset); "
            "speedup = medscope / reference (same mode); vs fp32 NCHW reference = medscope / "
            "the fp32 mode's reference (a user's plain fp32 pipeline)")
 
