@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--budget-min", type=float, default=8.0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override the recipe's base (dotted key, YAML value); repeatable")
+    ap.add_argument("--tta", action="store_true",
+                    help="also score the last epoch's weights with the 8 dihedral views averaged, "
+                         "its inference time added to the wall clock")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from medscope.config import parse_override
@@ -101,7 +104,7 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) ->
     start = time.perf_counter()
     run = train(config, progress=False, callbacks=[snapshot])
     after = time.perf_counter() - start - paused - snapshots[-1]["wall"]
-    curve = score_snapshots(run.root, snapshots)
+    curve = score_snapshots(run.root, snapshots, tta=args.tta)
     hit = next((c["wall"] for c in curve if c["test"] >= args.target), None)
     report()
     report(f"## seed {seed}: {config.model.name} at {config.data.img_size} px, "
@@ -110,20 +113,22 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) ->
     report("| epoch | wall s | val accuracy | test accuracy | test macro-F1 |")
     report("|---|---|---|---|---|")
     for c in curve:
-        report(f"| {c['epoch']} | {c['wall']:.0f} | {c['val']:.4f} | {c['test']:.4f} | "
-               f"{c['f1']:.4f} |")
+        report(f"| {c['epoch']}{' + TTA' if c.get('tta') else ''} | {c['wall']:.0f} | "
+               f"{c['val']:.4f} | {c['test']:.4f} | {c['f1']:.4f} |")
     report(f"time to {args.target:.2f} test accuracy: "
            f"{f'{hit:.0f} s ({hit / 60:.1f} min)' if hit is not None else 'not reached'}")
     return {"seed": seed, "curve": curve, "hit": hit}
 
 
-def score_snapshots(run_root: Path, snapshots: list[dict]) -> list[dict]:
-    """Test accuracy and macro-F1 of each epoch's weights on the run's test split."""
+def score_snapshots(run_root: Path, snapshots: list[dict], *, tta: bool = False) -> list[dict]:
+    """Test accuracy and macro-F1 of each epoch's weights on the run's test split; with ``tta``
+    one more point: the last weights scored on the 8 dihedral views averaged, at the last
+    epoch's wall time plus the time that inference took."""
     import numpy as np
     from sklearn.metrics import f1_score
 
     from medscope.data.prepare import run_split
-    from medscope.predict import Predictor
+    from medscope.predict import Predictor, tta_logits
     from medscope.run import RunDir
 
     predictor = Predictor.load(run_root)
@@ -131,25 +136,40 @@ def score_snapshots(run_root: Path, snapshots: list[dict]) -> list[dict]:
     decoded = predictor.decode(samples, progress=False)
     labels = np.array([samples[i].label for i in decoded.kept])
     pixels = np.asarray(decoded.pixels)
+
+    def point(snap: dict, pred: np.ndarray, wall: float, **extra) -> dict:
+        return {"epoch": snap["epoch"], "wall": wall, "val": snap["val"],
+                "test": float((pred == labels).mean()),
+                "f1": float(f1_score(labels, pred, average="macro")), **extra}
+
     curve = []
     for snap in snapshots:
         predictor.model.load_state_dict(snap["state"])
-        pred = predictor.logits_from_pixels(pixels).argmax(1)
-        curve.append({"epoch": snap["epoch"], "wall": snap["wall"], "val": snap["val"],
-                      "test": float((pred == labels).mean()),
-                      "f1": float(f1_score(labels, pred, average="macro"))})
+        curve.append(point(snap, predictor.logits_from_pixels(pixels).argmax(1), snap["wall"]))
+    if tta:
+        t = time.perf_counter()
+        pred = tta_logits(predictor, pixels).argmax(1)
+        last = snapshots[-1]
+        curve.append(point(last, pred, last["wall"] + time.perf_counter() - t, tta=True))
     return curve
 
 
 def summarise(args: argparse.Namespace, results: list[dict], report: Report) -> None:
-    finals = [r["curve"][-1]["test"] for r in results]
-    walls = [r["curve"][-1]["wall"] for r in results]
+    trained = [[c for c in r["curve"] if not c.get("tta")][-1] for r in results]
+    finals = [c["test"] for c in trained]
+    walls = [c["wall"] for c in trained]
     hits = [r["hit"] for r in results]
     report()
     report(f"## median over {len(results)} seed(s)")
     report(f"final test accuracy: median {statistics.median(finals):.4f} (runs: "
            f"{', '.join(f'{a:.4f}' for a in finals)}); training wall median "
            f"{statistics.median(walls):.0f} s")
+    tta = [r["curve"][-1] for r in results if r["curve"][-1].get("tta")]
+    if tta:
+        accs = [c["test"] for c in tta]
+        report(f"with TTA: median {statistics.median(accs):.4f} (runs: "
+               f"{', '.join(f'{a:.4f}' for a in accs)}); wall median "
+               f"{statistics.median(c['wall'] for c in tta):.0f} s")
     reached = [h for h in hits if h is not None]
     if len(reached) * 2 > len(hits):
         # The median of times where an unreached run counts as infinitely slow.

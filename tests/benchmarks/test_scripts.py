@@ -88,7 +88,7 @@ def test_speedrun_reports_a_curve_and_the_median(tmp_path):
     out = tmp_path / "speedrun.txt"
     run_script("speedrun.py", "--data", str(data), "--seeds", "0", "--target", "0.01",
                "--budget-min", "10", "--set", "data.img_size=32", "--set", "train.epochs=2",
-               "--set", "train.batch_size=8", "--out", str(out))
+               "--set", "train.batch_size=8", "--tta", "--out", str(out))
     report = out.read_text()
     epochs = [r for r in (table_rows(report, "1") + table_rows(report, "2"))]
     assert len(epochs) == 2
@@ -99,3 +99,7 @@ def test_speedrun_reports_a_curve_and_the_median(tmp_path):
     # any test accuracy above 1 % meets this target in epoch 1
     assert re.search(r"time to 0\.01 test accuracy: \d+ s", report), report
     assert "median over 1 seed(s)" in report
+    # --tta: the last weights once more, on the 8 views, no earlier on the clock than epoch 2
+    (tta,) = table_rows(report, "2 + TTA")
+    assert positive(tta[1]) >= walls[1] and 0.0 <= float(tta[3]) <= 1.0  # whole seconds
+    assert re.search(r"with TTA: median \d\.\d{4}", report), report
