@@ -1,14 +1,18 @@
 """Time to accuracy: the DeFungi speedrun (issue #12 part 4), test accuracy against wall time.
 
     python benchmarks/speedrun.py [--recipe defungi-fast] [--data ../shared/data/defungi]
-        [--seeds 0,1,2] [--target 0.85] [--budget-min 8] [--set KEY=VALUE ...] [--out FILE]
+        [--seeds 0,1,2] [--target 0.85] [--budget-min 8] [--set KEY=VALUE ...] [--tta]
+        [--out FILE]
 
 Each seed trains the recipe's first experiment from nothing: its own empty decode cache, so
 the clock (started before the data is scanned) includes decoding, model creation and every
 epoch's validation. After each epoch a callback copies the weights (milliseconds; the copy
 time is taken off the clock); once training ends each copy is scored on the test split, giving
-the curve of test accuracy against wall time. The evaluation, calibration and report that
-`medscope train` writes after the last epoch are timed separately ("after training").
+the curve of test accuracy against wall time; with ``--tta`` one more point, the last weights
+on the 8 flips/rotations averaged, at the last epoch's time plus that inference (the test
+images are decoded once, off the clock, for every point alike). The evaluation, calibration
+and report that `medscope train` writes after the last epoch are timed separately ("after
+training").
 
 Printed: per seed, the curve (epoch, wall s, val accuracy, test accuracy, test macro-F1) and
 the time to ``--target`` test accuracy; then the median over seeds of the final test accuracy
