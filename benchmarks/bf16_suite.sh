@@ -12,8 +12,9 @@
 #      3 seeds, TTA on the last weights; time to 85 %
 #
 # Nothing else may run on the machine meanwhile. About 75 min on a 2-core BF16 machine
-# (2026-11-30: 1 took 16 min, 2 8 min, 3 15 min, 4 26 min); STEPS="3 4" runs a subset. QUICK=1 runs every step at toy scale on DATA (any
-# class-folder or train/test folder) to check the commands, not the figures.
+# (2026-11-30: 1 took 16 min, 2 8 min, 3 15 min, 4 26 min); STEPS="3 4" runs a subset.
+# QUICK=1 runs every step at toy scale on DATA (any class-folder or train/test folder) to
+# check the commands, not the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -5,6 +5,7 @@ report."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     return metrics
 
 
-def groups_of(samples: list[Sample]) -> list[str] | None:
+def groups_of(samples: Sequence[Sample]) -> list[str] | None:
     """The bootstrap's resampling units: images of one slide or patient (or copies of one image)
     are resampled together, so the CIs are not too narrow; None when no sample has a group."""
     return [s.group or str(s.path) for s in samples] if any(s.group for s in samples) else None
