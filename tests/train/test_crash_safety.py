@@ -144,8 +144,9 @@ def test_kill_9_mid_epoch_3_then_resume_is_bit_identical(data, reference, tmp_pa
 
 def test_kill_9_after_a_mid_epoch_checkpoint_resumes_from_that_step(data, reference, tmp_path):
     out, marker = tmp_path / "run", tmp_path / "blocked"
-    # Every step is "due" at 0.0001 minutes, so steps 1 and 2 of epoch 3 were saved.
-    proc = _start(_args(data, out, "--checkpoint-every", "0.0001"), BLOCK_EPOCH="3",
+    # Every step is "due" at 1e-9 minutes (a step of this tiny model can take under 6 ms, so
+    # 0.0001 minutes was not always due), so steps 1 and 2 of epoch 3 were saved.
+    proc = _start(_args(data, out, "--checkpoint-every", "1e-9"), BLOCK_EPOCH="3",
                   BLOCK_STEP="3", MARKER=str(marker))
     _wait_for(marker, proc)
     proc.send_signal(signal.SIGKILL)
