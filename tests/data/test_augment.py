@@ -195,6 +195,59 @@ def test_randaugment_statistics_match_per_image():
         _close(values, _summaries(per_image, src)[name], name, k=5.0)
 
 
+# ---------------------------------------------------------------- compiled kernels
+
+
+@pytest.fixture
+def compile_everything(monkeypatch):
+    """Every batch through the inductor kernels, as training-sized batches are; the
+    process-wide caches are emptied so each test sees its own patches."""
+    monkeypatch.setattr(A, "COMPILE_MIN_PIXELS", 1)
+    for cache in (A._compiled, A._inductor_works):
+        cache.cache_clear()
+    yield
+    for cache in (A._compiled, A._inductor_works):
+        cache.cache_clear()
+
+
+def test_compiled_microscopy_is_the_eager_one_bit_for_bit(compile_everything, monkeypatch):
+    if not A._inductor_works():
+        pytest.skip("torch.compile does not work here (no C++ compiler?)")
+    src = _patterned(70, 24, seed=8)
+    for fill in ("reflection", "zeros"):
+        aug = BatchAugment("microscopy", microscopy_fill=fill)
+        # Odd sizes and a batch of one: the kernels are dynamic in batch size.
+        compiled = [aug(src[a:b], _gen(a)) for a, b in ((0, 64), (64, 69), (69, 70))]
+        monkeypatch.setattr(A, "COMPILE_MIN_PIXELS", 1 << 40)
+        eager = [aug(src[a:b], _gen(a)) for a, b in ((0, 64), (64, 69), (69, 70))]
+        monkeypatch.setattr(A, "COMPILE_MIN_PIXELS", 1)
+        for c, e in zip(compiled, eager, strict=True):
+            assert torch.equal(c, e), fill
+
+
+def test_small_batches_and_grey_images_never_compile(monkeypatch):
+    def refuse(fn):
+        raise AssertionError(f"compiled {fn.__name__} for a small batch")
+    monkeypatch.setattr(A, "_compiled", refuse)
+    BatchAugment("microscopy")(_patterned(8, 16), _gen())
+    monkeypatch.setattr(A, "COMPILE_MIN_PIXELS", 1)
+    BatchAugment("microscopy")(_patterned(8, 16)[:, :1].contiguous(), _gen())
+
+
+def test_a_failing_compiler_leaves_the_eager_ops(compile_everything, monkeypatch, caplog):
+    src = _patterned(16, 16, seed=9)
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level("WARNING"):
+        out = BatchAugment("microscopy")(src, _gen(4))
+    assert "stays eager" in caplog.text and "no C++ compiler" in caplog.text
+    monkeypatch.setattr(A, "COMPILE_MIN_PIXELS", 1 << 40)
+    assert torch.equal(out, BatchAugment("microscopy")(src, _gen(4)))
+
+
 # ---------------------------------------------------------------- contract
 
 
