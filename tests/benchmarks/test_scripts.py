@@ -103,3 +103,21 @@ def test_speedrun_reports_a_curve_and_the_median(tmp_path):
     (tta,) = table_rows(report, "2 + TTA")
     assert positive(tta[1]) >= walls[1] and 0.0 <= float(tta[3]) <= 1.0  # whole seconds
     assert re.search(r"with TTA: median \d\.\d{4}", report), report
+
+
+def test_augment_batch_times_every_preset_and_checks_the_compiled_pixels(tmp_path):
+    data = tmp_path / "data"
+    make_image_folder(data, per_class=4, size=20, seed=0)
+    out = tmp_path / "augment_batch.txt"
+    run_script("augment_batch.py", "--data", str(data), "--img-size", "16",
+               "--batch-size", "6", "--reps", "2", "--out", str(out))
+    report = out.read_text()
+    assert "(6, 3, 16, 16) uint8" in report
+    for preset in ("flips", "microscopy", "keras-classic", "randaugment"):
+        (eager,) = [r for r in table_rows(report, preset) if r[1] == "eager"]
+        assert float(eager[2]) >= 0.0  # a toy batch may round to 0.00 ms
+    compiled = [r for r in table_rows(report, "microscopy") if r[1] == "compiled"]
+    if compiled:  # where torch.compile works: the same pixels as eager
+        assert compiled[0][5] == "yes", report
+    else:
+        assert "measured eager only" in report

@@ -99,7 +99,7 @@ class BatchAugment:
         theta = inverse_affine(scale, shear, torch.zeros(n), torch.zeros(n))
         # The flip comes after the affine: it mirrors the output grid, i.e. theta's x column.
         theta[:, :, 0] *= torch.where(hflip, -1.0, 1.0).unsqueeze(1)
-        return warp(images, theta, padding="zeros")
+        return warp(images, theta, padding="zeros")  # compiled measured no steady gain
 
     def _randaugment_batch(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         ra = self._randaugment
@@ -382,14 +382,15 @@ def gaussian_blur3(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- compiled kernels
 
-# Below this many pixels per batch the microscopy preset stays eager: compiling costs seconds
+# Below this many pixels per batch the warp and the jitter stay eager: compiling costs seconds
 # (about 15 s per kernel with a cold inductor cache, 2-5 s warm), which only training-sized
 # batches pay back (64 x 112 x 112 is 800k pixels: the warp and jitter go from ~45 to ~15 ms).
 COMPILE_MIN_PIXELS = 1 << 19
 
 
 def _compiles(images: torch.Tensor) -> bool:
-    """Whether this batch goes through inductor kernels: a large enough 3-channel CPU batch
+    """Whether this batch goes through inductor kernels (the warp and the colour jitter of
+    ``microscopy``): a large enough 3-channel CPU batch
     (on a GPU the eager ops are already fast), in a process where compiling works."""
     n, c, h, w = images.shape
     return (images.device.type == "cpu" and c == 3 and n * h * w >= COMPILE_MIN_PIXELS
