@@ -5,7 +5,8 @@
 #   benchmarks/bf16_suite.sh [DATA]        # DATA defaults to ../shared/data/defungi
 #
 #   1. train_throughput: every preset x fp32 NCHW and bf16 + channels_last, on a random 1,280
-#      images (efficiency >= 0.92; speedup >= 2.0 over fp32 reference; >= 1.1 / 1.3 over bf16 ref)
+#      images (efficiency >= 0.92; speedup >= 2.0 over fp32 reference; >= 1.1 / 1.3 over bf16 ref),
+#      then augment_batch: ms per batch per preset, microscopy eager vs compiled
 #   2. compile_cpu in bf16 (compile the default only where it wins >= 10 % net)
 #   3. predict_throughput with every backend, PyTorch bf16 included, resnet18 at 224 px
 #   4. speedrun: recipes/defungi-fast.yaml at its 112 px cut to the 7 epochs that fit 8 min,
@@ -31,12 +32,14 @@ fi
 if [[ -n "${QUICK:-}" ]]; then
     TT=(--presets flips --modes fp32-cl,bf16 --img-size 32 --batch-size 8 --epochs 2
         --ref-epochs 1 --ref-workers 0)
+    AB=(--img-size 32 --batch-size 8 --reps 2)
     CC=(--models simple_cnn --img-size 32 --batch-size 4 --steps 2 --typical-steps 10)
     TRAIN=(--img-size 32 --epochs 1 --batch-size 8)
     PT=(--limit-images 8 --latency-images 3 --repeats 1 --batch-sizes 1,4)
     SR=(--seeds 0 --set data.img_size=32 --set train.epochs=1 --set train.batch_size=8)
 else
     TT=(--limit-images 1280 --modes fp32,bf16 --epochs 5 --ref-epochs 2)
+    AB=()
     CC=(--precision bf16)
     # a real-data model to compare the backends with one another, not a good fungi model
     TRAIN=(--img-size 224 --epochs 2 --batch-size 64 --augment flips --duplicates drop)
@@ -48,7 +51,9 @@ for step in $STEPS; do
     echo "== step $step: $(date -u +%H:%M:%S)"
     case $step in
         1) $PY benchmarks/train_throughput.py --data "$DATA" "${TT[@]}" \
-               --out "$RESULTS/train_throughput_bf16.txt" ;;
+               --out "$RESULTS/train_throughput_bf16.txt"
+           $PY benchmarks/augment_batch.py --data "$DATA" "${AB[@]}" \
+               --out "$RESULTS/augment_batch_bf16.txt" ;;
         2) $PY benchmarks/compile_cpu.py "${CC[@]}" --out "$RESULTS/compile_cpu_bf16.txt" ;;
         3) if [[ ! -f "$WORK/predict-r18/metrics.json" ]]; then
                "$(dirname "$PY")/medscope" train -q --data "$DATA" --model resnet18 "${TRAIN[@]}" \
