@@ -407,12 +407,17 @@ def _compiled(fn: Callable) -> Callable:
 def _inductor_works() -> bool:
     """Compiles and checks a probe once per process: no C++ compiler (or any backend
     failure) keeps the eager ops, which give the same values."""
+    log.info("compiling the augmentation kernels (inductor; seconds each, cached on disk "
+             "for later runs)")
     probe, shift = torch.arange(96, dtype=torch.uint8).view(2, 3, 4, 4), torch.zeros(2)
     try:
         ok = torch.equal(_compiled(_hue_uint8)(probe, shift), _hue_uint8(probe, shift))
     except Exception as exc:  # noqa: BLE001 - any backend failure means: stay eager
-        log.warning("augmentation stays eager: torch.compile failed (%s)", exc)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("augmentation stays eager: torch.compile failed (%s)", first_line)
         return False
+    if not ok:
+        log.warning("augmentation stays eager: the compiled kernel disagreed with the eager ops")
     return ok
 
 
