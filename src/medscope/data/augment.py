@@ -382,9 +382,9 @@ def gaussian_blur3(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- compiled kernels
 
-# Below this many pixels per batch the warp and the jitter stay eager: compiling costs seconds
-# (about 15 s per kernel with a cold inductor cache, 2-5 s warm), which only training-sized
-# batches pay back (64 x 112 x 112 is 800k pixels: the warp and jitter go from ~45 to ~15 ms).
+# Below this many pixels per batch the warp and the jitter stay eager: compiling stalls the
+# first batch 2-20 s (inductor's disk cache warm or cold), which only training-sized batches
+# pay back (64 x 112 x 112 is 800k pixels: the warp and jitter go from ~45 to ~15 ms).
 COMPILE_MIN_PIXELS = 1 << 19
 
 
