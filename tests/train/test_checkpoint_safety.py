@@ -40,6 +40,43 @@ def _model(value: float) -> nn.Module:
     return model
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_resumed_fused_optimizer_on_channels_last_weights_steps_as_before(tmp_path, name):
+    """The file holds optimizer state contiguous; a channels_last conv's moments must come
+    back in its layout, or the fused kernels pair the wrong elements."""
+    from medscope.config import TrainConfig
+    from medscope.models import create_model
+    from medscope.train.engine import build_optimizer
+
+    def cnn() -> nn.Module:  # eval: no dropout draws between the two runs
+        return create_model("simple_cnn", 2, img_size=16).eval().to(
+            memory_format=torch.channels_last)
+
+    torch.manual_seed(0)
+    model = cnn()
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    cfg = TrainConfig(optimizer=name, lr=1e-2)
+
+    def step(m, opt):
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        opt.step()
+
+    opt = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    for _ in range(2):
+        step(model, opt)
+    stem = tmp_path / "last"
+    save_checkpoint(stem, model, _meta(2), optimizer=opt)
+    resumed = cnn()
+    resumed_opt = build_optimizer(resumed, cfg)
+    resume_state(stem, resumed, resumed_opt)
+    step(model, opt)
+    step(resumed, resumed_opt)
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def _saved_twice(tmp_path: Path) -> Path:
     stem = tmp_path / "checkpoints" / "last"
     for value in (1.0, 2.0):

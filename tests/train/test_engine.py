@@ -30,6 +30,28 @@ def test_optimizer_groups_head_lr_and_no_decay_on_norms():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_cpu_optimizers_are_fused_and_step_as_the_per_tensor_loop(name):
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(create_model("simple_cnn", 3, img_size=32).eval())  # no dropout draws
+    cfg = TrainConfig(optimizer=name, lr=1e-2, weight_decay=0.05)
+    fused = build_optimizer(models[0], cfg)
+    assert all(g["fused"] for g in fused.param_groups)
+    loop = build_optimizer(models[1], cfg)
+    for group in loop.param_groups:  # torch's default on CPU: one tensor at a time
+        group["fused"], group["foreach"] = False, False
+    x = torch.randn(4, 3, 32, 32)
+    for model, opt in zip(models, (fused, loop), strict=True):
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same maths, other rounding
+
+
 def test_frozen_backbone_is_bit_identical_after_training(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path / "frozen", **{"train.freeze": "backbone"})
     run = train(cfg, progress=False)

@@ -269,5 +269,21 @@ def optimizer_state(tensors: dict[str, torch.Tensor], meta: CheckpointMeta) -> d
     return {"state": state, "param_groups": meta.optimizer_param_groups}
 
 
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      meta: CheckpointMeta) -> None:
+    """Load the optimizer state of a checkpoint, each per-parameter tensor back in its
+    parameter's memory layout: the file holds them contiguous, and torch's fused optimizers
+    read state and parameter as flat memory, so a channels_last weight beside a contiguous
+    moment would pair the wrong elements (a resumed run would drift)."""
+    optimizer.load_state_dict(optimizer_state(tensors, meta))
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (torch.is_tensor(value) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def extra_state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
