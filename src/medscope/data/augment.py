@@ -329,6 +329,7 @@ def _hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 _JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
 
+
 def _blend_slot(images: torch.Tensor, op: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """One slot of the jitter, uint8 in and out, for every sample whose op there is a blend
     (brightness, contrast, saturation); samples whose op is the hue pass through. Written
@@ -390,8 +391,8 @@ COMPILE_MIN_PIXELS = 1 << 19
 
 def _compiles(images: torch.Tensor) -> bool:
     """Whether this batch goes through inductor kernels (the warp and the colour jitter of
-    ``microscopy``): a large enough 3-channel CPU batch
-    (on a GPU the eager ops are already fast), in a process where compiling works."""
+    ``microscopy``): a large enough 3-channel CPU batch (on a GPU the eager ops are already
+    fast), in a process where compiling works."""
     n, c, h, w = images.shape
     return (images.device.type == "cpu" and c == 3 and n * h * w >= COMPILE_MIN_PIXELS
             and _inductor_works())
