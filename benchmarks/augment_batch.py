@@ -59,22 +59,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def batch(folder: Path, n: int, size: int):
-    """(uint8 N x 3 x size x size, where it came from): real images when the folder has them."""
+    """(uint8 N x 3 x size x size, where it came from): real images, decoded and resized as
+    the training cache does, when the folder has them."""
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from PIL import Image
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    from medscope.data.io import is_image_file, read_image
+
+    files = sorted(p for p in folder.rglob("*") if is_image_file(p)) if folder.is_dir() else []
     if not files:
         g = torch.Generator().manual_seed(0)
         coarse = torch.randint(0, 256, (n, 3, 8, 8), generator=g).float()
         return F.interpolate(coarse, size=size, mode="bilinear").to(torch.uint8), "noise"
     step = max(len(files) // n, 1)  # spread over the classes, which are sorted folders
     picked = [files[i * step % len(files)] for i in range(n)]
-    arrays = [torch.from_numpy(np.array(Image.open(p).convert("RGB").resize(
-        (size, size), Image.BILINEAR))) for p in picked]
-    return torch.stack(arrays).permute(0, 3, 1, 2).contiguous(), f"{folder} ({len(picked)} files)"
+    arrays = np.stack([read_image(p, size, 3) for p in picked])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), f"{folder} ({n} files)"
 
 
 def run(images, reps: int, report: Report) -> None:
