@@ -1,5 +1,6 @@
 """The memory-mapped disk cache: reused across runs, only changed files re-decoded."""
 
+import json
 import os
 
 import numpy as np
@@ -47,6 +48,37 @@ def test_changed_file_alone_is_decoded_again(tmp_path, monkeypatch):
     out = decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
     assert calls == [target.name]
     assert (np.asarray(out.pixels[4]) == 7).all()
+
+
+def test_new_mtime_with_the_same_bytes_is_not_decoded_again(tmp_path, monkeypatch):
+    # A re-mounted share or a copy without -p gives every file a new mtime.
+    samples = scan_folder(make_image_folder(tmp_path / "d", per_class=3, size=24)).samples
+    first = decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
+    before = np.asarray(first.pixels).copy()
+    for s in samples:
+        os.utime(s.path, ns=(1, 1))
+    calls = _count_decodes(monkeypatch)
+    out = decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
+    assert calls == []
+    assert np.array_equal(np.asarray(out.pixels), before)
+    meta = json.loads(out.cache_file.with_suffix(".json").read_text())
+    assert meta["stamps"][0][1] == 1  # the new stamps are recorded
+
+
+def test_cache_without_byte_hashes_decodes_restamped_files_once(tmp_path, monkeypatch):
+    samples = scan_folder(make_image_folder(tmp_path / "d", per_class=2, size=24)).samples
+    first = decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
+    meta_path = first.cache_file.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    del meta["digests"]  # as written by an earlier medscope
+    meta_path.write_text(json.dumps(meta))
+    os.utime(samples[1].path, ns=(1, 1))
+    calls = _count_decodes(monkeypatch)
+    decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
+    assert calls == [samples[1].path.name]
+    os.utime(samples[1].path, ns=(2, 2))
+    decode_images(samples, 16, 3, progress=False, cache_dir=tmp_path / "c")
+    assert calls == [samples[1].path.name]  # its hash is known now
 
 
 def test_other_size_or_channels_is_another_cache_entry(tmp_path):

@@ -131,8 +131,8 @@ def test_hashes_are_cached_by_size_and_mtime(folder_with_copies, tmp_path, monke
     first, _ = handle_duplicates(source, "group", tmp_path / "cache")
     assert (tmp_path / "cache" / HASH_CACHE).is_file()
     calls = []
-    real = dup._hash
-    monkeypatch.setattr(dup, "_hash", lambda s: calls.append(s) or real(s))
+    real = dup.sample_digest
+    monkeypatch.setattr(dup, "sample_digest", lambda s: calls.append(s) or real(s))
     again, _ = handle_duplicates(source, "group", tmp_path / "cache")
     assert calls == [] and again.samples == first.samples
     # A file rewritten with other bytes is hashed again and leaves its old set.

@@ -4,10 +4,12 @@
 With a cache directory the array is a memory-mapped ``.npy`` on disk, reused by later runs:
 
 - ``<dataset key>.npy``: the pixels, one row per sample (zeros for a bad file);
-- ``<dataset key>.json``: per sample its stamp (file size and mtime_ns) and, for a bad file,
-  the reason. The dataset key hashes the sample list, target size, channels and the decoder
-  version (``medscope.data.io``'s source and Pillow's version), so a changed file keeps its
-  dataset and only that row is decoded again, while a changed decoder decodes everything anew.
+- ``<dataset key>.json``: per sample its stamp (file size and mtime_ns), the hash of its bytes
+  and, for a bad file, the reason. The dataset key hashes the sample list, target size,
+  channels and the decoder version (``medscope.data.io``'s source and Pillow's version), so a
+  changed file keeps its dataset and only that row is decoded again, while a changed decoder
+  decodes everything anew. A file whose stamp changed but whose bytes did not (a copy without
+  ``-p``, a fresh checkout, a re-mounted share) is only hashed, not decoded again.
 
 The JSON is rewritten at every use, so its mtime is the last use: when the cache outgrows
 ``$MEDSCOPE_CACHE_MAX_GB`` (default 50) the least recently used datasets are removed.
@@ -29,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medscope.data import io as image_io
+from medscope.data.info import sample_digest
 from medscope.data.io import BadImageError, read_array_image, read_image
 from medscope.data.sources import Sample, npz_array
 from medscope.errors import MedscopeError
@@ -175,14 +178,23 @@ def _cached(samples: Sequence[Sample], size: int, in_chans: int, cache_dir: Path
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         reasons = _decode_into(pixels, samples, range(len(samples)), size, in_chans, workers,
                                progress, f"{desc} (caching)")
+        digests = _digests(samples, range(len(samples)), workers)
         pixels.flush()
         del pixels
         os.replace(tmp, npy)
         log.info("cached %d images in %s", len(samples), npy)
         prune_cache(cache_dir, max_cache_bytes(), keep={key})
     else:
-        old_stamps, reasons = meta
-        changed = [i for i, (a, b) in enumerate(zip(stamps, old_stamps, strict=True)) if a != b]
+        old_stamps, digests, reasons = meta
+        restamped = [i for i, (a, b) in enumerate(zip(stamps, old_stamps, strict=True))
+                     if a != b]
+        fresh = dict(zip(restamped, _digests(samples, restamped, workers), strict=True))
+        changed = [i for i in restamped if fresh[i] is None or fresh[i] != digests[i]]
+        for i, digest in fresh.items():
+            digests[i] = digest
+        if len(changed) < len(restamped):
+            log.info("cache %s: %d file(s) with a new mtime but the same bytes kept",
+                     npy.name, len(restamped) - len(changed))
         if changed:
             pixels = np.load(npy, mmap_mode="r+")
             for i in changed:
@@ -195,18 +207,31 @@ def _cached(samples: Sequence[Sample], size: int, in_chans: int, cache_dir: Path
     atomic_write_json(meta_path, {"format": CACHE_FORMAT, "size": size, "in_chans": in_chans,
                                   "decoder": decoder_version(), "n": len(samples),
                                   "first": _where(samples[0]), "stamps": stamps,
+                                  "digests": digests,
                                   "bad": {str(i): r for i, r in sorted(reasons.items())}})
     return np.load(npy, mmap_mode="r"), reasons, npy
 
 
-def _read_meta(path: Path, n: int) -> tuple[list[list[int]], dict[int, str]] | None:
+def _read_meta(path: Path, n: int
+               ) -> tuple[list[list[int]], list[str | None], dict[int, str]] | None:
+    """(stamps, byte hashes, bad-file reasons) of a cache entry; a cache written before the
+    hashes were kept gives None for each, so a re-stamped file there is decoded again."""
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if meta.get("format") != CACHE_FORMAT or len(meta.get("stamps", [])) != n:
         return None
-    return meta["stamps"], {int(k): v for k, v in meta.get("bad", {}).items()}
+    digests = meta.get("digests")
+    if not isinstance(digests, list) or len(digests) != n:
+        digests = [None] * n
+    return meta["stamps"], digests, {int(k): v for k, v in meta.get("bad", {}).items()}
+
+
+def _digests(samples: Sequence[Sample], todo: Sequence[int], workers: int) -> list[str | None]:
+    """``sample_digest`` of each sample in ``todo`` (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda i: sample_digest(samples[i]), todo))
 
 
 def _open_existing(npy: Path, shape: tuple[int, ...]) -> np.ndarray | None:

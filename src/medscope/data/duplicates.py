@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from medscope.data.info import content_hash
-from medscope.data.sources import DataSource, Sample, npz_array
+from medscope.data.info import sample_digest
+from medscope.data.sources import DataSource, Sample
 from medscope.run import atomic_write_json
 
 log = logging.getLogger("medscope")
@@ -120,7 +120,7 @@ def sample_hashes(samples: list[Sample], cache_dir: Path | None = None) -> list[
         if hit is not None and stamp is not None and hit[:2] == stamp:
             hashes.append(hit[2])
             continue
-        digest = _hash(s)
+        digest = sample_digest(s)
         hashes.append(digest)
         if digest is not None and stamp is not None:
             cache[key] = [*stamp, digest]
@@ -132,16 +132,6 @@ def sample_hashes(samples: list[Sample], cache_dir: Path | None = None) -> list[
         except OSError as exc:  # a read-only cache only costs time
             log.debug("could not write %s: %s", cache_path, exc)
     return hashes
-
-
-def _hash(sample: Sample) -> str | None:
-    if sample.in_array:
-        row = npz_array(sample.path, f"{sample.split}_images")[sample.index]
-        return content_hash(row.tobytes())
-    try:
-        return content_hash(Path(sample.path).read_bytes())
-    except OSError:
-        return None
 
 
 def _cache_key(sample: Sample) -> tuple[str, list[int] | None]:

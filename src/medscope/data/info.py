@@ -94,6 +94,18 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+def sample_digest(sample: Sample) -> str | None:
+    """``content_hash`` of a sample's bytes (its file, or its row of an npz array); None when
+    the file cannot be read."""
+    if sample.in_array:
+        row = npz_array(sample.path, f"{sample.split}_images")[sample.index]
+        return content_hash(row.tobytes())
+    try:
+        return content_hash(Path(sample.path).read_bytes())
+    except OSError:
+        return None
+
+
 def _dicom_size(path: Path) -> tuple[tuple[int, int], str]:
     import pydicom
 
