@@ -17,13 +17,11 @@ from medscope.data.prepare import labels_of, run_split
 from medscope.data.sources import Sample, load_source
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
-from medscope.evaluate.evaluator import PREDICTIONS, groups_of, write_predictions
+from medscope.evaluate.evaluator import groups_of, write_evaluation
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
 from medscope.predict import load_models, probs_per_model
-from medscope.report.curves import write_evaluation_plots
-from medscope.report.plots import plot_confusion_matrix
-from medscope.run import RunDir, atomic_write_json
+from medscope.run import RunDir
 
 log = logging.getLogger("medscope")
 
@@ -75,8 +73,12 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
                                                                           strict=True)]
     metrics.update(data=title, tta=tta, ensemble={"runs": [str(r.root) for r in rundirs],
                                                   "members": members})
-    _write(Path(out), metrics, source, samples, labels, probs, classes, multilabel, selective,
-           target_accuracy)
+    out = Path(out)
+    write_evaluation(out, metrics, source, samples, probs, selective=selective,
+                     target_accuracy=target_accuracy)
+    log.info("ensemble of %d runs: accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s",
+             len(rundirs), metrics["accuracy"], metrics["f1_macro"], metrics["n"], title,
+             out / "metrics.json")
     return metrics
 
 
@@ -124,17 +126,3 @@ def _member(run: RunDir, probs: np.ndarray, labels: np.ndarray, classes: list[st
          else classification_metrics(labels, probs, classes))
     return {"run": str(run.root), "accuracy": m["accuracy"], "f1_macro": m["f1_macro"]}
 
-
-def _write(out: Path, metrics: dict[str, Any], source: Any, samples: list[Sample],
-           labels: np.ndarray, probs: np.ndarray, classes: list[str], multilabel: bool,
-           selective: Any, target_accuracy: float) -> None:
-    atomic_write_json(out / "metrics.json", metrics)
-    write_predictions(out / PREDICTIONS, source, samples, probs)
-    write_evaluation_plots(out, labels, probs, classes, multilabel=multilabel,
-                           selective_threshold=None if selective is NOT_FITTED else selective,
-                           target_accuracy=target_accuracy)
-    if not multilabel:
-        plot_confusion_matrix(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
-    log.info("ensemble of %d runs: accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s",
-             len(metrics["ensemble"]["runs"]), metrics["accuracy"], metrics["f1_macro"],
-             metrics["n"], metrics["data"], out / "metrics.json")

@@ -78,15 +78,9 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     metrics["data"] = str(data_dir) if data_dir else SPLIT_TITLES[split]
     metrics["tta"] = tta
     target = Path(out) if out else default_target(run, data_dir, tta)
-    atomic_write_json(target / "metrics.json", metrics)
-    write_predictions(target / PREDICTIONS, source, samples, probs, info.thresholds)
-    write_evaluation_plots(target, labels, probs, classes, multilabel=multilabel,
-                           logits=None if multilabel else logits, temperature=info.temperature,
-                           selective_threshold=None if selective is NOT_FITTED else selective,
-                           target_accuracy=target_accuracy)
-    if not multilabel:  # a K x K confusion matrix only means something for one label per image
-        plot_confusion_matrix(metrics["confusion_matrix"], classes,
-                              target / "confusion_matrix.png")
+    write_evaluation(target, metrics, source, samples, probs, selective=selective,
+                     target_accuracy=target_accuracy, logits=None if multilabel else logits,
+                     temperature=info.temperature, thresholds=info.thresholds)
     if target == run.root:
         if not multilabel:
             plot_prediction_examples(pixels, labels, probs, classes, run.examples)
@@ -95,6 +89,25 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
     return metrics
+
+
+def write_evaluation(target: Path, metrics: dict[str, Any], source: DataSource,
+                     samples: list[Sample], probs: np.ndarray, *, selective: Any,
+                     target_accuracy: float, logits: np.ndarray | None = None,
+                     temperature: float | None = None,
+                     thresholds: list[float] | None = None) -> None:
+    """What an evaluation leaves in ``target``: metrics.json, predictions.csv, the curves and
+    the confusion matrix."""
+    classes, multilabel = source.classes, source.multilabel
+    atomic_write_json(target / "metrics.json", metrics)
+    write_predictions(target / PREDICTIONS, source, samples, probs, thresholds)
+    write_evaluation_plots(target, labels_of(samples), probs, classes, multilabel=multilabel,
+                           logits=logits, temperature=temperature,
+                           selective_threshold=None if selective is NOT_FITTED else selective,
+                           target_accuracy=target_accuracy)
+    if not multilabel:  # a K x K confusion matrix only means something for one label per image
+        plot_confusion_matrix(metrics["confusion_matrix"], classes,
+                              target / "confusion_matrix.png")
 
 
 def groups_of(samples: Sequence[Sample]) -> list[str] | None:
