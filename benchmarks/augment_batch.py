@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import SHARED_DATA, Report, describe_machine  # noqa: E402
+from machine import SHARED_DATA, Report, describe_machine, positive_int  # noqa: E402
 
 PRESETS = ("flips", "microscopy", "keras-classic", "randaugment")
 COMPILED = ("microscopy",)  # the preset with inductor kernels
@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=SHARED_DATA / "defungi")
-    p.add_argument("--img-size", type=int, default=112)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--reps", type=int, default=30)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--img-size", type=positive_int, default=112)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--reps", type=positive_int, default=30)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", type=Path, default=None)
     return p.parse_args(argv)
 

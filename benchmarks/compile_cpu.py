@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, child_result, describe_machine, result_line, train_step  # noqa: E402
+from machine import Report, child_result, describe_machine, positive_int, result_line, train_step  # noqa: E402
 
 MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
 
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--img-size", type=int, default=112)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=20, help="timed steady steps")
+    ap.add_argument("--img-size", type=positive_int, default=112)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=20, help="timed steady steps")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
                     help="bf16 = autocast + channels_last (eager and compiled alike)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--typical-steps", type=int, default=2000,
+    ap.add_argument("--threads", type=positive_int, default=None)
+    ap.add_argument("--typical-steps", type=positive_int, default=2000,
                     help="training steps of a typical run (DeFungi: ~110 per epoch x 20)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from machine import non_negative_int, positive_int  # noqa: E402
+
 from medscope.data.cache import decode_images  # noqa: E402
 from medscope.data.dataset import PixelDataset  # noqa: E402
 from medscope.data.io import read_image  # noqa: E402
@@ -74,10 +76,11 @@ def epochs_per_second(loader: DataLoader, epochs: int, before_first=None) -> lis
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
-    ap.add_argument("--n", type=int, default=2000, help="images (a random subset)")
-    ap.add_argument("--size", type=int, default=112, help="training resolution")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    ap.add_argument("--n", type=positive_int, default=2000, help="images (a random subset)")
+    ap.add_argument("--size", type=positive_int, default=112, help="training resolution")
+    ap.add_argument("--epochs", type=positive_int, default=3)
+    ap.add_argument("--workers", type=non_negative_int, default=0,
+                    help="DataLoader worker processes")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 

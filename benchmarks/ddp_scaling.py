@@ -27,6 +27,8 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from machine import non_negative_int, positive_int  # noqa: E402
+
 from medscope.models import create_model  # noqa: E402
 from medscope.train.distributed import init_distributed  # noqa: E402
 
@@ -86,11 +88,12 @@ def measure(world: int, args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18")
-    parser.add_argument("--img-size", type=int, default=112)
-    parser.add_argument("--batch", type=int, default=32, help="images per process and step")
-    parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--img-size", type=positive_int, default=112)
+    parser.add_argument("--batch", type=positive_int, default=32,
+                        help="images per process and step")
+    parser.add_argument("--procs", type=positive_int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=positive_int, default=20)
+    parser.add_argument("--warmup", type=non_negative_int, default=5)
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()

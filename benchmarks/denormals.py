@@ -21,6 +21,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import positive_int  # noqa: E402
 
 CHILD = """
 import json, sys
@@ -51,7 +54,7 @@ def accuracy(run: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="patch folder (default: a new synthetic one)")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=positive_int, default=30)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine, train_step  # noqa: E402
+from machine import Report, describe_machine, positive_int, train_step  # noqa: E402
 
 from medscope.train.engine import flush_denormals  # noqa: E402
 
@@ -29,10 +29,10 @@ from medscope.train.engine import flush_denormals  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="simple_cnn,resnet18,efficientnet_b0,densenet121")
-    ap.add_argument("--img-size", type=int, default=112)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--img-size", type=positive_int, default=112)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=6)
+    ap.add_argument("--rounds", type=positive_int, default=3)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     flush_denormals()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine  # noqa: E402
+from machine import Report, describe_machine, non_negative_int, positive_int  # noqa: E402
 
 FILLS = ("zeros", "reflection")
 
@@ -30,8 +30,8 @@ FILLS = ("zeros", "reflection")
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=None, help="demo patches folder")
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=positive_int, default=6)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     from medscope.train.engine import flush_denormals

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import RESULT_PREFIX, Report, child_result, describe_machine  # noqa: E402
+from machine import RESULT_PREFIX, Report, child_result, describe_machine, positive_int  # noqa: E402
 
 POLICIES = {
     "default": {},
@@ -86,11 +86,12 @@ else:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+    ap.add_argument("--threads", type=positive_int, default=os.cpu_count() or 2,
                     help="torch threads of each process (default: all cores)")
     ap.add_argument("--policies", default=",".join(POLICIES))
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved quiet rounds")
-    ap.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
+    ap.add_argument("--rounds", type=positive_int, default=3, help="interleaved quiet rounds")
+    ap.add_argument("--steps", type=positive_int, default=20,
+                    help="timed training steps per figure")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     report = Report(args.out)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import Report, describe_machine, peak_rss_mib  # noqa: E402
+from machine import Report, describe_machine, peak_rss_mib, positive_int  # noqa: E402
 
 BACKENDS = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 
@@ -83,14 +83,15 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="a finished run directory")
-    ap.add_argument("--limit-images", type=int, default=None,
+    ap.add_argument("--limit-images", type=positive_int, default=None,
                     help="a seeded random subset of the test images")
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--latency-images", type=int, default=200,
+    ap.add_argument("--latency-images", type=positive_int, default=200,
                     help="single-image calls timed one by one for p50/p95")
-    ap.add_argument("--repeats", type=int, default=3, help="passes per throughput figure (best)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=positive_int, default=3,
+                    help="passes per throughput figure (best)")
+    ap.add_argument("--threads", type=positive_int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]

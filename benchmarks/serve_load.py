@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import httpx  # noqa: E402
+from machine import non_negative_int, positive_int  # noqa: E402
 from PIL import Image  # noqa: E402
 
 MAX_UPLOAD_MB = 1.0
@@ -286,11 +287,11 @@ def report(results: list[Result], planned: int, wall: float, rss: dict[str, int]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=None, help="run dir (default: train one)")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=positive_int, default=1000)
+    parser.add_argument("--clients", type=positive_int, default=8)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--heatmap", action="store_true", help="ask for Grad-CAM too")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.clients < 1:

@@ -43,7 +43,9 @@ from machine import (  # noqa: E402
     SHARED_DATA,
     Report,
     describe_machine,
+    non_negative_int,
     peak_rss_mib,
+    positive_int,
     rss_mib,
     train_step,
 )
@@ -77,18 +79,20 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "defungi")
-    ap.add_argument("--limit-images", type=int, default=None,
+    ap.add_argument("--limit-images", type=positive_int, default=None,
                     help="a random subset of this many images (same for every pipeline)")
     ap.add_argument("--presets", default=",".join(PRESETS[1:]))
     ap.add_argument("--modes", default="fp32,fp32-cl,bf16",
                     help="fp32 (NCHW), fp32-cl (channels_last), bf16 (+ channels_last)")
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--img-size", type=int, default=112)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=5, help="medscope epochs (>= 2)")
-    ap.add_argument("--ref-epochs", type=int, default=2, help="reference epochs (last timed)")
-    ap.add_argument("--ref-workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--img-size", type=positive_int, default=112)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--epochs", type=positive_int, default=5, help="medscope epochs (>= 2)")
+    ap.add_argument("--ref-epochs", type=positive_int, default=2,
+                    help="reference epochs (last timed)")
+    ap.add_argument("--ref-workers", type=non_negative_int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None,
                     help="also write the report here (benchmarks/results/...)")
     args = ap.parse_args(argv)

@@ -5,7 +5,7 @@
 
 Prints accuracy and macro-F1 without and with TTA, their difference, and the time each took.
 Probabilities are the calibrated ones (each checkpoint's temperature), as ``medscope predict``
-gives them; ``--tta`` there is the same code path (``medscope.predict.ensemble_probs``).
+gives them; ``--tta`` there is the same code path (``medscope.predict.model_probs``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from medscope.data.prepare import labels_of, run_split
-from medscope.predict import Predictor, ensemble_probs, fold_dirs
+from medscope.predict import Predictor, fold_dirs, model_probs
 from medscope.run import RunDir
 
 
@@ -31,7 +31,7 @@ def tta_row(run_dir: Path) -> dict:
     row = {"run": str(run_dir), "split": split, "n": int(len(labels))}
     for name, tta in (("plain", False), ("tta", True)):
         t0 = time.perf_counter()
-        pred = ensemble_probs([predictor], decoded.pixels, tta=tta).argmax(1)
+        pred = model_probs(predictor, decoded.pixels, tta=tta).argmax(1)
         row[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
         row[f"{name}_accuracy"] = float(accuracy_score(labels, pred))
         row[f"{name}_f1_macro"] = float(f1_score(labels, pred, average="macro"))

@@ -22,10 +22,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from machine import positive_int  # noqa: E402
+
 from medscope.models import count_params, create_model, gmacs, min_size  # noqa: E402
 from medscope.models.profile import state_dict_mb  # noqa: E402
 from medscope.models.zoo import zoo_names  # noqa: E402
-from medscope.train.engine import cpu_has_bf16  # noqa: E402
+from medscope.train.runtime import cpu_has_bf16  # noqa: E402
 
 FP32_MODELS = ("resnet18", "resnet50", "vgg16")
 RESULTS = Path(__file__).resolve().parent / "results" / "zoo.csv"
@@ -102,13 +104,13 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 64])
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[224, 64])
     parser.add_argument("--models", nargs="+", help="default: every zoo model")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine, 2 OpenMP "
                              "threads spin-wait on each other and run slower)")
-    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--train-batch", type=positive_int, default=8)
     parser.add_argument("--no-fp32", action="store_true", help="skip the fp32 reference rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

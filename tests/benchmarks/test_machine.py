@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from machine import child_result, result_line  # noqa: E402
+from machine import (  # noqa: E402
+    child_result,
+    non_negative_int,
+    positive_int,
+    result_line,
+)
 
 
 def test_the_parent_reads_the_last_result_line_among_other_output():
@@ -19,3 +27,17 @@ def test_the_parent_reads_the_last_result_line_among_other_output():
 def test_a_child_that_printed_no_result_gives_none():
     assert child_result("Traceback (most recent call last):\n  RuntimeError") is None
     assert child_result("") is None
+
+
+def test_size_arguments_refuse_zero_negative_and_non_numbers():
+    import argparse
+
+    import pytest
+    from machine import non_negative_int, positive_int
+
+    assert positive_int("3") == 3 and non_negative_int("0") == 0
+    for bad in ("0", "-2", "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="0 or more"):
+        non_negative_int("-1")

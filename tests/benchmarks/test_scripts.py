@@ -121,3 +121,24 @@ def test_augment_batch_times_every_preset_and_checks_the_compiled_pixels(tmp_pat
         assert compiled[0][5] == "yes", report
     else:
         assert "measured eager only" in report
+
+
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "machine.py")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_imports_and_answers_help(name):
+    # A renamed function in the package breaks a benchmark nobody runs for weeks; --help
+    # imports the whole script.
+    run_script(name, "--help", timeout=120)
+
+
+@pytest.mark.parametrize(("name", "flag"), [("train_throughput.py", "--img-size"),
+                                            ("augment_batch.py", "--batch-size"),
+                                            ("zoo.py", "--sizes")])
+def test_a_nonsense_size_is_one_error_line_not_a_traceback(name, flag):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), flag, "0"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"argument {flag}: must be at least 1, not 0" in done.stderr
