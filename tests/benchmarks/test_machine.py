@@ -30,11 +30,6 @@ def test_a_child_that_printed_no_result_gives_none():
 
 
 def test_size_arguments_refuse_zero_negative_and_non_numbers():
-    import argparse
-
-    import pytest
-    from machine import non_negative_int, positive_int
-
     assert positive_int("3") == 3 and non_negative_int("0") == 0
     for bad in ("0", "-2", "x", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError):
