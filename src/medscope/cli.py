@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", parents=[common],
                        help="one table across runs: size, CPU speed, accuracy (CSV, MD, HTML)")
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_OR_CV_DIR")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_CV_OR_ENSEMBLE_DIR",
+                   help="finished runs, CV directories, and ensembles' evaluation folders "
+                        "(medscope evaluate RUN RUN --out DIR)")
     p.add_argument("--out", type=Path, default=Path("comparison"),
                    help="folder for comparison.csv/.md/.html (default ./comparison)")
     p.add_argument("--repeats", type=int, default=30, help="timed batch-1 forwards per model")

@@ -9,12 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
+from medscope.cli import main
 from medscope.errors import MedscopeError
-from medscope.evaluate.compare import COLUMNS, compare_runs, training_seconds
+from medscope.evaluate.compare import COLUMNS, compare_runs, markdown_table, training_seconds
 from tests.conftest import tiny_config
 
-# Columns that only a CV directory has (a single run has no spread over folds).
-CV_ONLY = {"accuracy_std", "folds"}
+# Columns that only a CV directory or an ensemble has (a single run has no spread over folds).
+CV_ONLY = {"accuracy_std", "folds", "members"}
 
 
 def _add_lead_keys(metrics_path, seed: int) -> dict:
@@ -79,6 +80,35 @@ def test_two_runs_fill_every_column(two_runs):
     metrics = json.loads((two_runs[1] / "metrics.json").read_text())
     assert lenet["accuracy"] == metrics["accuracy"]
     assert lenet["ece"] == metrics["calibration"]["ece"]
+
+
+def test_an_ensemble_row_adds_up_its_members(two_runs, tmp_path):
+    from medscope.api import evaluate_ensemble
+
+    out = tmp_path / "both"
+    metrics = evaluate_ensemble(two_runs, out, progress=False, precision="fp32")
+    ensemble, *singles = compare_runs([out, *two_runs], latency_repeats=3)
+    assert ensemble["kind"] == "ensemble" and ensemble["members"] == 2
+    assert ensemble["model"] == "simple_cnn+lenet5" and ensemble["img_size"] == 32
+    for col in ("params", "gmacs", "checkpoint_mb", "train_seconds"):
+        assert ensemble[col] == pytest.approx(sum(r[col] for r in singles)), col
+    assert ensemble["throughput_img_s"] < min(r["throughput_img_s"] for r in singles)
+    assert ensemble["accuracy"] == metrics["accuracy"] and ensemble["n"] == metrics["n"]
+    assert ensemble["accuracy_ci_low"] <= ensemble["accuracy"] <= ensemble["accuracy_ci_high"]
+    assert "(ensemble of 2)" in markdown_table([ensemble])
+    assert main(["compare", str(out), "--out", str(tmp_path / "cmp"), "--repeats", "1",
+                 "-q"]) == 0
+    assert "both (ensemble of 2)" in (tmp_path / "cmp" / "comparison.html").read_text()
+
+
+def test_an_ensemble_with_a_missing_member_is_named_before_measuring(two_runs, tmp_path):
+    from medscope.api import evaluate_ensemble
+
+    members = [shutil.copytree(r, tmp_path / r.name) for r in two_runs]
+    evaluate_ensemble(members, tmp_path / "both", progress=False, precision="fp32")
+    shutil.rmtree(members[1] / "checkpoints")
+    with pytest.raises(MedscopeError, match="ensemble member .*lenet.* is not a finished run"):
+        compare_runs([tmp_path / "both"], latency_repeats=1)
 
 
 def test_run_without_ci_or_calibration_leaves_those_cells_empty(trained_run):

@@ -1,5 +1,6 @@
-"""One table across runs and CV directories: size, cost, speed measured now on this machine's
-CPU, and test-split quality — the Keras Applications table, for the user's own data."""
+"""One table across runs, CV directories and ensembles (``medscope evaluate RUN RUN --out DIR``):
+size, cost, speed measured now on this machine's CPU, and test-split quality — the Keras
+Applications table, for the user's own data."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from medscope.run import RunDir, atomic_write_csv, atomic_write_text, read_json
 
 COLUMNS = [
     "name", "kind", "model", "img_size", "params", "gmacs", "checkpoint_mb", "precision",
-    "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "accuracy",
-    "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro", "roc_auc_macro", "ece",
-    "path",
+    "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "members",
+    "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro",
+    "roc_auc_macro", "ece", "path",
 ]
 THROUGHPUT_BATCH = 32
 WARMUP = 3
@@ -29,8 +30,8 @@ WARMUP = 3
 
 def compare_runs(paths: Sequence[Path | str], *, latency_repeats: int = 30,
                  threads: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per run or CV directory (see ``COLUMNS``). Every path is checked before any
-    measuring, so a typo in the last one costs nothing."""
+    """One row per run, CV directory or ensemble (see ``COLUMNS``). Every path is checked
+    before any measuring, so a typo in the last one costs nothing."""
     if latency_repeats < 1:
         raise MedscopeError(f"latency repeats must be at least 1, got {latency_repeats}")
     if threads is not None and threads < 1:
@@ -43,9 +44,15 @@ def compare_runs(paths: Sequence[Path | str], *, latency_repeats: int = 30,
 
 
 def run_kind(path: Path) -> str:
-    """``"run"`` for a finished run directory, ``"cv"`` for a CV directory; else the error."""
+    """``"run"`` for a finished run directory, ``"cv"`` for a CV directory, ``"ensemble"`` for
+    an ensemble's evaluation directory (its members checked too); else the error."""
     if RunDir(path).is_finished():
         return "run"
+    if (path / "metrics.json").is_file() and "ensemble" in read_json(path / "metrics.json"):
+        for member in ensemble_members(path):
+            if not RunDir(member).is_finished():
+                raise MedscopeError(f"{path}: ensemble member {member} is not a finished run")
+        return "ensemble"
     if (path / "cv_summary.json").is_file():
         if not RunDir(path / "fold_1").is_finished():
             raise MedscopeError(f"{path}: CV directory without a finished fold_1 run")
@@ -53,16 +60,47 @@ def run_kind(path: Path) -> str:
     if not path.exists():
         raise MedscopeError(f"{path}: no such directory")
     raise MedscopeError(f"{path}: not a finished run (metrics.json + checkpoints/best.safetensors)"
-                        " nor a CV directory (cv_summary.json)")
+                        ", a CV directory (cv_summary.json) nor an ensemble's evaluation")
+
+
+def ensemble_members(path: Path) -> list[Path]:
+    """The member runs an ensemble's metrics.json names (as given to ``medscope evaluate``)."""
+    return [Path(r) for r in read_json(path / "metrics.json")["ensemble"]["runs"]]
 
 
 def _row(path: Path, kind: str, repeats: int, seed: int) -> dict[str, Any]:
-    model_run = path if kind == "run" else path / "fold_1"
     row = dict.fromkeys(COLUMNS)
     row.update(name=path.resolve().name, kind=kind, path=str(path))
+    if kind == "ensemble":
+        row.update(_ensemble_row(path, repeats, seed))
+        return row
+    model_run = path if kind == "run" else path / "fold_1"
     row.update(measure_model(model_run, repeats=repeats, seed=seed))
     row.update(_run_quality(RunDir(path)) if kind == "run" else _cv_quality(path))
     return row
+
+
+def _ensemble_row(path: Path, repeats: int, seed: int) -> dict[str, Any]:
+    """An ensemble costs all its members: sizes, GMACs and latencies add up, throughputs add
+    as rates do; with TTA each member runs 8 views, so its speed is divided by 8."""
+    metrics = read_json(path / "metrics.json")
+    members = ensemble_members(path)
+    each = [measure_model(m, repeats=repeats, seed=seed) for m in members]
+    views = 8 if metrics.get("tta") else 1
+    sizes = {m["img_size"] for m in each}
+    seconds = [training_seconds(RunDir(m).history) for m in members]
+    return {
+        "model": "+".join(m["model"] for m in each),
+        "img_size": sizes.pop() if len(sizes) == 1 else None,
+        "params": sum(m["params"] for m in each), "gmacs": sum(m["gmacs"] for m in each),
+        "checkpoint_mb": sum(m["checkpoint_mb"] for m in each),
+        "precision": each[0]["precision"], "threads": each[0]["threads"],
+        "latency_ms": views * sum(m["latency_ms"] for m in each),
+        "throughput_img_s": 1 / (views * sum(1 / m["throughput_img_s"] for m in each)),
+        "train_seconds": None if None in seconds else sum(seconds),
+        "members": len(members),
+        **_metrics_quality(metrics),
+    }
 
 
 def measure_model(run_root: Path, *, repeats: int = 30, seed: int = 0) -> dict[str, Any]:
@@ -105,10 +143,14 @@ def _median_seconds(predictor, pixels: torch.Tensor, repeats: int) -> float:
 
 
 def _run_quality(run: RunDir) -> dict[str, Any]:
-    metrics = read_json(run.metrics)
+    return {"train_seconds": training_seconds(run.history),
+            **_metrics_quality(read_json(run.metrics))}
+
+
+def _metrics_quality(metrics: dict[str, Any]) -> dict[str, Any]:
     ci = (metrics.get("ci") or {}).get("accuracy") or {}
     return {
-        "train_seconds": training_seconds(run.history), "n": metrics.get("n"),
+        "n": metrics.get("n"),
         "accuracy": metrics.get("accuracy"), "accuracy_ci_low": ci.get("low"),
         "accuracy_ci_high": ci.get("high"), "f1_macro": metrics.get("f1_macro"),
         "roc_auc_macro": metrics.get("roc_auc_macro"),
@@ -198,7 +240,8 @@ def display_cells(row: dict[str, Any]) -> list[str]:
         acc += f" ± {row['accuracy_std']:.4f}"
     ci = ("" if row["accuracy_ci_low"] is None
           else f"{row['accuracy_ci_low']:.3f}–{row['accuracy_ci_high']:.3f}")
-    name = row["name"] + (f" ({row['folds']}-fold CV)" if row["kind"] == "cv" else "")
+    name = row["name"] + {"cv": f" ({row['folds']}-fold CV)",
+                          "ensemble": f" (ensemble of {row['members']})"}.get(row["kind"], "")
     return [name, row["model"], f"{row['params']:,}", _f(row["gmacs"], 4),
             _f(row["checkpoint_mb"], 2), _f(row["latency_ms"], 2),
             _f(row["throughput_img_s"], 0), _f(row["train_seconds"], 1), acc, ci,
@@ -212,7 +255,8 @@ def measured_on(rows: Sequence[dict[str, Any]]) -> str:
     return (f"Latency: median of timed batch-1 forwards; throughput: batch {THROUGHPUT_BATCH}; "
             f"CPU, {'/'.join(map(str, threads))} torch thread(s), "
             f"{'/'.join(precisions)}, measured {time.strftime('%Y-%m-%d %H:%M')} on this machine. "
-            "CV rows: mean ± std over folds; model and speed of fold_1.")
+            "CV rows: mean ± std over folds; model and speed of fold_1. Ensemble rows: the "
+            "members' sizes and times added (x 8 views with TTA).")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
