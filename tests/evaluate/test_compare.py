@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,13 +93,33 @@ def test_an_ensemble_row_adds_up_its_members(two_runs, tmp_path):
     assert ensemble["model"] == "simple_cnn+lenet5" and ensemble["img_size"] == 32
     for col in ("params", "gmacs", "checkpoint_mb", "train_seconds"):
         assert ensemble[col] == pytest.approx(sum(r[col] for r in singles)), col
-    assert ensemble["throughput_img_s"] < min(r["throughput_img_s"] for r in singles)
     assert ensemble["accuracy"] == metrics["accuracy"] and ensemble["n"] == metrics["n"]
     assert ensemble["accuracy_ci_low"] <= ensemble["accuracy"] <= ensemble["accuracy_ci_high"]
     assert "(ensemble of 2)" in markdown_table([ensemble])
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp"), "--repeats", "1",
                  "-q"]) == 0
     assert "both (ensemble of 2)" in (tmp_path / "cmp" / "comparison.html").read_text()
+
+
+@pytest.mark.parametrize(("tta", "views"), [(False, 1), (True, 8)])
+def test_an_ensemble_runs_each_member_so_latencies_add_and_rates_combine(
+        two_runs, tmp_path, monkeypatch, tta, views):
+    import medscope.evaluate.compare as compare
+    from medscope.api import evaluate_ensemble
+
+    speed = {"simple": (2.0, 100.0), "lenet": (3.0, 300.0)}  # latency ms, img/s
+    real = compare.measure_model
+
+    def fake(run, **kw):
+        latency, rate = speed[Path(run).name]
+        return {**real(run, repeats=1), "latency_ms": latency, "throughput_img_s": rate}
+
+    monkeypatch.setattr(compare, "measure_model", fake)
+    out = tmp_path / "both"
+    evaluate_ensemble(two_runs, out, progress=False, precision="fp32", tta=tta)
+    (row,) = compare_runs([out], latency_repeats=1)
+    assert row["latency_ms"] == pytest.approx(views * 5.0)
+    assert row["throughput_img_s"] == pytest.approx(75.0 / views)  # 1 / (1/100 + 1/300)
 
 
 def test_an_ensemble_with_a_missing_member_is_named_before_measuring(two_runs, tmp_path):
