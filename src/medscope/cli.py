@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", parents=[common],
                        help="serve runs as a JSON API and a web page (127.0.0.1 by default)")
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                   help="run directories, or an ensemble's folder (medscope evaluate RUN RUN "
+                        "--out DIR): its members averaged")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)

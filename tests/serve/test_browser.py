@@ -66,3 +66,31 @@ def test_page_shows_label_probabilities_and_heat_map(browser, live_url, served, 
     expect(page.locator("#model-info")).to_contain_text(second)
     assert errors == []
     page.close()
+
+
+def test_page_describes_an_ensemble(browser, live_url, served):
+    # The live server holds single runs; the ensemble's /api/model answer (its shape as
+    # tests/serve/test_ensemble.py checks it) is given to the page in its place.
+    import json
+
+    from playwright.sync_api import expect
+
+    info = next(iter(served.values())).info()
+    info.update(name="simple_cnn+lenet5", temperature=None,
+                members=[{"name": "simple_cnn", "img_size": 32, "temperature": 0.9},
+                         {"name": "lenet5", "img_size": 40, "temperature": 1.2}])
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.route("**/api/model?*", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(info)))
+    page.route("**/api/model", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(info)))
+    page.goto(live_url + "/")
+    facts = page.locator("#model-info")
+    expect(facts).to_contain_text("simple_cnn at 32 px (T 0.900), lenet5 at 40 px (T 1.200)")
+    expect(facts).to_contain_text("each member's own, then averaged")
+    expect(facts).to_contain_text("Grad-CAM of simple_cnn")
+    assert errors == []
+    page.close()

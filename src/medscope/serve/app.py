@@ -1,4 +1,6 @@
-"""``medscope serve``: a JSON API and one static page over one or more trained runs.
+"""``medscope serve``: a JSON API and one static page over one or more trained runs, or
+ensembles (the folder ``medscope evaluate RUN RUN --out DIR`` wrote: its members' calibrated
+probabilities averaged, as there).
 
 Uploads are read into memory under a size cap before anything is parsed or decoded, decoded with
 the loaders' guards (``read_image_bytes``) and never written to disk under any name. Each model
@@ -59,7 +61,9 @@ class ServeError(Exception):
 
 @dataclass
 class ServedModel:
-    """One loaded run: its predictor, its evaluation figures and its refer-to-expert rule."""
+    """One loaded run (or ensemble): its predictor(s), its evaluation figures and its
+    refer-to-expert rule. An ensemble's ``predictor`` is its first member: its classes, and
+    the one whose Grad-CAM is shown."""
 
     id: str
     source: Path
@@ -67,36 +71,54 @@ class ServedModel:
     metrics: dict[str, Any]
     refer_below: float
     refer_rule: str
+    members: tuple[Predictor, ...] = ()  # an ensemble's runs, ``predictor`` first
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
-    def temperature(self) -> float:
+    def temperature(self) -> float | None:
+        """The run's temperature; None for an ensemble (each member applies its own)."""
+        if self.members:
+            return None
         # Predictor.temperature arrives with calibration; until then probabilities are raw.
         return float(getattr(self.predictor, "temperature", 1.0))
 
+    @property
+    def name(self) -> str:
+        return "+".join(p.meta.get("model", "?") for p in self.members or (self.predictor,))
+
     def info(self) -> dict[str, Any]:
         p = self.predictor
-        return {"id": self.id, "name": p.meta.get("model", "?"), "run": str(self.source),
+        info = {"id": self.id, "name": self.name, "run": str(self.source),
                 "classes": p.classes, "img_size": p.img_size, "in_chans": p.in_chans,
                 "multilabel": p.multilabel, "temperature": self.temperature,
                 "refer_below": self.refer_below, "refer_rule": self.refer_rule,
                 "heatmap": gradcam_available(), "metrics": self.metrics}
+        if self.members:
+            info["members"] = [{"name": m.meta.get("model", "?"), "img_size": m.img_size,
+                                "temperature": float(getattr(m, "temperature", 1.0))}
+                               for m in self.members]
+        return info
 
     def predict(self, data: bytes, with_heatmap: bool = True) -> dict[str, Any]:
         p = self.predictor
+        members = self.members or (p,)
         try:
-            pixels = read_image_bytes(data, p.img_size, p.in_chans)
+            # Each member sees the upload at its own size, as in ``medscope evaluate``.
+            views = {(m.img_size, m.in_chans): read_image_bytes(data, m.img_size, m.in_chans)
+                     for m in members}
         except BadImageError as exc:
             raise ServeError(400, f"upload is not a usable image: {exc}") from None
+        pixels = views[(p.img_size, p.in_chans)]
         with self.lock:
-            probs = p.probs_from_pixels(pixels[None])[0]
+            probs = np.mean([m.probs_from_pixels(views[(m.img_size, m.in_chans)][None])[0]
+                             for m in members], axis=0)
             top = int(probs.argmax())
             heat = heatmap_png(p, pixels, top) if with_heatmap else None
         result = {"label": self.label(probs), "confidence": confidence(probs, p.multilabel),
                   "probabilities": {c: float(x) for c, x in zip(p.classes, probs, strict=True)},
                   "refer_to_expert": confidence(probs, p.multilabel) < self.refer_below,
                   "refer_below": self.refer_below,
-                  "model": {"id": self.id, "name": p.meta.get("model", "?"),
+                  "model": {"id": self.id, "name": self.name,
                             "temperature": self.temperature}}
         if heat is not None:
             result["heatmap_png_base64"] = base64.b64encode(heat).decode("ascii")
@@ -142,6 +164,28 @@ def refer_rule(meta: dict[str, Any], abstain_below: float | None) -> tuple[float
     return DEFAULT_REFER_BELOW, "default 0.5 (no validated threshold in the checkpoint)"
 
 
+def ensemble_refer_rule(metrics: dict[str, Any], abstain_below: float | None
+                        ) -> tuple[float, str]:
+    """An ensemble's rule: --abstain-below, else the threshold its evaluation fitted on the
+    members' shared validation split, else 0.5."""
+    if abstain_below is not None:
+        return float(abstain_below), "set by the operator (--abstain-below)"
+    selective = metrics.get("selective") or {}
+    if selective.get("fitted_on") == "validation" and selective.get("threshold") is not None:
+        return float(selective["threshold"]), ("validated selective threshold of the ensemble "
+                                               "(metrics.json selective)")
+    return DEFAULT_REFER_BELOW, "default 0.5 (no threshold validated for the ensemble)"
+
+
+def ensemble_runs(source: Path) -> list[Path] | None:
+    """The member runs when ``source`` is an ensemble's evaluation folder, else None."""
+    path = source / "metrics.json"
+    if not source.is_dir() or not path.is_file():
+        return None
+    ensemble = read_json(path).get("ensemble")
+    return None if ensemble is None else [Path(r) for r in ensemble["runs"]]
+
+
 def run_metrics(source: Path) -> dict[str, Any]:
     """The headline figures of the run's metrics.json (empty when the run has none)."""
     path = source / "metrics.json" if source.is_dir() else None
@@ -168,11 +212,32 @@ def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
         raise MedscopeError(f"--abstain-below {abstain_below}: must be between 0 and 1")
     models: dict[str, ServedModel] = {}
     for source in map(Path, runs):
-        predictor = Predictor.load(source, device=device)
         mid = unique(model_id(source), models)
+        members = ensemble_runs(source)
+        if members is not None:
+            models[mid] = _served_ensemble(mid, source, members, abstain_below, device)
+            continue
+        predictor = Predictor.load(source, device=device)
         threshold, rule = refer_rule(predictor.meta, abstain_below)
         models[mid] = ServedModel(mid, source, predictor, run_metrics(source), threshold, rule)
     return models
+
+
+def _served_ensemble(mid: str, source: Path, runs: Sequence[Path], abstain_below: float | None,
+                     device: str) -> ServedModel:
+    for run in runs:
+        if not run.exists():
+            raise MedscopeError(f"{source}: ensemble member {run} not found (the paths are as "
+                                "given to medscope evaluate: serve from the same folder)")
+    members = tuple(Predictor.load(run, device=device) for run in runs)
+    for run, member in zip(runs[1:], members[1:], strict=True):
+        if member.classes != members[0].classes:
+            raise MedscopeError(f"{source}: member {run} has classes {member.classes}, "
+                                f"not {members[0].classes}")
+    metrics = read_json(source / "metrics.json")
+    threshold, rule = ensemble_refer_rule(metrics, abstain_below)
+    return ServedModel(mid, source, members[0], run_metrics(source), threshold, rule,
+                       members=members)
 
 
 def unique(name: str, taken) -> str:

@@ -41,15 +41,19 @@ function showModel(info) {
   fact(list, "Model", `${info.id} (${info.name})`);
   fact(list, "Classes", info.classes.join(", "));
   fact(list, "Input", `${info.img_size} × ${info.img_size} px, ${info.in_chans === 1 ? "grayscale" : "colour"}`);
+  if (info.members) {
+    fact(list, "Ensemble of", info.members.map((x) => `${x.name} at ${x.img_size} px (T ${x.temperature.toFixed(3)})`).join(", "));
+  }
   fact(list, "Evaluated on", m.n ? `${m.n} held-out images` : "no metrics.json in the run");
   fact(list, "Accuracy", withCi(m, "accuracy"));
   fact(list, "Balanced acc.", withCi(m, "balanced_accuracy"));
   fact(list, "F1 macro", withCi(m, "f1_macro"));
   fact(list, "ROC-AUC macro", withCi(m, "roc_auc_macro"));
   if (m.calibration) fact(list, "Calibration ECE", `${m.calibration.ece.toFixed(3)} (before: ${m.calibration.ece_uncalibrated.toFixed(3)})`);
-  fact(list, "Temperature", info.temperature === 1 ? "1 (uncalibrated)" : info.temperature.toFixed(3));
+  fact(list, "Temperature", info.temperature === null ? "each member's own, then averaged"
+    : info.temperature === 1 ? "1 (uncalibrated)" : info.temperature.toFixed(3));
   fact(list, "Refer below", `${pct(info.refer_below)} confidence — ${info.refer_rule}`);
-  fact(list, "Heat maps", info.heatmap ? "Grad-CAM" : "not available");
+  fact(list, "Heat maps", !info.heatmap ? "not available" : info.members ? `Grad-CAM of ${info.members[0].name}` : "Grad-CAM");
   $("calibrated").textContent = info.temperature === 1 ? "" : " (temperature-calibrated)";
 }
 
