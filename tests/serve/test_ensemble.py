@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,6 +68,23 @@ def test_a_missing_member_is_one_line_naming_it(ensemble_dir, tmp_path):
     copy = shutil.copytree(ensemble_dir, tmp_path / "moved")
     metrics = json.loads((copy / "metrics.json").read_text())
     metrics["ensemble"]["runs"][1] = str(tmp_path / "gone")
+    metrics["ensemble"]["from_here"][1] = "../gone"
     (copy / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(MedscopeError, match="ensemble member .*gone not found"):
         load_models([copy])
+
+
+def test_an_ensemble_moved_with_its_members_finds_them(trained_run, image_folder, tmp_path,
+                                                       monkeypatch):
+    from medscope.api import evaluate_ensemble
+
+    lab = tmp_path / "lab"
+    for name in ("a", "b"):
+        shutil.copytree(trained_run.root, lab / "runs" / name)
+    monkeypatch.chdir(lab)  # relative member paths, as a user types them
+    evaluate_ensemble([Path("runs/a"), Path("runs/b")], Path("runs/both"), progress=False,
+                      precision="fp32")
+    moved = shutil.move(lab, tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    served = load_models([Path(moved) / "runs" / "both"])["both"]
+    assert [m.img_size for m in served.members] == [32, 32]

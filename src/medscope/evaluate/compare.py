@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from medscope.errors import MedscopeError
+from medscope.evaluate.ensemble import member_runs
 from medscope.run import RunDir, atomic_write_csv, atomic_write_text, read_json
 
 COLUMNS = [
@@ -49,7 +50,7 @@ def run_kind(path: Path) -> str:
     if RunDir(path).is_finished():
         return "run"
     if (path / "metrics.json").is_file() and "ensemble" in read_json(path / "metrics.json"):
-        for member in ensemble_members(path):
+        for member in member_runs(path):
             if not RunDir(member).is_finished():
                 raise MedscopeError(f"{path}: ensemble member {member} is not a finished run")
         return "ensemble"
@@ -61,11 +62,6 @@ def run_kind(path: Path) -> str:
         raise MedscopeError(f"{path}: no such directory")
     raise MedscopeError(f"{path}: not a finished run (metrics.json + checkpoints/best.safetensors)"
                         ", a CV directory (cv_summary.json) nor an ensemble's evaluation")
-
-
-def ensemble_members(path: Path) -> list[Path]:
-    """The member runs an ensemble's metrics.json names (as given to ``medscope evaluate``)."""
-    return [Path(r) for r in read_json(path / "metrics.json")["ensemble"]["runs"]]
 
 
 def _row(path: Path, kind: str, repeats: int, seed: int) -> dict[str, Any]:
@@ -84,7 +80,7 @@ def _ensemble_row(path: Path, repeats: int, seed: int) -> dict[str, Any]:
     """An ensemble costs all its members: sizes, GMACs and latencies add up, throughputs add
     as rates do; with TTA each member runs 8 views, so its speed is divided by 8."""
     metrics = read_json(path / "metrics.json")
-    members = ensemble_members(path)
+    members = member_runs(path)
     each = [measure_model(m, repeats=repeats, seed=seed) for m in members]
     views = 8 if metrics.get("tta") else 1
     sizes = {m["img_size"] for m in each}

@@ -7,6 +7,7 @@ the same images, so the gain of the ensemble over its best member is read off on
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from medscope.evaluate.evaluator import groups_of, write_evaluation
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
 from medscope.predict import load_models, probs_per_model
-from medscope.run import RunDir
+from medscope.run import RunDir, read_json
 
 log = logging.getLogger("medscope")
 
@@ -71,15 +72,32 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
                                  target_accuracy=target_accuracy)
     members = [_member(r, p, labels, classes, multilabel) for r, p in zip(rundirs, each,
                                                                           strict=True)]
-    metrics.update(data=title, tta=tta, ensemble={"runs": [str(r.root) for r in rundirs],
-                                                  "members": members})
     out = Path(out)
+    # "runs" as given (relative to the folder the command ran in); "from_here" relative to
+    # ``out``, so the ensemble still finds its members when the whole tree is moved.
+    metrics.update(data=title, tta=tta, ensemble={
+        "runs": [str(r.root) for r in rundirs],
+        "from_here": [os.path.relpath(r.root.resolve(), out.resolve()) for r in rundirs],
+        "members": members})
     write_evaluation(out, metrics, source, samples, probs, selective=selective,
                      target_accuracy=target_accuracy)
     log.info("ensemble of %d runs: accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s",
              len(rundirs), metrics["accuracy"], metrics["f1_macro"], metrics["n"], title,
              out / "metrics.json")
     return metrics
+
+
+def member_runs(ensemble_dir: Path | str) -> list[Path]:
+    """The member runs of an ensemble's evaluation folder: each found relative to the folder
+    itself, else as given to ``medscope evaluate`` (relative to the current folder)."""
+    ensemble_dir = Path(ensemble_dir)
+    ensemble = read_json(ensemble_dir / "metrics.json")["ensemble"]
+    here = ensemble.get("from_here") or [None] * len(ensemble["runs"])
+    found = []
+    for given, rel in zip(ensemble["runs"], here, strict=True):
+        near = ensemble_dir / rel if rel is not None else None
+        found.append(near if near is not None and near.exists() else Path(given))
+    return found
 
 
 def shared_split(runs: Sequence[RunDir], classes: list[str], split: str | None = None

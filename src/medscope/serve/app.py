@@ -182,8 +182,11 @@ def ensemble_runs(source: Path) -> list[Path] | None:
     path = source / "metrics.json"
     if not source.is_dir() or not path.is_file():
         return None
-    ensemble = read_json(path).get("ensemble")
-    return None if ensemble is None else [Path(r) for r in ensemble["runs"]]
+    if "ensemble" not in read_json(path):
+        return None
+    from medscope.evaluate.ensemble import member_runs
+
+    return member_runs(source)
 
 
 def run_metrics(source: Path) -> dict[str, Any]:
@@ -227,8 +230,8 @@ def _served_ensemble(mid: str, source: Path, runs: Sequence[Path], abstain_below
                      device: str) -> ServedModel:
     for run in runs:
         if not run.exists():
-            raise MedscopeError(f"{source}: ensemble member {run} not found (the paths are as "
-                                "given to medscope evaluate: serve from the same folder)")
+            raise MedscopeError(f"{source}: ensemble member {run} not found (looked for it "
+                                "relative to the ensemble folder and to this one)")
     members = tuple(Predictor.load(run, device=device) for run in runs)
     for run, member in zip(runs[1:], members[1:], strict=True):
         if member.classes != members[0].classes:
