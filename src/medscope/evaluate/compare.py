@@ -49,8 +49,9 @@ def run_kind(path: Path) -> str:
     an ensemble's evaluation directory (its members checked too); else the error."""
     if RunDir(path).is_finished():
         return "run"
-    if (path / "metrics.json").is_file() and "ensemble" in read_json(path / "metrics.json"):
-        for member in member_runs(path):
+    members = member_runs(path)
+    if members is not None:
+        for member in members:
             if not RunDir(member).is_finished():
                 raise MedscopeError(f"{path}: ensemble member {member} is not a finished run")
         return "ensemble"

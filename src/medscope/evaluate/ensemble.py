@@ -87,11 +87,17 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
     return metrics
 
 
-def member_runs(ensemble_dir: Path | str) -> list[Path]:
-    """The member runs of an ensemble's evaluation folder: each found relative to the folder
-    itself, else as given to ``medscope evaluate`` (relative to the current folder)."""
+def member_runs(ensemble_dir: Path | str) -> list[Path] | None:
+    """The member runs of an ensemble's evaluation folder (None when ``ensemble_dir`` is not
+    one): each found relative to the folder itself, else as given to ``medscope evaluate``
+    (relative to the current folder)."""
     ensemble_dir = Path(ensemble_dir)
-    ensemble = read_json(ensemble_dir / "metrics.json")["ensemble"]
+    path = ensemble_dir / "metrics.json"
+    if not ensemble_dir.is_dir() or not path.is_file():
+        return None
+    ensemble = read_json(path).get("ensemble")
+    if ensemble is None:
+        return None
     here = ensemble.get("from_here") or [None] * len(ensemble["runs"])
     found = []
     for given, rel in zip(ensemble["runs"], here, strict=True):

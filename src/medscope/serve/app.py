@@ -177,18 +177,6 @@ def ensemble_refer_rule(metrics: dict[str, Any], abstain_below: float | None
     return DEFAULT_REFER_BELOW, "default 0.5 (no threshold validated for the ensemble)"
 
 
-def ensemble_runs(source: Path) -> list[Path] | None:
-    """The member runs when ``source`` is an ensemble's evaluation folder, else None."""
-    path = source / "metrics.json"
-    if not source.is_dir() or not path.is_file():
-        return None
-    if "ensemble" not in read_json(path):
-        return None
-    from medscope.evaluate.ensemble import member_runs
-
-    return member_runs(source)
-
-
 def run_metrics(source: Path) -> dict[str, Any]:
     """The headline figures of the run's metrics.json (empty when the run has none)."""
     path = source / "metrics.json" if source.is_dir() else None
@@ -213,10 +201,13 @@ def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
         raise MedscopeError("serve: give at least one run directory")
     if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
         raise MedscopeError(f"--abstain-below {abstain_below}: must be between 0 and 1")
+    # Here, not at import: evaluate.ensemble pulls in the plotting code a server never uses.
+    from medscope.evaluate.ensemble import member_runs
+
     models: dict[str, ServedModel] = {}
     for source in map(Path, runs):
         mid = unique(model_id(source), models)
-        members = ensemble_runs(source)
+        members = member_runs(source)  # None: a run, not an ensemble
         if members is not None:
             models[mid] = _served_ensemble(mid, source, members, abstain_below, device)
             continue
