@@ -59,6 +59,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--strict": ("data.strict", {"action": "store_const", "const": True}),
     "--exclude": ("data.exclude", {"metavar": "FILE"}),
     "--duplicates": ("data.duplicates", {}),
+    "--group-pattern": ("data.group_pattern", {"metavar": "REGEX"}),
     "--target-accuracy": ("train.target_accuracy", {}),
     "--checkpoint-every": ("train.checkpoint_every", {"metavar": "MINUTES"}),
     "--nan-policy": ("train.nan_policy", {}),

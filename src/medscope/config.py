@@ -5,6 +5,7 @@ saved as ``config.yaml`` in every run directory so that any run can be reproduce
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -47,6 +48,11 @@ class DataConfig(_Section):
     folds: int | None = Field(None, ge=2, description="k for k-fold cross-validation")
     exclude: Path | None = Field(None, description="file listing images to leave out (one "
                                  "path per line, as written by `medscope audit --write-exclude`)")
+    group_pattern: str | None = Field(
+        None, description="regular expression searched in each image's path relative to the "
+        "data root: images with the same match (its first capture group when it has one) form "
+        "a group, kept in one split and one fold, e.g. '([^/]+)_\\d+\\.jpg$' for the "
+        "micrograph H1_100a of DeFungi's patch train/TSH/H1_100a_3.jpg")
     duplicates: Literal["group", "drop", "keep"] = Field(
         "group", description="byte-identical images: group = one group in every split and fold, "
         "drop = keep one copy (train-side first), keep = leave as they are; copies with "
@@ -55,6 +61,18 @@ class DataConfig(_Section):
                          "skipping it")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     num_workers: int = Field(0, ge=0, description="data loader worker processes")
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression ({exc})") from None
+            if not v:
+                raise ValueError("empty pattern (leave it unset for no groups)")
+        return v
 
     @field_validator("test_fraction")
     @classmethod

@@ -16,6 +16,7 @@ import numpy as np
 from medscope.config import RunConfig
 from medscope.data.cache import decode_images, default_cache_dir
 from medscope.data.duplicates import DuplicateReport, handle_duplicates
+from medscope.data.groups import pattern_groups, warn_groups_across_given_splits
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
@@ -105,8 +106,9 @@ def given_splits_of(run: RunDir) -> bool | None:
 
 def scan_source(config: RunConfig, *, given_splits: bool | None = None
                 ) -> tuple[DataSource, DuplicateReport]:
-    """The samples a run (or every CV fold) uses: the data without the excluded images, with
-    byte-identical copies grouped or dropped as ``data.duplicates`` says; and what was found.
+    """The samples a run (or every CV fold) uses: the data without the excluded images, grouped
+    by ``data.group_pattern`` when set, with byte-identical copies grouped or dropped as
+    ``data.duplicates`` says; and what was found.
     ``given_splits``: whether the data's own train/test folders are used (default: unless a
     split file is given)."""
     dc = config.data
@@ -118,6 +120,10 @@ def scan_source(config: RunConfig, *, given_splits: bool | None = None
         log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
     if given_splits is None:
         given_splits = dc.split_file is None
+    if dc.group_pattern is not None:
+        source = pattern_groups(source, dc.group_pattern)
+        if given_splits:
+            warn_groups_across_given_splits(source.samples)
     return handle_duplicates(source, dc.duplicates, cache_dir(config), given_splits=given_splits)
 
 
