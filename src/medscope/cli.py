@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="counts per class and split, sizes, modes, duplicates, bad files")
     q.add_argument("path", type=Path, help="image folder, CSV or .npz")
     q.add_argument("--format", choices=["auto", "folder", "csv", "npz"], default="auto")
+    q.add_argument("--group-pattern", metavar="REGEX", default=None,
+                   help="groups from the file names, as in `medscope train --group-pattern`: "
+                        "counts them and the groups that span the given splits")
     q.set_defaults(func=cmd_data_info)
 
     p = sub.add_parser("cache", parents=[common], help="the decoded-image cache: size, clear")
@@ -483,7 +486,8 @@ def cmd_models(args) -> None:
 def cmd_data_info(args) -> None:
     from medscope.data.info import data_info, format_info
 
-    print(format_info(data_info(args.path, args.format, progress=args.progress)))
+    print(format_info(data_info(args.path, args.format, progress=args.progress,
+                                group_pattern=args.group_pattern)))
 
 
 def cmd_cache(args) -> None:

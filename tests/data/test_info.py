@@ -23,3 +23,16 @@ def test_info_counts_duplicates_and_bad_files(tmp_path, capsys):
 def test_info_on_missing_path_is_one_line_error(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "nope")]) == 2
     assert "data directory not found" in capsys.readouterr().err
+
+
+def test_info_counts_the_groups_of_a_pattern_and_those_spanning_the_given_splits(tmp_path,
+                                                                                  capsys):
+    root = tmp_path / "split"
+    for split, n in (("train", 4), ("test", 2)):
+        make_image_folder(root / split, per_class=n, size=16, seed=n)
+    assert main(["data", "info", str(root), "--group-pattern", r"[a-z]+_00[01]"]) == 0
+    out = capsys.readouterr().out
+    # alpha_000/001, beta_…, gamma_… are in both folders; alpha_002/003 … are ungrouped
+    assert "groups: 6 (kept whole" in out and "6 group(s) span the given splits" in out
+    assert main(["data", "info", str(root), "--group-pattern", "nomatch"]) == 2
+    assert "matches none of the 18 image paths" in capsys.readouterr().err

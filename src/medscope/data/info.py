@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from medscope.data.groups import groups_across_splits, pattern_groups
 from medscope.data.io import BadImageError, is_dicom, read_image
 from medscope.data.sources import DataSource, Sample, load_source, npz_array
 
@@ -32,9 +33,12 @@ class DataInfo:
 
 
 def data_info(path: Path | str, format: str = "auto", *, workers: int = 4,
-              progress: bool = False) -> DataInfo:
-    """Reads every image once (JPEGs at reduced scale: enough to find a truncated file)."""
+              progress: bool = False, group_pattern: str | None = None) -> DataInfo:
+    """Reads every image once (JPEGs at reduced scale: enough to find a truncated file).
+    ``group_pattern``: groups from the file names, as ``data.group_pattern``."""
     source = load_source(path, format)
+    if group_pattern is not None:
+        source = pattern_groups(source, group_pattern)
     info = DataInfo(source, split_counts(source))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(tqdm(pool.map(_inspect, source.samples), total=len(source.samples),
@@ -129,6 +133,9 @@ def format_info(info: DataInfo, max_list: int = 5) -> str:
     groups = {s.group for s in src.samples if s.group is not None}
     if groups:
         lines.append(f"groups: {len(groups)} (kept whole in every split)")
+        crossing = groups_across_splits(src.samples)
+        if crossing:
+            lines.append(f"  {len(crossing)} group(s) span the given splits (a leak)")
     lines.append("sizes: " + ", ".join(f"{w}x{h} {n}" for (w, h), n in
                                        info.sizes.most_common(max_list))
                  + (f" (+{len(info.sizes) - max_list} more)" if len(info.sizes) > max_list
