@@ -54,6 +54,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--compile": ("train.compile", {"action": "store_const", "const": True}),
     "--workers": ("data.num_workers", {}),
     "--split-file": ("data.split_file", {}),
+    "--resplit": ("data.resplit", {"action": "store_const", "const": True}),
     "--cache-dir": ("data.cache_dir", {}),
     "--no-cache": ("data.cache", {"action": "store_const", "const": False}),
     "--strict": ("data.strict", {"action": "store_const", "const": True}),

@@ -32,6 +32,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
+    resplit: bool = Field(False, description="pool the data's own train/val/test folders (or "
+                          "CSV split column) and split them anew, stratified and group-aware, "
+                          "as unsplit data is")
     split_seed: int | None = Field(
         None, ge=-(2**63), lt=2**63, description="seed of the train/val/test split; default "
         "train.seed (set it to vary initialisation on a fixed test set)")

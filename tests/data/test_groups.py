@@ -129,3 +129,21 @@ def test_a_bad_pattern_is_a_config_error(pattern, message):
     with pytest.raises(MedscopeError, match=message) as err:
         load_config(overrides={"data.group_pattern": pattern})
     assert "\n" not in str(err.value)
+
+
+def test_resplit_pools_the_given_folders_and_splits_them_by_group(tmp_path, caplog):
+    root = tmp_path / "split"
+    _patches_of_micrographs(root / "train", per_class=24)
+    _patches_of_micrographs(root / "test", per_class=6, seed=1)
+    config = tiny_config(root, tmp_path / "r", **{"data.group_pattern": MICROGRAPH,
+                                                   "data.resplit": True})
+    with caplog.at_level(logging.WARNING, logger="medscope"):
+        source, report = scan_source(config)
+    assert not any("span" in r.getMessage() for r in caplog.records)
+    assert report.given_splits is False
+    assign = assign_splits(source, config)
+    assert all(len(s) == 1 for s in _sides(source.samples, assign).values())
+    moved = {(s.split, a) for s, a in zip(source.samples, assign, strict=True)}
+    assert ("train", "test") in moved and ("test", "train") in moved
+    given = assign_splits(source, tiny_config(root, tmp_path / "r"))
+    assert set(given[[s.split == "test" for s in source.samples]]) == {"test"}

@@ -110,7 +110,7 @@ def scan_source(config: RunConfig, *, given_splits: bool | None = None
     by ``data.group_pattern`` when set, with byte-identical copies grouped or dropped as
     ``data.duplicates`` says; and what was found.
     ``given_splits``: whether the data's own train/test folders are used (default: unless a
-    split file is given)."""
+    split file is given or ``data.resplit`` is set)."""
     dc = config.data
     source = load_source(dc.path, dc.format, multilabel=config.multilabel)
     if dc.exclude is not None:
@@ -119,7 +119,7 @@ def scan_source(config: RunConfig, *, given_splits: bool | None = None
         source, dropped = drop_excluded(source, read_exclude(dc.exclude))
         log.info("excluded %d image(s) listed in %s", dropped, dc.exclude)
     if given_splits is None:
-        given_splits = dc.split_file is None
+        given_splits = dc.split_file is None and not dc.resplit
     if dc.group_pattern is not None:
         source = pattern_groups(source, dc.group_pattern)
         if given_splits:
@@ -129,11 +129,12 @@ def scan_source(config: RunConfig, *, given_splits: bool | None = None
 
 def assign_splits(source: DataSource, config: RunConfig) -> np.ndarray:
     """'train' / 'val' / 'test' per sample: from a split file, the data's own split (with a
-    validation part carved out when missing), or a stratified group-aware random split."""
+    validation part carved out when missing) unless ``data.resplit``, or a stratified
+    group-aware random split."""
     dc = config.data
     if dc.split_file is not None:
         return splits_from_file(dc.split_file, source)
-    if source.given_splits() is not None:
+    if source.given_splits() is not None and not dc.resplit:
         return complete_given_splits(source, dc.val_fraction, config.split_seed)
     return split_indices(source.targets(), [s.group for s in source.samples], dc.val_fraction,
                          dc.test_fraction, config.split_seed, source.classes)

@@ -51,7 +51,7 @@ log = logging.getLogger("medscope")
 # What a resumed run may not change: its model, its images and its split.
 FIXED_ON_RESUME = ("model.", "data.path", "data.format", "data.img_size", "data.in_chans",
                    "data.multilabel", "data.split_seed", "data.val_fraction",
-                   "data.test_fraction", "data.split_file", "data.group_pattern")
+                   "data.test_fraction", "data.split_file", "data.group_pattern", "data.resplit")
 
 
 def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True,
