@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 from scipy.special import softmax
@@ -61,6 +63,28 @@ def test_fit_temperature_recovers_a_known_temperature():
     p = softmax(z, axis=1)
     labels = (rng.random(4000)[:, None] > p.cumsum(1)).sum(1)  # drawn from softmax(z)
     assert fit_temperature(3 * z, labels) == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.mark.parametrize("sign, reason", [(1, "every validation image is classified "
+                                              "correctly"),
+                                          (-1, "no better than chance")])
+def test_no_temperature_is_fitted_when_the_likelihood_has_no_optimum(sign, reason, caplog):
+    """A validation split the model gets all right (near copies of training images) would
+    drive T to its lower bound and make every later probability ~1; all wrong, to the upper."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 400)
+    logits = rng.normal(size=(400, 4))
+    logits[np.arange(400), labels] += sign * 6.0
+    with caplog.at_level(logging.WARNING, logger="medscope"):
+        assert fit_temperature(logits, labels) == 1.0
+    assert any(reason in r.getMessage() and "T = 1 kept" in r.getMessage()
+               for r in caplog.records)
+    if sign == 1:
+        logits[:8, :] = rng.normal(size=(8, 4)) * 6  # a few confident mistakes: an optimum
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medscope"):
+            t = fit_temperature(logits, labels)
+        assert 0.05 < t < 20 and t != 1.0 and not caplog.records
 
 
 def test_fit_temperature_rejects_mismatched_shapes():

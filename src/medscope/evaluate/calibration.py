@@ -12,6 +12,7 @@ per-label sigmoid outputs are calibrated by per-label thresholds instead (metric
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from scipy.special import log_softmax, softmax
 
 from medscope.errors import MedscopeError
 
+log = logging.getLogger("medscope")
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))  # beyond these a model is broken, not miscalibrated
 
 
@@ -68,6 +70,18 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     best = minimize_scalar(nll, bounds=_LOG_T_BOUNDS, method="bounded",
                            options={"xatol": 1e-6})
+    low, high = _LOG_T_BOUNDS
+    # At a bound the likelihood has no optimum: sharpening without end means every validation
+    # image is right and confident, so the split says nothing about how the model errs.
+    at_low, at_high = nll(low) <= best.fun, nll(high) <= best.fun
+    if at_low or at_high:
+        why = ("every validation image is classified correctly and confidently (are they near "
+               "copies of training images? see data.group_pattern)" if at_low
+               else "the model does no better than chance on validation")
+        log.warning("temperature scaling: the validation likelihood improves all the way to "
+                    "T = %g, since %s; T = 1 kept (probabilities uncalibrated)",
+                    float(np.exp(low if at_low else high)), why)
+        return 1.0
     return float(np.exp(best.x))
 
 
