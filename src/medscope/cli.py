@@ -321,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-exclude", type=Path, default=None, metavar="FILE",
                    help="also write the suspects (test-side copies of leaks, conflicting "
                         "copies, top label errors) as a commented list to edit")
+    p.add_argument("--group-pattern", metavar="REGEX", default=None,
+                   help="source groups from the file names, as in `medscope train "
+                        "--group-pattern`: lists those that span splits or folds")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 4)")
     p.set_defaults(func=cmd_audit)
     return parser
@@ -608,13 +611,17 @@ def cmd_audit(args) -> None:
         raise MedscopeError(f"{args.write_exclude}: already exists; edit it, or name a new file")
     distance = PHASH_DISTANCE if args.phash_distance is None else args.phash_distance
     audit = audit_data(args.data, args.run, phash_distance=distance, workers=args.workers,
-                       progress=args.progress)
+                       progress=args.progress, group_pattern=args.group_pattern)
     page = write_audit(audit, args.out)
     s = summary(audit)
     print(f"{s['images']} images: {s['exact_groups']} exact and {s['near_groups']} near-duplicate "
           f"group(s), {s['leak_groups']} leak(s), {s['conflict_groups']} conflicting label(s), "
           f"{s['label_issues']} suspected label error(s), {s['outliers']} outlier(s); "
           f"{s['unreadable']} unreadable -> {page}")
+    if s["source_groups"]:
+        print(f"source groups: {s['source_leak_groups']} of {s['source_groups']} span splits "
+              f"({s['source_leak_test_images']} test image(s)), "
+              f"{s['source_conflict_groups']} with conflicting labels")
     if args.write_exclude:
         n = write_exclude(audit, args.write_exclude)
         print(f"wrote {n} suspect(s) to {args.write_exclude}: review and edit before use")

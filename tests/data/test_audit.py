@@ -244,3 +244,34 @@ def test_bad_inputs_are_one_line_errors(image_folder, tmp_path):
         audit_data(image_folder, tmp_path)
     with pytest.raises(MedscopeError, match="phash-distance"):
         audit_data(image_folder, phash_distance=70)
+
+
+def test_source_groups_spanning_splits_or_mixing_labels_are_listed(planted, tmp_path, capsys):
+    """Groups from the file names: 'amber_01' holds amber_010 … amber_019, whose i % 5 == 0
+    members lie in test; a moved file keeps its name, so its group mixes two labels."""
+    import re
+
+    from medscope.cli import main
+    from medscope.report.audit import write_audit
+
+    root, plants = planted
+    pattern = r"[a-z]+_\d\d(?=\d)"
+    audit = audit_data(root, workers=1, group_pattern=pattern)
+    counts = summary(audit)
+    assert counts["source_groups"] == counts["source_leak_groups"] == 4 * 5
+    expected_test = sum(1 for s in audit.source.samples
+                        if s.split == "test" and re.search(pattern, audit.source.sample_id(s)))
+    assert counts["source_leak_test_images"] == expected_test >= 40
+    moved_groups = {re.search(pattern, p).group(0) for p in plants["flipped"]}
+    assert counts["source_conflict_groups"] == len(moved_groups) >= 4
+    page = write_audit(audit, tmp_path / "audit")
+    with (tmp_path / "audit" / "audit_source_groups.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["group"] for r in rows if r["conflict"] == "1"} == moved_groups
+    text = page.read_text()
+    assert "Source groups spanning splits" in text and "20 of 20" in text
+    assert main(["audit", str(root), "--out", str(tmp_path / "cli"), "--workers", "1",
+                 "--group-pattern", pattern]) == 0
+    assert f"source groups: 20 of 20 span splits ({expected_test} test image(s))" in \
+        capsys.readouterr().out
+    assert summary(audit_data(root, workers=1))["source_groups"] == 0

@@ -6,7 +6,9 @@
   ``medscope cv`` directory, or on a plain run's test-split predictions;
 - outliers: images whose brightness, contrast, sharpness, size or mode differ strongly from
   the rest of their class;
-- counts per class and split.
+- counts per class and split;
+- source groups (a group column, ``patches.csv``, or ``group_pattern`` on the file names:
+  DeFungi's micrograph) that span splits or folds, or whose images carry different labels.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medscope.data.groups import pattern_groups
 from medscope.data.info import content_hash
 from medscope.data.io import BadImageError, array_to_image, open_image
 from medscope.data.sources import DataSource, Sample, load_source, npz_array
@@ -92,6 +95,10 @@ class Audit:
     label_origin: str = ""  # what the label issues were computed from, or why there are none
     outliers: list[Outlier] = field(default_factory=list)
     phash_distance: int = PHASH_DISTANCE
+    group_pattern: str | None = None
+    source_groups: int = 0  # groups the pattern names
+    # Those of them that span splits or folds, or carry different labels (kind 'source').
+    source_issues: list[DuplicateGroup] = field(default_factory=list)
 
     def ids(self) -> list[str]:
         return [self.source.sample_id(s) for s in self.source.samples]
@@ -111,16 +118,22 @@ class Audit:
 
 def audit_data(path: Path | str, run: Path | str | None = None, *,
                phash_distance: int = PHASH_DISTANCE, workers: int | None = None,
-               progress: bool = False) -> Audit:
-    """Everything ``medscope audit`` reports, without writing anything."""
+               progress: bool = False, group_pattern: str | None = None) -> Audit:
+    """Everything ``medscope audit`` reports, without writing anything. ``group_pattern``:
+    source groups from the file names, as ``data.group_pattern``."""
     if not 0 <= phash_distance <= 32:
         raise MedscopeError(f"--phash-distance {phash_distance}: must be between 0 and 32")
     source = load_source(path)
+    if group_pattern is not None:
+        source = pattern_groups(source, group_pattern)
     splits, origin = sample_splits(source, Path(run) if run else None)
     stats = list(_progress(process_map(image_stats, source.samples, workers, chunksize=16),
                            len(source.samples), progress))
-    audit = Audit(source, splits, origin, stats, phash_distance=phash_distance)
+    audit = Audit(source, splits, origin, stats, phash_distance=phash_distance,
+                  group_pattern=group_pattern)
     audit.duplicates = find_duplicates(audit)
+    if any(s.group is not None for s in source.samples):
+        audit.source_groups, audit.source_issues = find_source_issues(audit)
     audit.outliers = find_outliers(audit)
     if run is not None:
         audit.label_issues, audit.label_origin = find_label_issues(source, Path(run))
@@ -246,13 +259,30 @@ def find_duplicates(audit: Audit) -> list[DuplicateGroup]:
             first = hashes[component[0]]
             dist = int(np.bitwise_count(hashes[component] ^ first).max())
             groups.append(DuplicateGroup("near", members, dist))
-    for g in groups:
-        g.leak = any(len({part(audit.splits[i]) for i in g.members} - {""}) > 1
-                     for part in (_split_part, _fold_part))
-        g.conflict = len({audit.label(i) for i in g.members}) > 1
+    groups = [_flagged(audit, g) for g in groups]
     return sorted(groups, key=lambda g: (not g.leak, not g.conflict, g.kind != "exact",
                                          audit.source.sample_id(
                                              audit.source.samples[g.members[0]])))
+
+
+def find_source_issues(audit: Audit) -> tuple[int, list[DuplicateGroup]]:
+    """How many source groups the data has, and those that span splits or folds (a leak: the
+    model is tested on other views of what it trained on) or mix labels; leaks first, then
+    the most images."""
+    members: dict[str, list[int]] = {}
+    for i, s in enumerate(audit.source.samples):
+        if s.group is not None:
+            members.setdefault(s.group, []).append(i)
+    issues = [_flagged(audit, DuplicateGroup("source", m, 0)) for m in members.values()]
+    issues = [g for g in issues if g.leak or g.conflict]
+    return len(members), sorted(issues, key=lambda g: (not g.leak, -len(g.members)))
+
+
+def _flagged(audit: Audit, g: DuplicateGroup) -> DuplicateGroup:
+    g.leak = any(len({part(audit.splits[i]) for i in g.members} - {""}) > 1
+                 for part in (_split_part, _fold_part))
+    g.conflict = len({audit.label(i) for i in g.members}) > 1
+    return g
 
 
 def _split_part(split: str) -> str:
@@ -459,6 +489,12 @@ def summary(audit: Audit) -> dict[str, int]:
         "leak_groups": sum(g.leak for g in audit.duplicates),
         "conflict_groups": sum(g.conflict for g in audit.duplicates),
         "label_issues": len(audit.label_issues), "outliers": len(audit.outliers),
+        "source_groups": audit.source_groups,
+        "source_leak_groups": sum(g.leak for g in audit.source_issues),
+        "source_leak_test_images": sum(
+            1 for g in audit.source_issues if g.leak
+            for i in g.members if _split_part(audit.splits[i]) == "test"),
+        "source_conflict_groups": sum(g.conflict for g in audit.source_issues),
     }
 
 
@@ -469,13 +505,19 @@ def write_audit_files(audit: Audit, out: Path) -> list[Path]:
 
     ids, sp = audit.ids(), audit.splits
     files = {name: out / f"audit_{name}.csv" for name in
-             ("duplicates", "label_issues", "outliers", "counts", "bad_files")}
+             ("duplicates", "label_issues", "outliers", "counts", "bad_files",
+              "source_groups")}
     atomic_write_csv(files["duplicates"],
                      ("group", "kind", "leak", "conflict", "max_distance", "path", "label",
                       "split"),
                      [(n, g.kind, int(g.leak), int(g.conflict), g.max_distance, ids[i],
                        audit.label(i), sp[i])
                       for n, g in enumerate(audit.duplicates, 1) for i in g.members])
+    atomic_write_csv(files["source_groups"],
+                     ("group", "leak", "conflict", "path", "label", "split"),
+                     [(audit.source.samples[g.members[0]].group, int(g.leak), int(g.conflict),
+                       ids[i], audit.label(i), sp[i])
+                      for g in audit.source_issues for i in g.members])
     atomic_write_csv(files["label_issues"],
                      ("rank", "path", "given", "suggested", "self_confidence", "p_suggested",
                       "split"),
@@ -499,6 +541,7 @@ def write_audit_files(audit: Audit, out: Path) -> list[Path]:
                      [(ids[i], s.bad) for i, s in enumerate(st) if s.bad is not None])
     atomic_write_json(out / "audit.json", {
         **summary(audit), "phash_distance": audit.phash_distance, "outlier_z": OUTLIER_Z,
+        "group_pattern": audit.group_pattern,
         "splits": audit.split_origin, "label_issues_from": audit.label_origin,
         "data": str(audit.source.root)})
     return [*files.values(), out / "audit.json"]

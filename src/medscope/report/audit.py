@@ -43,6 +43,7 @@ def render_audit(audit: Audit, out: Path) -> Path:
         summary=_summary(audit),
         counts=_counts(audit),
         duplicates=_duplicates(audit),
+        source_groups=_source_groups(audit),
         label_issues=_label_issues(audit),
         outliers=_outliers(audit),
         bad_files=_bad_files(audit),
@@ -61,6 +62,11 @@ def _summary(audit: Audit) -> str:
         (f"near-duplicate groups (pHash distance ≤ {audit.phash_distance} of 64 bits)",
          s["near_groups"]),
         ("groups crossing splits (leaks)", s["leak_groups"]),
+        *([("source groups (slide, patient, micrograph) spanning splits: groups (test images)",
+            f"{s['source_leak_groups']} of {s['source_groups']} "
+            f"({s['source_leak_test_images']})"),
+           ("source groups with conflicting labels", s["source_conflict_groups"])]
+          if s["source_groups"] else []),
         ("groups with conflicting labels", s["conflict_groups"]),
         ("suspected label errors", s["label_issues"]),
         (f"outliers (|robust z| > {OUTLIER_Z:g} within the class)", s["outliers"]),
@@ -98,6 +104,33 @@ def _duplicates(audit: Audit) -> str:
     if rest > 0:
         parts.append(f"<p class='note'>{rest} more group(s) in audit_duplicates.csv.</p>")
     return "".join(parts)
+
+
+def _source_groups(audit: Audit) -> str:
+    if not audit.source_groups:
+        return ("<p>The data names no groups (a <code>group</code> column, patches.csv, or "
+                "<code>--group-pattern</code> on the file names).</p>")
+    origin = (f"<code>--group-pattern {html.escape(audit.group_pattern)}</code>"
+              if audit.group_pattern else "the data's own groups")
+    note = (f"<p class='note'>{audit.source_groups} groups from {origin}. A group spanning "
+            "splits or folds means the model is tested on other views of a source it trained "
+            "on: split by group (<code>--resplit</code>, <code>medscope cv</code>) rather than "
+            "dropping images.</p>")
+    if not audit.source_issues:
+        return note + "<p>None spans a split or mixes labels.</p>"
+    rows = []
+    for g in audit.source_issues[:MAX_GROUPS]:
+        splits = {}
+        for i in g.members:
+            splits[audit.splits[i] or "all"] = splits.get(audit.splits[i] or "all", 0) + 1
+        labels = sorted({audit.label(i) for i in g.members})
+        rows.append((audit.source.samples[g.members[0]].group,
+                     ", ".join(f"{k} {n}" for k, n in sorted(splits.items())),
+                     ", ".join(labels), "yes" if g.conflict else ""))
+    rest = len(audit.source_issues) - MAX_GROUPS
+    more = f"<p class='note'>{rest} more in audit_source_groups.csv.</p>" if rest > 0 else ""
+    return note + _table(("group", "images per split", "labels", "conflicting labels"),
+                         rows) + more
 
 
 def _label_issues(audit: Audit) -> str:
