@@ -72,5 +72,5 @@ def warn_groups_across_given_splits(samples: list[Sample]) -> None:
     in_test = sum(1 for s in samples if s.group in crossing and s.split == "test")
     log.warning("%d group(s) of data.group_pattern span the data's own splits (%d test "
                 "image(s) share a group with training or validation images): the test figure "
-                "is optimistic; `medscope cv` or a --split-file split by group", len(crossing),
+                "is optimistic; --resplit or `medscope cv` split by group", len(crossing),
                 in_test)
