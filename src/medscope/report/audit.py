@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import Counter
 from pathlib import Path
 
 from PIL import Image
@@ -120,9 +121,7 @@ def _source_groups(audit: Audit) -> str:
         return note + "<p>None spans a split or mixes labels.</p>"
     rows = []
     for g in audit.source_issues[:MAX_GROUPS]:
-        splits = {}
-        for i in g.members:
-            splits[audit.splits[i] or "all"] = splits.get(audit.splits[i] or "all", 0) + 1
+        splits = Counter(audit.splits[i] or "all" for i in g.members)
         labels = sorted({audit.label(i) for i in g.members})
         rows.append((audit.source.samples[g.members[0]].group,
                      ", ".join(f"{k} {n}" for k, n in sorted(splits.items())),
