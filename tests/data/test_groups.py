@@ -147,3 +147,17 @@ def test_resplit_pools_the_given_folders_and_splits_them_by_group(tmp_path, capl
     assert ("train", "test") in moved and ("test", "train") in moved
     given = assign_splits(source, tiny_config(root, tmp_path / "r"))
     assert set(given[[s.split == "test" for s in source.samples]]) == {"test"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data", "info"], "not a regular expression"),
+    (["audit", "--workers", "1"], "not a regular expression"),
+])
+def test_info_and_audit_refuse_a_bad_pattern_in_one_line(tmp_path, capsys, args, message):
+    from medscope.cli import main
+
+    data = _patches_of_micrographs(tmp_path / "d")
+    extra = ["--out", str(tmp_path / "a")] if args[0] == "audit" else []
+    assert main([*args, str(data), *extra, "--group-pattern", "(unclosed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("medscope: error:")

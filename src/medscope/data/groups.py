@@ -22,7 +22,13 @@ log = logging.getLogger("medscope")
 def pattern_groups(source: DataSource, pattern: str) -> DataSource:
     """``source`` with each sample's group set to what ``pattern`` matches in its sample id (the
     first capture group when the pattern has one). Samples it does not match keep no group."""
-    rx = re.compile(pattern)
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:  # the CLI's --group-pattern of info and audit skips the config
+        raise MedscopeError(f"--group-pattern {pattern!r}: not a regular expression "
+                            f"({exc})") from None
+    if not pattern:
+        raise MedscopeError("--group-pattern: empty pattern (leave it out for no groups)")
     if any(s.group is not None for s in source.samples):
         raise MedscopeError(f"{source.root}: data.group_pattern given, but the data already "
                             "names groups (a group column or patches.csv); use one or the other")
