@@ -102,3 +102,31 @@ def test_a_later_evaluation_resamples_the_groups_training_recorded(trained_run, 
     out = tmp_path / "eval"
     assert main(["evaluate", str(run), "--out", str(out), "-q"]) == 0
     assert json.loads((out / "metrics.json").read_text())["ci"]["grouped"] is True
+
+
+@pytest.mark.parametrize("named_like_training", [True, False])
+def test_another_folder_is_grouped_by_the_runs_group_pattern_when_its_names_follow_it(
+        trained_run, tmp_path, capsys, named_like_training):
+    """``evaluate RUN --data NEW``: patches of one micrograph in NEW are resampled together, as
+    in the run's own evaluation; a folder named otherwise is evaluated image by image, said."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import make_image_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.root, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["group_pattern"] = r"([^/]+)_\d+\.png$"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    new = make_image_folder(tmp_path / "new", per_class=6, seed=3)
+    for folder in (p for p in new.iterdir() if p.is_dir()):
+        for i, f in enumerate(sorted(folder.glob("*.png"))):
+            name = f"{folder.name}{i // 3}_{i % 3}" if named_like_training else f"cell{i}"
+            f.rename(folder / f"{name}.png")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(new), "--out", str(out), "-q"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["ci"]["grouped"] is named_like_training
+    err = capsys.readouterr().err
+    assert ("group_pattern" in err and "matches none" in err) is not named_like_training

@@ -53,6 +53,12 @@ def pattern_groups(source: DataSource, pattern: str) -> DataSource:
                                     for s, k in zip(source.samples, keys, strict=True)])
 
 
+def matches_any(source: DataSource, pattern: str) -> bool:
+    """Whether ``pattern`` (a valid one) matches any of ``source``'s image paths."""
+    rx = re.compile(pattern)
+    return any(rx.search(source.sample_id(s)) for s in source.samples)
+
+
 def _key(rx: re.Pattern[str], sample_id: str) -> str | None:
     m = rx.search(sample_id)
     if m is None:

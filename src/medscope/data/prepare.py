@@ -16,7 +16,7 @@ import numpy as np
 from medscope.config import RunConfig
 from medscope.data.cache import decode_images, default_cache_dir
 from medscope.data.duplicates import DuplicateReport, handle_duplicates
-from medscope.data.groups import pattern_groups, warn_groups_across_given_splits
+from medscope.data.groups import matches_any, pattern_groups, warn_groups_across_given_splits
 from medscope.data.sources import DataSource, Sample, load_source
 from medscope.data.splits import split_indices
 from medscope.errors import MedscopeError
@@ -223,3 +223,20 @@ def run_split(run: RunDir, classes: list[str], split: str | None = None
     samples = [replace(s, group=chosen[source.sample_id(s)] or s.group)
                for s in source.samples if source.sample_id(s) in chosen]
     return samples, split, source
+
+
+def folder_source(run: RunDir, data_dir: Path, classes: list[str]) -> DataSource:
+    """Another folder of the run's classes (``medscope evaluate RUN --data``), grouped by the
+    run's ``data.group_pattern`` when its paths follow it: patches of one micrograph are then
+    resampled together in the confidence intervals, as in the run's own evaluation."""
+    from medscope.config import load_config
+
+    source = load_source(data_dir, classes=classes)
+    pattern = load_config(run.config).data.group_pattern if run.config.is_file() else None
+    if pattern is None or any(s.group is not None for s in source.samples):
+        return source
+    if not matches_any(source, pattern):
+        log.warning("%s: the run's data.group_pattern %r matches none of its image paths: each "
+                    "image is its own unit in the confidence intervals", data_dir, pattern)
+        return source
+    return pattern_groups(source, pattern)

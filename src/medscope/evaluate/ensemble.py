@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from medscope.data.prepare import labels_of, run_split
-from medscope.data.sources import Sample, load_source
+from medscope.data.prepare import folder_source, labels_of, run_split
+from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.evaluator import groups_of, write_evaluation
@@ -46,7 +46,7 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
     models = load_models([r.root for r in rundirs], precision=precision, device=device)
     classes, multilabel = models[0].classes, models[0].multilabel
     if data_dir is not None:
-        source = load_source(data_dir, classes=classes)
+        source = folder_source(rundirs[0], data_dir, classes)
         samples, title = source.samples, str(data_dir)
     else:
         try:

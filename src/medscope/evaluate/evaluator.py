@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from medscope.data.prepare import PreparedData, labels_of, run_split
-from medscope.data.sources import DataSource, Sample, load_source
+from medscope.data.prepare import PreparedData, folder_source, labels_of, run_split
+from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
@@ -52,7 +52,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
         samples, pixels = data.samples[split], data.pixels[split]
     else:
         if data_dir is not None:
-            source = load_source(data_dir, classes=classes)
+            source = folder_source(run, data_dir, classes)
             samples, split = source.samples, None
         else:
             samples, split, source = run_split(run, classes)
