@@ -5,7 +5,7 @@ from medscope.api import train
 from medscope.config import TrainConfig
 from medscope.models import create_model
 from medscope.train.checkpoint import load_checkpoint, model_state
-from medscope.train.engine import build_optimizer, lr_factor
+from medscope.train.engine import FitState, _improves, build_optimizer, lr_factor
 from tests.conftest import tiny_config
 
 
@@ -121,3 +121,34 @@ def test_epoch_line_counts_epochs_and_estimates_the_rest_from_recent_epochs():
     assert "eta 6h22m" in line and line.endswith("*best*")  # 56 x 410 s = 22,960 s
     assert "eta" not in _epoch_line({**row, "epoch": 60}, False, 60, history)
     assert [duration_text(s) for s in (5.4, 245, 7620)] == ["5s", "4m05s", "2h07m"]
+
+
+def _row(epoch, f1, loss):
+    return {"epoch": epoch, "val_f1_macro": f1, "val_loss": loss}
+
+
+def test_a_tie_of_the_monitored_score_goes_to_the_lower_validation_loss():
+    """A validation split at 1.000 for many epochs must not freeze ``best`` at the first."""
+    state = FitState(best_score=1.0, best_epoch=3, history=[_row(3, 1.0, 0.20)])
+    assert _improves(1.0, _row(4, 1.0, 0.05), state, higher_is_better=True)
+    assert not _improves(1.0, _row(4, 1.0, 0.30), state, higher_is_better=True)
+    assert not _improves(0.9, _row(4, 0.9, 0.01), state, higher_is_better=True)
+    assert _improves(1.0, _row(4, 1.0, 9.99), FitState(), higher_is_better=True)
+    # Monitoring the loss itself, or training without validation: a tie is no improvement.
+    loss_state = FitState(best_score=0.2, best_epoch=3, history=[_row(3, 1.0, 0.2)])
+    assert not _improves(0.2, _row(4, 1.0, 0.2), loss_state, higher_is_better=False)
+    assert not _improves(-0.5, {"epoch": 4, "val_loss": None},
+                         FitState(best_score=-0.5, best_epoch=3,
+                                  history=[{"epoch": 3, "val_loss": None}]),
+                         higher_is_better=True)
+
+
+def test_the_best_checkpoint_is_the_best_f1_then_the_lowest_loss(image_folder, tmp_path):
+    import csv
+
+    run = train(tiny_config(image_folder, tmp_path / "r", **{"train.epochs": 5}),
+                progress=False)
+    rows = list(csv.DictReader(run.history.open()))
+    expected = max(rows, key=lambda r: (float(r["val_f1_macro"]), -float(r["val_loss"])))
+    _, meta = load_checkpoint(run.root / "checkpoints" / "best")
+    assert meta.epoch == int(expected["epoch"])

@@ -308,8 +308,7 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
         state.epoch = epoch + 1
         state.rng = capture_rng(generators)
         score = row[cfg.monitor] if val else -row["train_loss"]
-        improved = state.best_score is None or (
-            score > state.best_score if higher_is_better or not val else score < state.best_score)
+        improved = _improves(score, row, state, higher_is_better or not val)
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
         else:
@@ -329,6 +328,20 @@ def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, o
                  f"{cfg.early_stopping} epochs (best epoch {state.best_epoch})", progress)
             break
     return state
+
+
+def _improves(score: float, row: dict[str, Any], state: FitState,
+              higher_is_better: bool) -> bool:
+    """Whether this epoch becomes ``best``. A tie of validation accuracy or F1 goes to the lower
+    validation loss: on a saturated validation split (1.000 for many epochs) the checkpoint
+    would otherwise stay at the first epoch to reach it, however much training followed."""
+    if state.best_score is None:
+        return True
+    if score != state.best_score:
+        return score > state.best_score if higher_is_better else score < state.best_score
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+    return (higher_is_better and row.get("val_loss") is not None and best is not None
+            and best.get("val_loss") is not None and row["val_loss"] < best["val_loss"])
 
 
 @dataclass
