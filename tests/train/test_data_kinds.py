@@ -49,8 +49,11 @@ def test_multilabel_csv_trains_and_predicts_sigmoid(multilabel_csv, tmp_path):
         by_group.setdefault(r["group"], set()).add(r["split"])
     assert all(len(s) == 1 for s in by_group.values())
     p = Predictor.load(run.root)
-    probs = p.probs_from_pixels(np.zeros((2, 16, 16, 3), np.uint8))
-    assert probs.shape == (2, 2) and not np.allclose(probs.sum(1), 1.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    probs, logits = p.probs_from_pixels(pixels), p.logits_from_pixels(pixels)
+    # One sigmoid per label, not a softmax over them (whose rows would sum to 1).
+    assert probs.shape == (4, 2)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits.astype(np.float64))), atol=1e-5)
     truth = {f"{i}.png": {n for n, on in (("A", i % 2), ("B", (i // 2) % 2)) if on}
              for i in range(48)}
     rows = predict_files(run.root, [multilabel_csv.parent / f for f in truth], progress=False)
