@@ -123,7 +123,9 @@ class TrainConfig(_Section):
     freeze: str = Field("none", description="none | backbone | stages:N (transfer learning)")
     head_lr_mult: float = Field(1.0, gt=0, description="classifier LR = lr x this")
     unfreeze_at: int | None = Field(None, ge=1, description="epoch from which everything trains")
-    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = "val_f1_macro"
+    monitor: Literal["val_loss", "val_accuracy", "val_f1_macro"] = Field(
+        "val_f1_macro", description="what chooses the best checkpoint; a tie of accuracy or F1 "
+        "goes to the lower validation loss")
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs "
                                       "without improvement (patience); off if None")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
