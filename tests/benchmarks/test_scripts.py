@@ -93,7 +93,7 @@ def test_speedrun_reports_a_curve_and_the_median(tmp_path):
     epochs = [r for r in (table_rows(report, "1") + table_rows(report, "2"))]
     assert len(epochs) == 2
     walls = [positive(r[1]) for r in epochs]
-    assert walls[0] < walls[1]  # wall time accumulates along the curve
+    assert walls[0] <= walls[1]  # wall time accumulates (whole seconds: a tiny epoch may add 0)
     for r in epochs:
         assert 0.0 <= float(r[3]) <= 1.0
     # any test accuracy above 1 % meets this target in epoch 1
