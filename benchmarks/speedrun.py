@@ -117,7 +117,7 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) ->
     report("| epoch | wall s | val accuracy | test accuracy | test macro-F1 |")
     report("|---|---|---|---|---|")
     for c in curve:
-        report(f"| {c['epoch']}{' + TTA' if c.get('tta') else ''} | {c['wall']:.0f} | "
+        report(f"| {c['epoch']}{' + TTA' if c.get('tta') else ''} | {c['wall']:.1f} | "
                f"{c['val']:.4f} | {c['test']:.4f} | {c['f1']:.4f} |")
     report(f"time to {args.target:.2f} test accuracy: "
            f"{f'{hit:.0f} s ({hit / 60:.1f} min)' if hit is not None else 'not reached'}")
