@@ -97,3 +97,26 @@ def test_predict_with_averages_runs_of_different_sizes(trained_run, smaller_run,
                  "--precision", "fp32", "-q", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert np.abs(probs(rows).astype(float) - (one + two) / 2).max() < 2e-6
+
+
+def test_members_that_group_differently_are_named_when_a_folder_is_given(
+        trained_run, smaller_run, image_folder, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    regrouped = tmp_path / "regrouped"
+    shutil.copytree(smaller_run.root, regrouped)
+    config = yaml.safe_load((regrouped / "config.yaml").read_text())
+    config["data"]["group_pattern"] = r"([^/]+)_\d+\.png$"
+    (regrouped / "config.yaml").write_text(yaml.safe_dump(config))
+    rc = main(["evaluate", str(trained_run.root), str(regrouped), "--out",
+               str(tmp_path / "ensemble"), "-q", "--data", str(image_folder),
+               "--precision", "fp32"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    (line,) = [ln for ln in err.splitlines() if "group images differently" in ln]
+    assert str(regrouped) in line and "first member's data.group_pattern None" in line
+    main(["evaluate", str(trained_run.root), str(smaller_run.root), "--out",
+          str(tmp_path / "same"), "-q", "--data", str(image_folder), "--precision", "fp32"])
+    assert "group images differently" not in capsys.readouterr().err

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medscope.config import load_config
 from medscope.data.prepare import folder_source, labels_of, run_split
 from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
@@ -46,6 +47,7 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
     models = load_models([r.root for r in rundirs], precision=precision, device=device)
     classes, multilabel = models[0].classes, models[0].multilabel
     if data_dir is not None:
+        _warn_if_group_patterns_differ(rundirs)
         source = folder_source(rundirs[0], data_dir, classes)
         samples, title = source.samples, str(data_dir)
     else:
@@ -123,6 +125,18 @@ def shared_split(runs: Sequence[RunDir], classes: list[str], split: str | None =
                                 f"not {runs[0].root}'s ({len(ids)} images, "
                                 f"{len(ids ^ other_ids)} differ)")
     return samples, split, source
+
+
+def _warn_if_group_patterns_differ(runs: Sequence[RunDir]) -> None:
+    """A folder given with ``--data`` is grouped by the first member's ``data.group_pattern``;
+    members that grouped their own data otherwise are named, since their units differ."""
+    patterns = {str(r.root): (load_config(r.config).data.group_pattern
+                              if r.config.is_file() else None) for r in runs}
+    first = patterns[str(runs[0].root)]
+    if len(set(patterns.values())) > 1:
+        log.warning("the ensemble's members group images differently (%s); the folder is "
+                    "grouped by the first member's data.group_pattern %r",
+                    "; ".join(f"{run}: {p!r}" for run, p in patterns.items()), first)
 
 
 def _threshold_on_shared_validation(models: Sequence[Any], runs: Sequence[RunDir],
