@@ -124,3 +124,15 @@ def test_no_threshold_when_the_most_confident_image_is_wrong():
 def test_multilabel_shaped_labels_are_refused():
     with pytest.raises(MedscopeError, match="multi-class only"):
         expected_calibration_error(np.full((2, 2), 0.5), np.ones((2, 2)))
+
+
+def test_a_threshold_fitted_without_errors_is_flagged(caplog):
+    probs, labels = _two_class([0.99, 0.9, 0.8]), np.array([0, 0, 0])
+    with caplog.at_level(logging.WARNING, logger="medscope"):
+        assert threshold_for_accuracy(probs, labels, 0.99) == 0.8
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "all 3 images" in warning and "(0.800)" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medscope"):
+        threshold_for_accuracy(probs, np.array([0, 0, 1]), 0.99)  # one error: a real fit
+    assert not caplog.records

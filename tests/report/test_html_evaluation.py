@@ -108,3 +108,12 @@ def test_multilabel_per_label_table(trained_run, tmp_path):
     cells = [row["support"], row["tp"], row["fp"], row["fn"], row["tn"]]
     assert f"<td>{classes[0]}</td>" + "".join(f"<td>{c}</td>" for c in cells) in page
     assert f"{fitted['thresholds'][0]:.3f}" in page
+
+
+def test_a_threshold_that_misses_its_target_on_the_test_images_is_flagged():
+    from medscope.report.html import _selective
+
+    block = {"target_accuracy": 0.99, "threshold": 0.87, "fitted_on": "validation",
+             "coverage": 0.80, "accuracy": 0.94}
+    assert "Below the target on these images" in _selective(block)
+    assert "Below the target" not in _selective({**block, "accuracy": 0.995})

@@ -107,6 +107,11 @@ def threshold_for_accuracy(probs: np.ndarray, labels: np.ndarray, target: float
     if not 0 < target <= 1:
         raise MedscopeError(f"target accuracy {target} must lie in (0, 1]")
     curve = coverage_accuracy_curve(probs, labels)
+    if curve["accuracy"][-1] == 1.0:
+        log.warning("refer-to-expert threshold for %.1f%% accuracy: all %d images it is fitted "
+                    "on are classified correctly, so it is their lowest confidence (%.3f) and "
+                    "says nothing about the errors to come; check its accuracy on the test "
+                    "split", 100 * target, len(labels), curve["threshold"][-1])
     reaching = [t for t, acc in zip(curve["threshold"], curve["accuracy"], strict=True)
                 if acc >= target]
     return min(reaching) if reaching else None
