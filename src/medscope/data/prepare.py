@@ -225,14 +225,19 @@ def run_split(run: RunDir, classes: list[str], split: str | None = None
     return samples, split, source
 
 
+def run_group_pattern(run: RunDir) -> str | None:
+    """The ``data.group_pattern`` the run was trained with (None without one or a config)."""
+    from medscope.config import load_config
+
+    return load_config(run.config).data.group_pattern if run.config.is_file() else None
+
+
 def folder_source(run: RunDir, data_dir: Path, classes: list[str]) -> DataSource:
     """Another folder of the run's classes (``medscope evaluate RUN --data``), grouped by the
     run's ``data.group_pattern`` when its paths follow it: patches of one micrograph are then
     resampled together in the confidence intervals, as in the run's own evaluation."""
-    from medscope.config import load_config
-
     source = load_source(data_dir, classes=classes)
-    pattern = load_config(run.config).data.group_pattern if run.config.is_file() else None
+    pattern = run_group_pattern(run)
     if pattern is None or any(s.group is not None for s in source.samples):
         return source
     if not matches_any(source, pattern):

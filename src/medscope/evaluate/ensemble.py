@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from medscope.config import load_config
-from medscope.data.prepare import folder_source, labels_of, run_split
+from medscope.data.prepare import folder_source, labels_of, run_group_pattern, run_split
 from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
@@ -130,8 +129,7 @@ def shared_split(runs: Sequence[RunDir], classes: list[str], split: str | None =
 def _warn_if_group_patterns_differ(runs: Sequence[RunDir]) -> None:
     """A folder given with ``--data`` is grouped by the first member's ``data.group_pattern``;
     members that grouped their own data otherwise are named, since their units differ."""
-    patterns = {str(r.root): (load_config(r.config).data.group_pattern
-                              if r.config.is_file() else None) for r in runs}
+    patterns = {str(r.root): run_group_pattern(r) for r in runs}
     first = patterns[str(runs[0].root)]
     if len(set(patterns.values())) > 1:
         log.warning("the ensemble's members group images differently (%s); the folder is "
