@@ -24,11 +24,14 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python -m medscope demo --out runs/demo --force
 
+# Tests' directories live in the clone (emptied at each start), not in a /tmp that other jobs
+# share and fill.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	mkdir -p .tmp
+	$(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.tmp/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf runs/demo .pytest_cache .tmp
