@@ -24,11 +24,11 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python -m medscope demo --out runs/demo --force
 
-# Tests' directories live in the clone (emptied at each start), not in a /tmp that other jobs
-# share and fill.
+# Everything the tests write lives in the clone (.tmp/pytest is emptied at each start), not in
+# a /tmp that other jobs share and fill.
 test: $(STAMP) browser
 	mkdir -p .tmp
-	$(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.tmp/pytest
+	TMPDIR=$(CURDIR)/.tmp $(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.tmp/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,5 +1,7 @@
 """The page end to end in Debian's Chromium, driven by Playwright, against a live server."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--no-proxy-server"]
+# Chromium puts its singleton socket under TMPDIR; a Unix socket path holds at most 107 bytes,
+# and `make test` points TMPDIR into the clone, whose path can be long.
+SOCKET_TMPDIR_MAX = 60
+
+
+def chromium_env() -> dict[str, str]:
+    tmp = tempfile.gettempdir()
+    return {**os.environ, "TMPDIR": tmp if len(tmp) <= SOCKET_TMPDIR_MAX else "/tmp"}
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +28,7 @@ def browser():
         pytest.skip(f"{CHROMIUM} not found: `make browser` (apt-get install chromium) installs it")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS, timeout=60_000)
+                                     args=CHROMIUM_ARGS, env=chromium_env(), timeout=60_000)
         try:
             yield browser
         finally:
@@ -52,7 +62,7 @@ def test_page_shows_label_probabilities_and_heat_map(browser, live_url, served, 
     page.locator("#overlay-toggle").check()
     expect(heat).to_be_visible()
 
-    # pytest keeps the last runs' tmp dirs: the screenshot is there to look at.
+    # Kept in the test's directory when the test fails, to look at.
     shot = tmp_path / "serve_page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
