@@ -1,18 +1,18 @@
 """Time to accuracy: the DeFungi speedrun (issue #12 part 4), test accuracy against wall time.
 
-    python benchmarks/speedrun.py [--recipe defungi-fast] [--data ../shared/data/defungi]
-        [--seeds 0,1,2] [--target 0.85] [--budget-min 8] [--set KEY=VALUE ...] [--tta]
-        [--out FILE]
+    python benchmarks/speedrun.py [--recipe defungi-fast] [--experiment NAME]
+        [--data ../shared/data/defungi] [--seeds 0,1,2] [--target 0.85] [--budget-min 8]
+        [--set KEY=VALUE ...] [--tta] [--out FILE]
 
-Each seed trains the recipe's first experiment from nothing: its own empty decode cache, so
-the clock (started before the data is scanned) includes decoding, model creation and every
-epoch's validation. After each epoch a callback copies the weights (milliseconds; the copy
-time is taken off the clock); once training ends each copy is scored on the test split, giving
-the curve of test accuracy against wall time; with ``--tta`` one more point, the last weights
-on the 8 flips/rotations averaged, at the last epoch's time plus that inference (the test
-images are decoded once, off the clock, for every point alike). The evaluation, calibration
-and report that `medscope train` writes after the last epoch are timed separately ("after
-training").
+Each seed trains the recipe's first experiment (or ``--experiment NAME``) from nothing: its own
+empty decode cache, so the clock (started before the data is scanned) includes decoding, model
+creation and every epoch's validation. After each epoch a callback copies the weights
+(milliseconds; the copy time is taken off the clock); once training ends each copy is scored on
+the test split, giving the curve of test accuracy against wall time; with ``--tta`` one more
+point, the last weights on the 8 flips/rotations averaged, at the last epoch's time plus that
+inference (the test images are decoded once, off the clock, for every point alike). The
+evaluation, calibration and report that `medscope train` writes after the last epoch are timed
+separately ("after training").
 
 Printed: per seed, the curve (epoch, wall s, val accuracy, test accuracy, test macro-F1) and
 the time to ``--target`` test accuracy; then the median over seeds of the final test accuracy
@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(args.out)
     report(f"# speedrun: {args.recipe}, test accuracy against wall time (decoding included)")
     report(describe_machine())
-    report(f"data {args.data}; seeds {args.seeds}; target {args.target:.3f} within "
-           f"{args.budget_min:g} min; overrides {args.set or 'none'}")
+    report(f"experiment {chosen_experiment(args)[1].name}; data {args.data}; seeds {args.seeds}; "
+           f"target {args.target:.3f} within {args.budget_min:g} min; "
+           f"overrides {args.set or 'none'}")
     results = []
     with tempfile.TemporaryDirectory(prefix="medscope-speedrun-") as tmp:
         for seed in args.seeds:
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="defungi-fast")
+    ap.add_argument("--experiment", default=None, metavar="NAME",
+                    help="which of the recipe's experiments to train (default: the first)")
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "defungi")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--target", type=float, default=0.85)
@@ -73,18 +76,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s]
         args.overrides = dict(map(parse_override, args.set))
+        chosen_experiment(args)
     except (ValueError, MedscopeError) as exc:
         ap.error(str(exc))
     return args
 
 
-def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
-    from medscope.experiments.recipe import experiment_config, load_recipe
+def chosen_experiment(args: argparse.Namespace):
+    """The recipe and the experiment the speedrun trains (``--experiment``, else the first)."""
+    from medscope.errors import MedscopeError
+    from medscope.experiments.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.experiment is None:
+        return recipe, recipe.experiments[0]
+    for exp in recipe.experiments:
+        if exp.name == args.experiment:
+            return recipe, exp
+    names = ", ".join(e.name for e in recipe.experiments)
+    raise MedscopeError(f"--experiment {args.experiment}: not in {args.recipe} ({names})")
+
+
+def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
+    from medscope.experiments.recipe import experiment_config
+
+    recipe, experiment = chosen_experiment(args)
     extra = {"train.seed": seed, "data.cache_dir": str(work / "cache"), **args.overrides}
-    return experiment_config(recipe, recipe.experiments[0], out=work / "run", data=args.data,
-                             extra=extra)
+    return experiment_config(recipe, experiment, out=work / "run", data=args.data, extra=extra)
 
 
 def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) -> dict:

@@ -99,6 +99,8 @@ def test_speedrun_reports_a_curve_and_the_median(tmp_path):
     # any test accuracy above 1 % meets this target in epoch 1
     assert re.search(r"time to 0\.01 test accuracy: \d+ s", report), report
     assert "median over 1 seed(s)" in report
+    # the recipe's first experiment unless --experiment names another
+    assert "experiment resnet10t-64;" in report and "## seed 0: resnet10t at 32 px" in report
     # --tta: the last weights once more, on the 8 views, no earlier on the clock than epoch 2
     (tta,) = table_rows(report, "2 + TTA")
     assert positive(tta[1]) >= walls[1] and 0.0 <= float(tta[3]) <= 1.0
@@ -142,3 +144,12 @@ def test_a_nonsense_size_is_one_error_line_not_a_traceback(name, flag):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"argument {flag}: must be at least 1, not 0" in done.stderr
+
+
+def test_speedrun_refuses_an_experiment_the_recipe_lacks():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speedrun.py"),
+                           "--experiment", "resnet99"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("--experiment resnet99: not in defungi-fast (resnet10t-64, resnet18-112)"
+            in done.stderr)
