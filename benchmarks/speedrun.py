@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     report = Report(args.out)
     report(f"# speedrun: {args.recipe}, test accuracy against wall time (decoding included)")
     report(describe_machine())
-    report(f"experiment {chosen_experiment(args)[1].name}; data {args.data}; seeds {args.seeds}; "
+    report(f"experiment {args.chosen[1].name}; data {args.data}; seeds {args.seeds}; "
            f"target {args.target:.3f} within {args.budget_min:g} min; "
            f"overrides {args.set or 'none'}")
     results = []
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s]
         args.overrides = dict(map(parse_override, args.set))
-        chosen_experiment(args)
+        args.chosen = chosen_experiment(args)  # the recipe is read once, here
     except (ValueError, MedscopeError) as exc:
         ap.error(str(exc))
     return args
@@ -100,7 +100,7 @@ def chosen_experiment(args: argparse.Namespace):
 def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
     from medscope.experiments.recipe import experiment_config
 
-    recipe, experiment = chosen_experiment(args)
+    recipe, experiment = args.chosen
     extra = {"train.seed": seed, "data.cache_dir": str(work / "cache"), **args.overrides}
     return experiment_config(recipe, experiment, out=work / "run", data=args.data, extra=extra)
 
