@@ -125,9 +125,9 @@ def measure(spec: dict) -> dict:
     import torch
 
     from medscope.config import TrainConfig
+    from medscope.core.runtime import select_runtime
     from medscope.models import create_model
     from medscope.train.engine import build_optimizer
-    from medscope.train.runtime import select_runtime
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])

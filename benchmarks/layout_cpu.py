@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
 def rate(name: str, channels_last: bool, train: bool, args: argparse.Namespace) -> float:
     import torch
 
+    from medscope.core.runtime import select_runtime
     from medscope.models import create_model
-    from medscope.train.runtime import select_runtime
 
     torch.manual_seed(0)
     runtime = select_runtime("cpu", "fp32", channels_last)

@@ -44,7 +44,7 @@ def describe_machine() -> str:
     """CPU model, cores, load, torch and library versions: a result without it means little."""
     import torch
 
-    from medscope.train.runtime import cpu_has_bf16
+    from medscope.core.runtime import cpu_has_bf16
 
     model = "unknown CPU"
     try:

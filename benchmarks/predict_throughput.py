@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from medscope.data.prepare import run_split
-    from medscope.predict import Predictor
+    from medscope.predictor import Predictor
     from medscope.run import RunDir
 
     if args.threads:
@@ -106,7 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def overhead(args, fp32, paths: list[Path], pixels: np.ndarray, report: Report) -> None:
     """``medscope predict`` on the files vs the bare forward on the decoded tensors."""
-    from medscope.predict import Predictor, predict_files
+    from medscope.predict import predict_files
+    from medscope.predictor import Predictor
 
     bs = max(args.batch_sizes)
     # bf16 only when asked for: emulated without AVX512-BF16, it costs minutes and says little.
@@ -149,7 +150,8 @@ def backend_row(name: str, args, pixels: np.ndarray, labels: np.ndarray) -> dict
 def load_backend(name: str, run: Path):
     """(predictor, fn(pixels, batch) -> logits) for a backend name."""
     from medscope.export import OnnxPredictor
-    from medscope.predict import Predictor, current_onnx_export
+    from medscope.predict import current_onnx_export
+    from medscope.predictor import Predictor
 
     if name.startswith("torch"):
         predictor = Predictor.load(run, precision=name.split("-")[1], device="cpu")

@@ -107,7 +107,7 @@ def speedrun_config(args: argparse.Namespace, seed: int, work: Path):
 
 def one_seed(args: argparse.Namespace, seed: int, work: Path, report: Report) -> dict:
     from medscope.api import train
-    from medscope.train.distributed import unwrap
+    from medscope.core.runtime import unwrap
 
     config = speedrun_config(args, seed, work)
     snapshots: list[dict] = []
@@ -150,7 +150,7 @@ def score_snapshots(run_root: Path, snapshots: list[dict], *, tta: bool = False)
     from sklearn.metrics import f1_score
 
     from medscope.data.prepare import run_split
-    from medscope.predict import Predictor, tta_logits
+    from medscope.predictor import Predictor, tta_logits
     from medscope.run import RunDir
 
     predictor = Predictor.load(run_root)

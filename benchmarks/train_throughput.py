@@ -182,7 +182,7 @@ def run(args: argparse.Namespace, folder: Path, work: Path, report: Report) -> N
 
 
 def runtime_for(mode: str):
-    from medscope.train.runtime import select_runtime
+    from medscope.core.runtime import select_runtime
 
     precision, channels_last = MODES[mode]
     return select_runtime("cpu", precision, channels_last)

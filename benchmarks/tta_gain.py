@@ -19,7 +19,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from medscope.data.prepare import labels_of, run_split
-from medscope.predict import Predictor, fold_dirs, model_probs
+from medscope.predict import fold_dirs
+from medscope.predictor import Predictor, model_probs
 from medscope.run import RunDir
 
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from machine import positive_int  # noqa: E402
 
+from medscope.core.runtime import cpu_has_bf16  # noqa: E402
 from medscope.models import count_params, create_model, gmacs, min_size  # noqa: E402
 from medscope.models.profile import state_dict_mb  # noqa: E402
 from medscope.models.zoo import zoo_names  # noqa: E402
-from medscope.train.runtime import cpu_has_bf16  # noqa: E402
 
 FP32_MODELS = ("resnet18", "resnet50", "vgg16")
 RESULTS = Path(__file__).resolve().parent / "results" / "zoo.csv"

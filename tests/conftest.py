@@ -51,7 +51,7 @@ def nan_loss_at_call(monkeypatch, call: int) -> None:
     steps and validation batches both count), as a diverging run would."""
     import torch
 
-    import medscope.train.trainer as trainer
+    import medscope.workflows.training as trainer
 
     real = trainer.loss_for
 

@@ -264,7 +264,7 @@ def test_checkpoint_json_with_missing_keys_is_one_line(trained_run, image_folder
 
 def test_post_training_evaluation_uses_precision_and_device(data, tmp_path, capsys,
                                                            monkeypatch):
-    from medscope.predict import Predictor
+    from medscope.predictor import Predictor
 
     seen = []
     real = Predictor.load.__func__
@@ -302,7 +302,7 @@ def test_split_seed_keeps_the_test_set_while_the_seed_changes(data, tmp_path, ca
 
 
 def test_epoch_seeds_of_neighbouring_run_seeds_do_not_overlap():
-    from medscope.train.runtime import epoch_seed
+    from medscope.core.runtime import epoch_seed
 
     seeds = {(s, e): epoch_seed(s, e) for s in range(20) for e in range(50)}
     assert len(set(seeds.values())) == len(seeds)

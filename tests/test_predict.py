@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from medscope.cli import main
-from medscope.predict import dihedral_views, predict_files
+from medscope.predict import predict_files
+from medscope.predictor import dihedral_views
 
 
 def _read(path) -> list[dict[str, str]]:
@@ -150,7 +151,7 @@ def test_ensemble_mistakes_are_one_line(trained_run, image_folder, tmp_path, cap
 @pytest.mark.parametrize("exported_before", [False, True])
 def test_both_backends_apply_the_checkpoint_temperature(run_copy, image_folder, exported_before):
     from medscope.data.io import read_image
-    from medscope.predict import Predictor
+    from medscope.predictor import Predictor
 
     if exported_before:  # an export of the same weights under the old temperature is redone
         predict_files(run_copy, [image_folder / "beta"], progress=False, backend="onnx")

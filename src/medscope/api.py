@@ -16,13 +16,14 @@ from typing import Any
 
 from medscope.config import RunConfig
 from medscope.data.prepare import PreparedData
-from medscope.evaluate.ensemble import evaluate_ensemble
-from medscope.evaluate.evaluator import evaluate_run
 from medscope.experiments.runner import run_recipe
-from medscope.predict import Predictor, predict_files
+from medscope.predict import predict_files
+from medscope.predictor import Predictor
 from medscope.run import RunDir
 from medscope.train.engine import EpochEnd
-from medscope.train.trainer import resume_config, train_run
+from medscope.workflows.ensemble import evaluate_ensemble
+from medscope.workflows.evaluation import evaluate_run
+from medscope.workflows.training import resume_config, train_run
 
 __all__ = ["Predictor", "evaluate", "evaluate_ensemble", "predict_files", "resume", "run_recipe",
            "train"]

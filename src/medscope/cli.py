@@ -401,7 +401,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_cv(args) -> None:
-    from medscope.evaluate.cv import run_cv
+    from medscope.workflows.cv import run_cv
 
     if args.opt_out is None:
         raise MedscopeError("cv needs --out DIR (fold_1 ... fold_K go there)")
@@ -561,8 +561,8 @@ def cmd_demo(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from medscope.evaluate.compare import compare_runs, markdown_table
-    from medscope.report.compare import write_comparison
+    from medscope.report.compare import markdown_table, write_comparison
+    from medscope.workflows.compare import compare_runs
 
     rows = compare_runs(args.runs, latency_repeats=args.repeats, threads=args.threads)
     paths = write_comparison(rows, args.out)
@@ -604,8 +604,9 @@ def cmd_serve(args) -> None:
     serve(app, args.host, args.port)
 
 def cmd_audit(args) -> None:
-    from medscope.data.audit import PHASH_DISTANCE, audit_data, summary, write_exclude
+    from medscope.data.audit import PHASH_DISTANCE, summary, write_exclude
     from medscope.report.audit import write_audit
+    from medscope.workflows.audit import audit_data
 
     if args.write_exclude and args.write_exclude.exists():  # before the long scan, not after
         raise MedscopeError(f"{args.write_exclude}: already exists; edit it, or name a new file")

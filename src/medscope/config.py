@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medscope.errors import MedscopeError
+from medscope.errors import MedscopeError, first_line
 
 
 class _Section(BaseModel):
@@ -210,7 +210,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise MedscopeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise MedscopeError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise MedscopeError(f"{path}: a config must be a mapping of sections")
     return raw
@@ -229,7 +229,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as exc:
         raise MedscopeError(f"--set {item!r}: the value is not valid YAML "
-                            f"({str(exc).splitlines()[0]})") from None
+                            f"({first_line(exc)})") from None
     if isinstance(parsed, str):
         # YAML 1.1 reads '1e-4' as a string; users mean a number.
         with contextlib.suppress(ValueError):

@@ -3,3 +3,9 @@
 
 class MedscopeError(Exception):
     """A problem with the user's input (a path, a name, a value), not a bug in medscope."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line for a one-line message (its type's name when it has no text)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,110 +1,25 @@
-"""Inference from a checkpoint: evaluate, predict (and later explain and serve) all go through
-``Predictor`` so that they preprocess and compute identically."""
+"""Prediction on files: collect the images, load the model(s) behind a source (a run, a
+checkpoint, an ONNX export made on demand, a CV directory's folds), predict in bounded chunks and
+write one CSV row per image. One model's inference lives in ``medscope.predictor``."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from medscope.data.cache import DecodedImages, decode_images
-from medscope.data.dataset import PixelDataset
 from medscope.data.io import is_image_file
 from medscope.data.sources import Sample
-from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
-from medscope.run import RunDir, atomic_write_csv
-from medscope.train.checkpoint import CheckpointMeta, load_checkpoint, model_state
-from medscope.train.runtime import Runtime, predict_logits, select_runtime
+from medscope.export import OnnxPredictor
+from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
+from medscope.predictor import Classifier, Predictor, checkpoint_stem, probs_per_model
+from medscope.run import atomic_write_csv, read_json
 
 log = logging.getLogger(__name__)
-
-
-class Predictor:
-    """A trained model plus the preprocessing recorded in its checkpoint metadata."""
-
-    def __init__(self, model: torch.nn.Module, info: CheckpointMeta, runtime: Runtime) -> None:
-        self.info = info
-        self.runtime = runtime
-        self.model = runtime.prepare(model).eval()
-        self.normalize = Normalize(info.mean, info.std).to(runtime.device)
-
-    classes = property(lambda self: list(self.info.classes))
-    img_size = property(lambda self: self.info.img_size)
-    in_chans = property(lambda self: self.info.in_chans)
-    multilabel = property(lambda self: self.info.multilabel)
-    temperature = property(lambda self: self.info.temperature)
-    thresholds = property(lambda self: self.info.thresholds)
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """The checkpoint metadata as the JSON dict (a copy; ``info`` is the typed view)."""
-        return self.info.to_json()
-
-    @classmethod
-    def load(cls, source: Path | str, precision: str = "auto", device: str = "auto"
-             ) -> Predictor:
-        """From a run directory (its best checkpoint) or a checkpoint file pair."""
-        from medscope.models import create_model
-
-        stem = checkpoint_stem(source)
-        runtime = select_runtime(device, precision)
-        tensors, meta = load_checkpoint(stem)
-        try:
-            model = create_model(meta.model, num_classes=meta.num_classes,
-                                 in_chans=meta.in_chans, img_size=meta.img_size,
-                                 **meta.model_kwargs)
-        except TypeError as exc:
-            raise MedscopeError(f"{stem}.json: model_kwargs do not fit {meta.model!r} "
-                                f"({exc})") from None
-        try:
-            model.load_state_dict(model_state(tensors))
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise MedscopeError(f"{stem}: weights do not fit {meta.model!r} ({first})") from None
-        return cls(model, meta, runtime)
-
-    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Raw float32 logits (before temperature) for an N x S x S x C uint8 array."""
-        loader = DataLoader(PixelDataset(pixels, np.zeros(len(pixels), dtype=np.int64)),
-                            batch_size=batch_size)
-        logits, _ = predict_logits(self.model, loader, self.normalize, self.runtime)
-        return logits.numpy()
-
-    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities for an N x S x S x C uint8 array: softmax(logits / T) with the
-        checkpoint's temperature, or an independent sigmoid per class for multi-label."""
-        return self.probs_from_logits(self.logits_from_pixels(pixels, batch_size))
-
-    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.asarray(logits, dtype=np.float32))
-        if self.multilabel:
-            return torch.sigmoid(t).numpy()
-        return torch.softmax(t / self.temperature, 1).numpy()
-
-    def decode(self, samples: Sequence[Sample], **kw) -> DecodedImages:
-        return decode_images(samples, self.img_size, self.in_chans, **kw)
-
-
-def checkpoint_stem(source: Path | str) -> Path:
-    source = Path(source)
-    if source.is_dir():
-        run = RunDir(source)
-        run.require_finished()
-        return run.best
-    if source.suffix in (".safetensors", ".json"):
-        return source.with_suffix("")
-    if source.with_suffix(".safetensors").is_file():
-        return source
-    if not source.exists():
-        raise MedscopeError(f"{source}: run directory not found")
-    raise MedscopeError(f"{source}: neither a run directory nor a checkpoint")
 
 
 def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
@@ -187,7 +102,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 
 def load_models(source: Path | str | Sequence[Path | str], *, backend: str = "torch",
                 precision: str = "auto", device: str = "auto", ensemble: bool = False
-                ) -> list[Any]:
+                ) -> list[Classifier]:
     """The predictors behind ``source`` (one, one per fold, or those of each source in a list);
     all must share classes and the kind of labels (image size and channels may differ)."""
     given = [source] if isinstance(source, (str, Path)) else list(source)
@@ -214,9 +129,7 @@ def fold_dirs(cv_dir: Path | str) -> list[Path]:
     return sorted(folds, key=lambda p: int(p.name[5:]))
 
 
-def _load_one(source: Path, backend: str, precision: str, device: str) -> Any:
-    from medscope.export import OnnxPredictor
-
+def _load_one(source: Path, backend: str, precision: str, device: str) -> Classifier:
     if _is_onnx_export(source):
         return OnnxPredictor.load(source)
     if backend in ("onnx", "onnx-int8"):
@@ -234,9 +147,6 @@ def _is_onnx_export(source: Path) -> bool:
 def current_onnx_export(source: Path | str, int8: bool = False) -> Path:
     """The export folder of a run/checkpoint (its int8 one with ``int8``), (re-)exported when
     absent or made from other weights or metadata than the checkpoint's current ones."""
-    from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
-    from medscope.run import read_json
-
     folder = default_export_dir(source, int8)
     meta_path = folder / "model.json"
     digest = checkpoint_digest(checkpoint_stem(source))
@@ -258,55 +168,6 @@ def abstain_threshold(models: Sequence[Any], given: float | None) -> float | Non
         stored = models[0].meta.get("selective_threshold")
         return float(stored) if stored is not None else None
     return None
-
-
-def probs_per_model(models: Sequence[Any], samples: Sequence[Sample], *, tta: bool = False,
-                    batch_size: int = 64, progress: bool = False, desc: str = "decode"
-                    ) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray]:
-    """``(kept, bad, probs)``: the indices of the samples every model could read, the unreadable
-    files with the reason, and an M x N x K array of each model's calibrated probabilities on
-    the kept ones (``tta``: see ``model_probs``). The images are decoded once per distinct
-    size and channel count, so models trained at different resolutions can be averaged."""
-    decoded: dict[tuple[int, int], DecodedImages] = {}
-    for m in models:
-        key = (m.img_size, m.in_chans)
-        if key not in decoded:
-            decoded[key] = m.decode(samples, progress=progress, desc=desc)
-    kept = functools.reduce(np.intersect1d, (d.kept for d in decoded.values()))
-    bad = {str(p): (p, why) for d in decoded.values() for p, why in d.bad}
-    k = len(models[0].classes)
-    probs = np.empty((len(models), len(kept), k), dtype=np.float32)
-    for i, m in enumerate(models):
-        d = decoded[(m.img_size, m.in_chans)]
-        pixels = d.pixels if len(d.kept) == len(kept) else d.pixels[np.isin(d.kept, kept)]
-        if len(kept):
-            probs[i] = model_probs(m, pixels, batch_size, tta=tta)
-    return kept, list(bad.values()), probs
-
-
-def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
-    """The 8 symmetries of the square (rot90 x 4, each also mirrored) of N x S x S x C images:
-    microscopy and histology have no 'up' and no handedness."""
-    rotations = [np.rot90(pixels, k, axes=(1, 2)) for k in range(4)]
-    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
-
-
-def tta_logits(model: Any, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Test-time augmentation: a model's logits (before temperature) averaged over the 8
-    dihedral views. Averaged as logits, not probabilities, so the temperature calibrates the
-    result once, and evaluation's before/after calibration figures stay defined."""
-    views = dihedral_views(pixels)
-    total = sum(np.asarray(model.logits_from_pixels(v, batch_size), np.float64) for v in views)
-    return (total / len(views)).astype(np.float32)
-
-
-def model_probs(model: Any, pixels: np.ndarray, batch_size: int = 64, *,
-                tta: bool = False) -> np.ndarray:
-    """One model's probabilities, calibrated by its temperature (``Predictor`` and
-    ``OnnxPredictor`` both apply it); with ``tta`` from its logits averaged over the views."""
-    logits = (tta_logits(model, pixels, batch_size) if tta
-              else model.logits_from_pixels(pixels, batch_size))
-    return np.asarray(model.probs_from_logits(logits))
 
 
 def label_thresholds(models: Sequence[Any]) -> list[float] | None:

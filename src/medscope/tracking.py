@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from medscope.errors import MedscopeError
+from medscope.errors import MedscopeError, first_line
 from medscope.run import atomic_write_json, read_json
 
 log = logging.getLogger("medscope")
@@ -79,7 +79,7 @@ class _Quiet:
             action()
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a training run
             self.failed = True
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             log.warning("%s tracking stopped (the run directory is complete): %s",
                         self.name, first)
 
@@ -107,7 +107,7 @@ class MLflowTracker(Tracker):
         except MedscopeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any backend failure is the user's URI/server
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise MedscopeError(f"MLflow tracking at {self.uri}: {first}") from None
         atomic_write_json(run_root / STATE_FILE, {"mlflow": {"uri": self.uri,
                                                              "run_id": self.run_id}})

@@ -70,8 +70,8 @@ def test_mixup_gives_soft_labels():
 
 
 def test_batch_ops_augment_uint8_first_then_mix_floats():
+    from medscope.core.runtime import select_runtime
     from medscope.train.engine import BatchOps
-    from medscope.train.runtime import select_runtime
 
     seen = []
 

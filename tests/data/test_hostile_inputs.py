@@ -207,9 +207,9 @@ def test_npz_with_wrong_shapes_is_one_line(tmp_path, arrays, message):
 def test_checkpoint_for_another_architecture_or_class_count_is_one_line(tmp_path, change):
     import json
 
+    from medscope.core.checkpoint import CheckpointMeta, save_checkpoint
     from medscope.models import create_model
-    from medscope.predict import Predictor
-    from medscope.train.checkpoint import CheckpointMeta, save_checkpoint
+    from medscope.predictor import Predictor
 
     model = create_model("simple_cnn", num_classes=2, in_chans=3, img_size=32)
     meta = CheckpointMeta(model="simple_cnn", classes=["a", "b"], img_size=32, in_chans=3,

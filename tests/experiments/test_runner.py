@@ -13,8 +13,8 @@ import torch
 
 import medscope.train.engine as engine
 from medscope.cli import main
+from medscope.core.checkpoint import load_checkpoint, model_state
 from medscope.run import RunDir
-from medscope.train.checkpoint import load_checkpoint, model_state
 from tests.conftest import one_torch_thread
 
 TINY = """

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from medscope.core.runtime import select_runtime
 from medscope.data.transforms import Normalize
-from medscope.train.runtime import select_runtime
 from tests.conftest import one_torch_thread
 
 BLOB_SIZE = 48

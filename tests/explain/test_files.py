@@ -11,7 +11,7 @@ from PIL import Image
 from medscope.cli import main
 from medscope.explain import report_gradcam
 from medscope.explain.files import overlay_names
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 
 
 @pytest.fixture

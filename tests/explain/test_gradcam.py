@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from medscope.errors import MedscopeError
 from medscope.explain import heatmap, overlay_png, target_layer
 from medscope.models import create_model
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 from tests.explain.conftest import blob_images
 
 
@@ -68,8 +68,8 @@ def test_auto_target_layer(name, size, expected):
 
 
 def test_vit_map_follows_the_patch_grid():
+    from medscope.core.runtime import select_runtime
     from medscope.data.transforms import Normalize
-    from medscope.train.runtime import select_runtime
 
     model = create_model("vit_seed", num_classes=2, in_chans=3, img_size=32).eval()
     predictor = SimpleNamespace(model=model, normalize=Normalize([0.5] * 3, [0.25] * 3),

@@ -12,7 +12,7 @@ from medscope.cli import main
 from medscope.data.io import read_image
 from medscope.errors import MedscopeError
 from medscope.export import OnnxPredictor, export_onnx
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

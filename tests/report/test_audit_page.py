@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from medscope.cli import main
-from medscope.data.audit import audit_data
 from medscope.data.exclude import read_exclude
 from medscope.report.audit import write_audit
-from tests.data.test_audit import make_colour_set, plant_problems, write_oof
+from medscope.workflows.audit import audit_data
+from tests.workflows.test_audit import make_colour_set, plant_problems, write_oof
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 
 from medscope.data.sources import load_source
 from medscope.evaluate.summary import evaluation_metrics, fit_on_validation
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 from medscope.report.curves import COVERAGE, RELIABILITY, ROC_CURVES, write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.run import RunDir, atomic_write_json, read_json

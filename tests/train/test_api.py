@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from medscope.api import evaluate, train
+from medscope.core.checkpoint import load_checkpoint, model_state
 from medscope.errors import MedscopeError
-from medscope.predict import Predictor, predict_files
+from medscope.predict import predict_files
+from medscope.predictor import Predictor
 from medscope.run import RunDir
-from medscope.train.checkpoint import load_checkpoint, model_state
 from tests.conftest import interrupt_after_epoch, tiny_config
 
 RUN_FILES = ["config.yaml", "splits.csv", "history.csv", "checkpoints/best.safetensors",

@@ -33,7 +33,7 @@ CHILD = r"""
 import os, sys, time
 import torch
 import medscope.train.engine as engine
-import medscope.train.trainer as trainer
+import medscope.workflows.training as trainer
 where = {"epoch": -1, "step": 0}
 if "BLOCK_EPOCH" in os.environ:
     real_epoch, real_loss = engine._train_epoch, trainer.loss_for

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from medscope.api import train
-from medscope.predict import Predictor, predict_files
+from medscope.predict import predict_files
+from medscope.predictor import Predictor
 from tests.conftest import make_image_folder, tiny_config
 
 

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, Subset
 
 from medscope.cli import main
 from medscope.config import load_config
+from medscope.core.runtime import predict_logits, select_runtime
 from medscope.data.dataset import PixelDataset
 from medscope.data.prepare import run_samples
 from medscope.errors import MedscopeError
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 from medscope.run import RunDir
 from medscope.train.distributed import (
     DistContext,
@@ -32,7 +33,6 @@ from medscope.train.distributed import (
     unwrap,
 )
 from medscope.train.engine import gathered_logits
-from medscope.train.runtime import predict_logits, select_runtime
 from medscope.train.setup import train_sampler_for
 from tests.conftest import tiny_config
 

@@ -7,9 +7,9 @@ import torch
 
 from medscope.api import train
 from medscope.config import TrainConfig
+from medscope.core.checkpoint import extra_state, load_checkpoint, model_state
 from medscope.models import create_model
 from medscope.run import RunDir
-from medscope.train.checkpoint import extra_state, load_checkpoint, model_state
 from medscope.train.ema import EMA_PREFIX, make_ema, split_ema, update_ema
 from medscope.train.engine import lr_factor, one_cycle_factor
 from tests.conftest import interrupt_after_epoch, tiny_config

@@ -3,8 +3,8 @@ import torch
 
 from medscope.api import train
 from medscope.config import TrainConfig
+from medscope.core.checkpoint import load_checkpoint, model_state
 from medscope.models import create_model
-from medscope.train.checkpoint import load_checkpoint, model_state
 from medscope.train.engine import FitState, _improves, build_optimizer, lr_factor
 from tests.conftest import tiny_config
 

@@ -10,9 +10,9 @@ import torch
 
 from medscope.api import train
 from medscope.cli import build_parser
+from medscope.core.checkpoint import load_checkpoint, model_state, read_meta
+from medscope.core.runtime import select_runtime, tune_backends
 from medscope.errors import MedscopeError
-from medscope.train.checkpoint import load_checkpoint, model_state, read_meta
-from medscope.train.runtime import select_runtime, tune_backends
 from tests.conftest import tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")

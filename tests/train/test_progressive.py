@@ -8,12 +8,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from medscope.api import train
 from medscope.cli import main
 from medscope.config import TrainConfig
+from medscope.core.runtime import select_runtime
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 from medscope.run import RunDir
 from medscope.train.engine import fit
 from medscope.train.preflight import check_run_config
-from medscope.train.runtime import select_runtime
 from medscope.train.setup import progressive_sizes
 from tests.conftest import tiny_config
 

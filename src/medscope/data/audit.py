@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medscope.data.groups import pattern_groups
 from medscope.data.info import content_hash
 from medscope.data.io import BadImageError, array_to_image, open_image
-from medscope.data.sources import DataSource, Sample, load_source, npz_array
+from medscope.data.sources import DataSource, Sample, npz_array
 from medscope.errors import MedscopeError
-from medscope.parallel import process_map
+from medscope.run import open_run_csv
 
 # pHash (DCT of a 32x32 grey image, 64 bits) survives resizing, re-encoding and mild colour or
 # contrast changes, which average/difference hashes handle worse; it does not match flips or
@@ -116,33 +115,7 @@ class Audit:
         return out
 
 
-def audit_data(path: Path | str, run: Path | str | None = None, *,
-               phash_distance: int = PHASH_DISTANCE, workers: int | None = None,
-               progress: bool = False, group_pattern: str | None = None) -> Audit:
-    """Everything ``medscope audit`` reports, without writing anything. ``group_pattern``:
-    source groups from the file names, as ``data.group_pattern``."""
-    if not 0 <= phash_distance <= 32:
-        raise MedscopeError(f"--phash-distance {phash_distance}: must be between 0 and 32")
-    source = load_source(path)
-    if group_pattern is not None:
-        source = pattern_groups(source, group_pattern)
-    splits, origin = sample_splits(source, Path(run) if run else None)
-    stats = list(_progress(process_map(image_stats, source.samples, workers, chunksize=16),
-                           len(source.samples), progress))
-    audit = Audit(source, splits, origin, stats, phash_distance=phash_distance,
-                  group_pattern=group_pattern)
-    audit.duplicates = find_duplicates(audit)
-    if any(s.group is not None for s in source.samples):
-        audit.source_groups, audit.source_issues = find_source_issues(audit)
-    audit.outliers = find_outliers(audit)
-    if run is not None:
-        audit.label_issues, audit.label_origin = find_label_issues(source, Path(run))
-    else:
-        audit.label_origin = "no --run given: pass a `medscope cv` directory to find label errors"
-    return audit
-
-
-def _progress(it, total: int, show: bool):
+def progress_bar(it, total: int, show: bool):
     from tqdm.auto import tqdm
 
     return tqdm(it, total=total, disable=not show, desc="audit", unit="img", leave=False)
@@ -224,15 +197,16 @@ def sample_splits(source: DataSource, run: Path | None) -> tuple[list[str], str]
 
 def _column(path: Path, column: str, ids: list[str], run: Path) -> list[str]:
     """``column`` of a CSV keyed by path, per sample id ('' for ids it does not list)."""
-    by_id = {row["path"]: row[column] for row in _read_rows(path, ("path", column))}
+    by_id = {row["path"]: row[column] for row in read_rows(path, ("path", column))}
     if by_id and not set(ids) & set(by_id):
         raise MedscopeError(f"{run}: none of its paths are in the data (was it made from "
                             "other data?)")
     return [by_id.get(i, "") for i in ids]
 
 
-def _read_rows(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
+def read_rows(path: Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV this package wrote, refused with one line if a needed column is missing."""
+    with open_run_csv(path) as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in needed if c not in (reader.fieldnames or [])]
         if missing:
@@ -376,27 +350,7 @@ def _class_members(audit: Audit) -> dict[int, list[int]]:
 # ---------------------------------------------------------------- label errors
 
 
-def find_label_issues(source: DataSource, run: Path) -> tuple[list[LabelIssue], str]:
-    """Confident learning on a CV directory's out-of-fold probabilities, else on a run's
-    test-split predictions; ranked by self-confidence (lowest first)."""
-    if source.multilabel:
-        return [], "label issues are not searched for in multi-label data"
-    oof = run / "oof_predictions.csv"
-    if oof.is_file():
-        index, probs = _oof_probs(source, oof)
-        origin = f"out-of-fold probabilities of {run.name} (every image scored by a model " \
-                 "that never saw it)"
-    else:
-        index, probs = _test_probs(source, run)
-        origin = (f"test-split predictions of {run.name} only ({len(index)} images): "
-                  "run `medscope cv` to search the whole dataset")
-    if len(index) == 0:
-        return [], origin
-    labels = np.array([source.samples[i].label for i in index])
-    return _rank_issues(source, index, labels, probs), origin
-
-
-def _rank_issues(source: DataSource, index: np.ndarray, labels: np.ndarray,
+def rank_label_issues(source: DataSource, index: np.ndarray, labels: np.ndarray,
                  probs: np.ndarray) -> list[LabelIssue]:
     from cleanlab.filter import find_label_issues as cl_find
 
@@ -408,38 +362,6 @@ def _rank_issues(source: DataSource, index: np.ndarray, labels: np.ndarray,
         issues.append(LabelIssue(int(index[j]), source.classes[labels[j]], source.classes[k],
                                  float(probs[j, labels[j]]), float(probs[j, k])))
     return issues
-
-
-def _oof_probs(source: DataSource, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    columns = tuple(f"p_{c}" for c in source.classes)
-    rows = _read_rows(path, ("path", *columns))
-    position = {source.sample_id(s): i for i, s in enumerate(source.samples)}
-    index, probs = [], []
-    for row in rows:
-        if row["path"] in position:
-            index.append(position[row["path"]])
-            try:
-                probs.append([float(row[c]) for c in columns])
-            except ValueError:
-                raise MedscopeError(f"{path}: a probability of {row['path']} is not a number"
-                                    ) from None
-    return np.array(index, dtype=np.int64), np.array(probs, dtype=np.float64).reshape(
-        len(index), len(columns))
-
-
-def _test_probs(source: DataSource, run: Path) -> tuple[np.ndarray, np.ndarray]:
-    from medscope.predict import Predictor
-
-    predictor = Predictor.load(run)
-    if predictor.classes != source.classes:
-        raise MedscopeError(f"{run}: its classes {predictor.classes} differ from the data's "
-                            f"{source.classes}")
-    rows = _read_rows(run / "splits.csv", ("path", "split"))
-    test = {r["path"] for r in rows if r["split"] == "test"}
-    index = np.array([i for i, s in enumerate(source.samples)
-                      if source.sample_id(s) in test], dtype=np.int64)
-    decoded = predictor.decode([source.samples[i] for i in index], progress=False)
-    return index[decoded.kept], predictor.probs_from_pixels(decoded.pixels)
 
 
 # ---------------------------------------------------------------- exclusion list

@@ -10,6 +10,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medscope.errors import first_line
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
@@ -92,7 +94,7 @@ def read_dicom(path: Path | BinaryIO) -> Image.Image:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise BadImageError(f"not a readable DICOM ({str(exc).splitlines()[0]})") from None
+        raise BadImageError(f"not a readable DICOM ({first_line(exc)})") from None
     if "PixelData" not in ds:
         raise BadImageError("DICOM without pixel data")
     try:

@@ -14,14 +14,10 @@ from typing import Any
 
 from medscope.config import RunConfig, parse_override
 from medscope.errors import MedscopeError
-from medscope.evaluate.compare import compare_runs, markdown_table
-from medscope.evaluate.cv import run_cv
-from medscope.evaluate.ensemble import evaluate_ensemble
-from medscope.evaluate.evaluator import TTA_DIR, evaluate_run
 from medscope.experiments.quick import quick_dataset
 from medscope.experiments.recipe import Experiment, Recipe, experiment_config, load_recipe
 from medscope.models.transfer import check_weights_source
-from medscope.report.compare import write_comparison
+from medscope.report.compare import markdown_table, write_comparison
 from medscope.report.recipe import (
     RECIPE_MD,
     TRAINING_ERROR,
@@ -32,7 +28,11 @@ from medscope.report.recipe import (
 from medscope.run import RunDir, atomic_write_json, atomic_write_text, read_json
 from medscope.tracking import flatten
 from medscope.train.preflight import check_model
-from medscope.train.trainer import train_run
+from medscope.workflows.compare import compare_runs
+from medscope.workflows.cv import run_cv
+from medscope.workflows.ensemble import evaluate_ensemble
+from medscope.workflows.evaluation import TTA_DIR, evaluate_run
+from medscope.workflows.training import train_run
 
 log = logging.getLogger("medscope")
 

@@ -29,7 +29,8 @@ def explain_files(source: Path | str, inputs: Sequence[Path | str], out_dir: Pat
                   progress: bool = False) -> list[dict[str, Any]]:
     """Write ``<stem>_<method>.png`` (overlay for the predicted class, or ``target``) per image
     and ``explanations.csv`` in ``out_dir``; unreadable files get a row with their reason."""
-    from medscope.predict import Predictor, collect_images
+    from medscope.predict import collect_images
+    from medscope.predictor import Predictor
 
     if method not in METHODS:
         raise MedscopeError(f"unknown explain method {method!r} (one of {', '.join(METHODS)})")

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from medscope.errors import MedscopeError
+from medscope.errors import MedscopeError, first_line
+from medscope.predictor import MetaClassifier, Predictor, checkpoint_stem
 from medscope.run import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ class _NormalisedModel(nn.Module):
 def default_export_dir(source: Path | str, int8: bool = False) -> Path:
     """Where an export of ``source`` goes unless told: ``RUN/onnx`` (``RUN/onnx-int8``) for a
     run directory, ``<stem>_onnx`` (``<stem>_onnx_int8``) beside a checkpoint pair."""
-    from medscope.predict import checkpoint_stem
 
     source = Path(source)
     stem = checkpoint_stem(source)
@@ -74,7 +73,6 @@ def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
     With ``dynamic_batch`` the batch dimension is free, else fixed to 1. With ``int8`` the
     graph is statically quantized, calibrated on up to ``calibration_images`` images of the
     run's training split (``run_or_ckpt`` must then be a run directory)."""
-    from medscope.predict import Predictor, checkpoint_stem
 
     if opset < DEFAULT_OPSET:
         raise MedscopeError(f"--opset {opset}: the exporter needs {DEFAULT_OPSET} or newer")
@@ -157,7 +155,7 @@ def quantize_int8(src: str, dst: str, pixels: np.ndarray, batch: int) -> None:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
     except Exception as exc:  # onnxruntime raises many types; the user needs the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MedscopeError(f"int8 quantization failed ({first})") from exc
 
 
@@ -169,7 +167,7 @@ def _export(graph: nn.Module, example: torch.Tensor, path: str, opset: int,
                               output_names=[OUTPUT], opset_version=opset, dynamo=True,
                               dynamic_shapes=dynamic, external_data=False, verbose=False)
     except Exception as exc:  # the exporter raises many types; the user needs the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise MedscopeError(f"{name}: ONNX export failed ({first})") from exc
 
 
@@ -210,19 +208,13 @@ def checkpoint_digest(stem: Path) -> str:
     return digest.hexdigest()
 
 
-class OnnxPredictor:
-    """``Predictor``'s inference surface over an exported model, run by onnxruntime (CPU)."""
+class OnnxPredictor(MetaClassifier):
+    """A ``Classifier`` over an exported model, run by onnxruntime (CPU); properties, calibration
+    and decoding are ``Predictor``'s own (``MetaClassifier``)."""
 
     def __init__(self, session: Any, meta: dict[str, Any]) -> None:
-        self.session, self.meta = session, meta
+        self.session, self._meta = session, meta
         self.dynamic_batch = bool(meta["onnx"]["dynamic_batch"])
-
-    classes = property(lambda self: list(self.meta["classes"]))
-    img_size = property(lambda self: int(self.meta["img_size"]))
-    in_chans = property(lambda self: int(self.meta["in_chans"]))
-    multilabel = property(lambda self: bool(self.meta.get("multilabel", False)))
-    temperature = property(lambda self: float(self.meta.get("temperature", 1.0)))
-    thresholds = property(lambda self: self.meta.get("thresholds"))
 
     @classmethod
     def load(cls, path: Path | str) -> OnnxPredictor:
@@ -252,21 +244,6 @@ class OnnxPredictor:
                 for i in range(0, len(pixels), step)]
         k = len(self.classes)
         return np.concatenate(outs).astype(np.float32) if outs else np.empty((0, k), np.float32)
-
-    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return self.probs_from_logits(self.logits_from_pixels(pixels, batch_size))
-
-    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray:
-        from scipy.special import expit, softmax
-
-        # As Predictor: the temperature calibrates softmax only; multi-label has thresholds.
-        logits = np.asarray(logits, dtype=np.float32)
-        return expit(logits) if self.multilabel else softmax(logits / self.temperature, axis=1)
-
-    def decode(self, samples: Sequence[Any], **kw: Any):
-        from medscope.data.cache import decode_images
-
-        return decode_images(samples, self.img_size, self.in_chans, **kw)
 
 
 def _nchw(pixels: np.ndarray) -> np.ndarray:

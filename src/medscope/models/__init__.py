@@ -22,6 +22,9 @@ from medscope.models.transfer import (
 )
 from medscope.models.zoo import CLASSIC_TIMM, zoo_table
 
+# The definition modules register their architectures (timm's @register_model pattern).
+from medscope.models import classic, plain_resnet, vit  # noqa: E402, F401  isort: skip
+
 __all__ = [
     "CLASSIC_TIMM",
     "apply_freeze",

@@ -1,4 +1,4 @@
-"""Plain (no-shortcut) ResNets and the ResNet ``head_pool`` option.
+"""Plain (no-shortcut) ResNets.
 
 ``plain18``/``plain34`` are timm's ResNet-18/34 with every skip connection removed, the
 "plain vs residual" comparison of He et al. 2016: same stem, same stage layout ([2,2,2,2] /
@@ -14,10 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, ResNet
 
-from medscope.errors import MedscopeError
 from medscope.models.registry import register_model
-
-HEAD_POOL_SIZES = (1, 2, 4, 8)
 
 
 class PlainBasicBlock(BasicBlock):
@@ -59,33 +56,3 @@ def plain18(num_classes: int, in_chans: int = 3, img_size: int = 224, **kw: Any)
                 description="ResNet-34 layout without skip connections (He et al. plain net)")
 def plain34(num_classes: int, in_chans: int = 3, img_size: int = 224, **kw: Any) -> ResNet:
     return _plain_resnet("plain34", (3, 4, 6, 3), num_classes, in_chans, img_size, **kw)
-
-
-class GridPool(nn.Module):
-    """Adaptive average pool to n x n, flattened: the classifier sees C * n^2 features, keeping
-    coarse spatial layout (the histology study's 1x1/2x2/4x4/8x8 comparison)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-        self.pool = nn.AdaptiveAvgPool2d(n)
-        self.pool_type = f"grid{n}"
-
-    def feat_mult(self) -> int:
-        return self.n * self.n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(x), 1)
-
-
-def set_head_pool(model: nn.Module, n: int) -> nn.Module:
-    """Replace a ResNet's global pool + fc with GridPool(n) + Linear(C * n^2, num_classes)."""
-    if not isinstance(model, ResNet):
-        raise MedscopeError(f"head_pool only applies to ResNet-family models, not "
-                            f"{type(model).__name__}")
-    if n not in HEAD_POOL_SIZES:
-        raise MedscopeError(f"head_pool must be one of {HEAD_POOL_SIZES}, got {n}")
-    model.global_pool = GridPool(n)
-    model.fc = nn.Linear(model.num_features * n * n, model.num_classes)
-    model.head_hidden_size = model.num_features * n * n
-    return model

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from medscope.errors import MedscopeError
+from medscope.models.heads import apply_head_options
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ def register_model(
 
 
 def own_models() -> dict[str, ModelEntry]:
-    """The architectures medscope defines itself (not timm's)."""
-    _load_builtin()
+    """The architectures medscope defines itself (not timm's); ``medscope.models`` imports their
+    definition modules, so they are registered whenever the registry is."""
     return dict(_REGISTRY)
 
 
@@ -97,14 +98,8 @@ def create_model(
         model = entry.factory(num_classes=num_classes, in_chans=in_chans, img_size=size, **kwargs)
     else:
         model = _create_timm(name, num_classes, in_chans, img_size, **kwargs)
-    if head_pool is not None:
-        from medscope.models.plain_resnet import set_head_pool
-
-        set_head_pool(model, int(head_pool))
-    if flatten_head:
-        from medscope.models.classic import set_flatten_head
-
-        set_flatten_head(model, img_size or default_size(name))
+    apply_head_options(model, head_pool=head_pool, flatten_head=flatten_head,
+                       img_size=img_size or default_size(name))
     if pretrained:
         from medscope.models.transfer import load_pretrained
 
@@ -176,8 +171,3 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int | Non
                                  in_chans=in_chans, **kwargs)
     except TypeError as e:
         raise MedscopeError(f"model {name!r} does not accept these options: {e}") from e
-
-
-def _load_builtin() -> None:
-    # Importing the definition modules runs their @register_model decorators.
-    from medscope.models import classic, plain_resnet, vit  # noqa: F401

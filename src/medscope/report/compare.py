@@ -6,26 +6,25 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from medscope.evaluate.compare import (  # noqa: E402
-    MD_HEADER,
-    display_cells,
-    measured_on,
-    write_csv,
-    write_markdown,
-)
-from medscope.report.html import _table  # noqa: E402
+from medscope.report.html import _table
 from medscope.report.page import render_page
-from medscope.run import atomic_write_text  # noqa: E402
+from medscope.run import atomic_write_csv, atomic_write_text
+
+COLUMNS = [
+    "name", "kind", "model", "img_size", "params", "gmacs", "checkpoint_mb", "precision",
+    "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "members",
+    "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro",
+    "roc_auc_macro", "ece", "path",
+]
+THROUGHPUT_BATCH = 32
 
 
 def write_comparison(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -50,7 +49,8 @@ def render_comparison(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def accuracy_scatter(rows: Sequence[dict[str, Any]]) -> bytes:
     """PNG: accuracy against batch-1 latency (left) and against parameter count (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, key, label in ((axes[0], "latency_ms", "CPU latency, batch 1 (ms)"),
                            (axes[1], "params", "parameters")):
         for row in (r for r in rows if r["accuracy"] is not None):
@@ -67,7 +67,6 @@ def accuracy_scatter(rows: Sequence[dict[str, Any]]) -> bytes:
     axes[1].set_title("Accuracy vs parameters")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -83,3 +82,64 @@ def _accuracy_error(row: dict[str, Any]) -> list[list[float]] | None:
 def _png_img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+# ---------------------------------------------------------------- writers
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    atomic_write_csv(path, COLUMNS, ([_csv_cell(r[c]) for c in COLUMNS] for r in rows))
+    return path
+
+
+def write_markdown(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    atomic_write_text(path, markdown_table(rows) + "\n")
+    return path
+
+
+MD_HEADER = ["run", "model", "params", "GMACs", "MB", "latency b1 (ms)", "img/s b32",
+             "train (s)", "accuracy", "95% CI", "F1 macro", "AUC", "ECE"]
+
+
+def display_cells(row: dict[str, Any]) -> list[str]:
+    """The row as the Markdown and HTML tables show it (blank where a figure is unknown)."""
+    acc = _f(row["accuracy"], 4)
+    if row["accuracy_std"] is not None:
+        acc += f" ± {row['accuracy_std']:.4f}"
+    ci = ("" if row["accuracy_ci_low"] is None
+          else f"{row['accuracy_ci_low']:.3f}–{row['accuracy_ci_high']:.3f}")
+    name = row["name"] + {"cv": f" ({row['folds']}-fold CV)",
+                          "ensemble": f" (ensemble of {row['members']})"}.get(row["kind"], "")
+    return [name, row["model"], f"{row['params']:,}", _f(row["gmacs"], 4),
+            _f(row["checkpoint_mb"], 2), _f(row["latency_ms"], 2),
+            _f(row["throughput_img_s"], 0), _f(row["train_seconds"], 1), acc, ci,
+            _f(row["f1_macro"], 4), _f(row["roc_auc_macro"], 4), _f(row["ece"], 4)]
+
+
+def measured_on(rows: Sequence[dict[str, Any]]) -> str:
+    """The line that says how the speed columns were measured."""
+    precisions = sorted({r["precision"] for r in rows})
+    threads = sorted({r["threads"] for r in rows})
+    return (f"Latency: median of timed batch-1 forwards; throughput: batch {THROUGHPUT_BATCH}; "
+            f"CPU, {'/'.join(map(str, threads))} torch thread(s), "
+            f"{'/'.join(precisions)}, measured {time.strftime('%Y-%m-%d %H:%M')} on this machine. "
+            "CV rows: mean ± std over folds; model and speed of fold_1. Ensemble rows: the "
+            "members' sizes and times added (x 8 views with TTA).")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(MD_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(MD_HEADER) - 2)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in display_cells(r)) + " |"
+              for r in rows]
+    return "\n".join(lines) + "\n\n" + measured_on(rows)
+
+
+def _f(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 from scipy.special import softmax
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -17,7 +18,7 @@ from medscope.evaluate.calibration import (
     reliability_bins,
     selective_at,
 )
-from medscope.report.plots import _save, plt
+from medscope.report.plots import _save
 
 ROC_CURVES = "roc_curves.png"
 RELIABILITY = "reliability_diagram.png"
@@ -30,7 +31,8 @@ def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
     out; the legend gives each AUC and the title their mean (macro AUC)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     truth = y_true.astype(bool) if multilabel else np.eye(len(classes), dtype=bool)[y_true]
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.subplots()
     aucs = []
     for k, name in enumerate(classes):
         if truth[:, k].all() or not truth[:, k].any():
@@ -52,7 +54,8 @@ def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str
 def plot_reliability(labels: np.ndarray, probs_before: np.ndarray, probs_after: np.ndarray,
                      temperature: float, path: Path, n_bins: int = 15) -> None:
     """Accuracy against confidence per bin, before and after temperature scaling."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
     panels = (("uncalibrated", probs_before), (f"temperature T = {temperature:.2f}", probs_after))
     for ax, (name, probs) in zip(axes, panels, strict=True):
         bins = [b for b in reliability_bins(probs, labels, n_bins) if b["count"]]
@@ -77,7 +80,8 @@ def plot_coverage(labels: np.ndarray, probs: np.ndarray, path: Path,
     """Accuracy of the images kept against the share kept (the rest go to an expert), with
     the operating point at ``threshold`` marked."""
     curve = coverage_accuracy_curve(probs, labels)
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig = Figure(figsize=(5.6, 4.2))
+    ax = fig.subplots()
     ax.plot(curve["coverage"], curve["accuracy"], "-", lw=1.5)
     if target is not None:
         ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:.3g}")

@@ -1,4 +1,6 @@
-"""Matplotlib figures of a run, written as PNG (headless: the Agg backend)."""
+"""Matplotlib figures of a run, written as PNG. Drawn through matplotlib's object API
+(``Figure`` rendered by ``savefig``), never pyplot: no backend is switched and no global figure
+state is kept, so importing medscope leaves a notebook user's matplotlib as it was."""
 
 from __future__ import annotations
 
@@ -7,26 +9,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from medscope.run import atomic_write_bytes  # noqa: E402
+from medscope.run import atomic_write_bytes
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_learning_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy per epoch, train vs validation."""
     epochs = [int(r["epoch"]) for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [_num(r[f"train_{metric}"]) for r in history], "o-", label="train")
         val = [_num(r.get(f"val_{metric}")) for r in history]
@@ -47,7 +46,8 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], p
     cm = np.asarray(cm)
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     size = 1.2 + 0.7 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -78,7 +78,8 @@ def plot_examples(pixels: np.ndarray, titles: Sequence[str], path: Path, cols: i
     """A grid of sample images (N x H x W x C uint8); titles of ``wrong`` ones in red."""
     n = len(pixels)
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.8, rows * 2.0))
+    fig = Figure(figsize=(cols * 1.8, rows * 2.0))
+    axes = fig.subplots(rows, cols)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     flags = wrong if wrong is not None else [False] * n

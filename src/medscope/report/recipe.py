@@ -9,8 +9,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+from matplotlib.figure import Figure
+
 from medscope.report.page import render_page
-from medscope.report.plots import _save, plt
+from medscope.report.plots import _save
 from medscope.run import atomic_write_text
 
 TRAINING_ERROR = "training_error.png"
@@ -29,8 +32,9 @@ def plot_training_error(histories: Mapping[str, Sequence[dict[str, Any]]], path:
     """One plot, every experiment: training error (dashed) and validation error (solid) in %
     per epoch, one colour per experiment — He et al. Fig. 6, where the deeper plain net trains
     worse than the shallower one and residual nets do not."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(histories.items()):
         colour = colours[i % len(colours)]
         epochs = [int(r["epoch"]) for r in rows]

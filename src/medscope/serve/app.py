@@ -30,7 +30,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from medscope.data.io import BadImageError, read_image_bytes
 from medscope.errors import MedscopeError
-from medscope.predict import Predictor, checkpoint_stem
+from medscope.predictor import Predictor, checkpoint_stem
 from medscope.run import read_json
 
 log = logging.getLogger("medscope")
@@ -202,7 +202,7 @@ def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
     if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
         raise MedscopeError(f"--abstain-below {abstain_below}: must be between 0 and 1")
     # Here, not at import: evaluate.ensemble pulls in the plotting code a server never uses.
-    from medscope.evaluate.ensemble import member_runs
+    from medscope.workflows.ensemble import member_runs
 
     models: dict[str, ServedModel] = {}
     for source in map(Path, runs):

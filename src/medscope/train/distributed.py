@@ -26,8 +26,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Sampler
 
+from medscope.core.runtime import Runtime, epoch_seed
 from medscope.errors import MedscopeError
-from medscope.train.runtime import Runtime, epoch_seed
 
 log = logging.getLogger("medscope")
 
@@ -147,15 +147,6 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
         # Kept for the whole process (cv trains one run per fold), left cleanly at exit.
         atexit.register(_leave_group)
     return DistContext(rank, local_rank, world_size, backend)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or ``torch.compile`` wrappers (what checkpoints hold)."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _leave_group() -> None:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.utils.model_ema import ModelEmaV3
 
 from medscope.config import TrainConfig
-from medscope.train.distributed import unwrap
+from medscope.core.runtime import unwrap
 
 EMA_PREFIX = "ema."  # beside the RNG states in a checkpoint's ``extra.`` tensors
 # timm's warm-up power for runs of thousands (not millions) of steps: the decay reaches 0.99

@@ -19,11 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medscope.config import TrainConfig
-from medscope.data.transforms import Normalize
-from medscope.errors import MedscopeError
-from medscope.models.transfer import param_groups, set_frozen_bn_eval, unfreeze
-from medscope.run import RunDir, atomic_write_csv
-from medscope.train.checkpoint import (
+from medscope.core.checkpoint import (
     CheckpointMeta,
     checkpoint_problem,
     extra_state,
@@ -33,7 +29,12 @@ from medscope.train.checkpoint import (
     restore_optimizer,
     save_checkpoint,
 )
-from medscope.train.distributed import DistContext, unwrap
+from medscope.core.runtime import Runtime, epoch_seed, predict_logits, unwrap
+from medscope.data.transforms import Normalize
+from medscope.errors import MedscopeError
+from medscope.models.transfer import param_groups, set_frozen_bn_eval, unfreeze
+from medscope.run import RunDir, atomic_write_csv
+from medscope.train.distributed import DistContext
 from medscope.train.ema import ema_tensors, load_ema, make_ema, split_ema, update_ema
 from medscope.train.resumable import (
     CheckpointClock,
@@ -44,7 +45,6 @@ from medscope.train.resumable import (
     restore_rng,
     stop_on_signals,
 )
-from medscope.train.runtime import Runtime, epoch_seed, predict_logits
 
 log = logging.getLogger("medscope")
 

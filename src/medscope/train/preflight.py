@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from medscope.config import RunConfig
-from medscope.errors import MedscopeError
+from medscope.core.runtime import Runtime, select_runtime
+from medscope.errors import MedscopeError, first_line
 from medscope.models import create_model, is_known_model
 from medscope.models.registry import check_min_size
 from medscope.models.transfer import apply_freeze, check_weights_source
 from medscope.run import RunDir
-from medscope.train.runtime import Runtime, select_runtime
 
 log = logging.getLogger("medscope")
 
@@ -80,7 +80,7 @@ def check_progressive(config: RunConfig, model: torch.nn.Module) -> None:
         with torch.no_grad():
             model(torch.empty(2, config.data.in_chans, side, side, device="meta"))
     except Exception as exc:  # whatever the architecture raises for a size it cannot take
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise MedscopeError(
             f"train.progressive_from {side}: {config.model.name} cannot take {side} px inputs "
             f"({reason}); progressive resizing needs a model with global pooling, such as "

@@ -10,18 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from medscope.config import RunConfig, config_to_yaml, load_config
+from medscope.core.checkpoint import CheckpointMeta, library_versions, previous_stem
+from medscope.core.runtime import Runtime, seed_everything, tune_backends
 from medscope.data.balance import class_counts, distribution_line
 from medscope.data.prepare import SPLITS, PreparedData, given_splits_of, prepare_data
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
-from medscope.evaluate.evaluator import calibrate_run, evaluate_run
 from medscope.models import create_model
 from medscope.models.profile import count_params
 from medscope.models.transfer import apply_freeze
 from medscope.report.plots import plot_learning_curves
 from medscope.run import RunDir, atomic_write_text, read_json
 from medscope.tracking import Tracker, flatten, make_tracker
-from medscope.train.checkpoint import CheckpointMeta, library_versions, previous_stem
 from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
     EpochEnd,
@@ -34,7 +34,6 @@ from medscope.train.engine import (
 )
 from medscope.train.preflight import check_run_config
 from medscope.train.resumable import TrainingInterrupted
-from medscope.train.runtime import Runtime, seed_everything, tune_backends
 from medscope.train.setup import (
     eval_loader,
     ignored_for_multilabel,
@@ -45,6 +44,7 @@ from medscope.train.setup import (
     train_loader,
     train_sampler_for,
 )
+from medscope.workflows.evaluation import calibrate_run, evaluate_run
 
 log = logging.getLogger("medscope")
 

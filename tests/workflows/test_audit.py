@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from medscope.data.audit import (
-    audit_data,
     near_components,
     robust_z,
     summary,
@@ -22,6 +21,7 @@ from medscope.data.exclude import drop_excluded, read_exclude
 from medscope.data.io import read_image
 from medscope.data.sources import load_source
 from medscope.errors import MedscopeError
+from medscope.workflows.audit import audit_data
 
 CLASSES = ("amber", "azure", "olive", "plum")
 COLOURS = np.array([(200, 120, 40), (40, 120, 200), (110, 130, 30), (130, 40, 120)])

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from medscope.core.runtime import unwrap
 from medscope.errors import MedscopeError
 from medscope.run import atomic_write_json, fsync_dir, write_synced_temp
-from medscope.train.distributed import unwrap
 
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."

@@ -3,7 +3,8 @@ duplicates are found, and the false-positive rates stay where docs/audit.md puts
 
 import pytest
 
-from medscope.data.audit import audit_data, summary
+from medscope.data.audit import summary
+from medscope.workflows.audit import audit_data
 from tests.conftest import SHARED_DATA
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -12,7 +12,7 @@ import pytest
 from medscope.cli import main
 from medscope.data.prepare import labels_of, read_splits, run_split
 from medscope.evaluate.calibration import threshold_for_accuracy
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 from medscope.run import RunDir, atomic_write_csv
 
 
@@ -57,7 +57,7 @@ def test_tta_evaluation_averages_the_views_logits_beside_the_runs_own_metrics(tr
                                                                              tmp_path):
     import shutil
 
-    from medscope.predict import dihedral_views
+    from medscope.predictor import dihedral_views
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.root, run)

@@ -12,7 +12,8 @@ import pytest
 
 from medscope.cli import main
 from medscope.errors import MedscopeError
-from medscope.evaluate.compare import COLUMNS, compare_runs, markdown_table, training_seconds
+from medscope.report.compare import COLUMNS, markdown_table
+from medscope.workflows.compare import compare_runs, training_seconds
 from tests.conftest import tiny_config
 
 # Columns that only a CV directory or an ensemble has (a single run has no spread over folds).
@@ -104,7 +105,7 @@ def test_an_ensemble_row_adds_up_its_members(two_runs, tmp_path):
 @pytest.mark.parametrize(("tta", "views"), [(False, 1), (True, 8)])
 def test_an_ensemble_runs_each_member_so_latencies_add_and_rates_combine(
         two_runs, tmp_path, monkeypatch, tta, views):
-    import medscope.evaluate.compare as compare
+    import medscope.workflows.compare as compare
     from medscope.api import evaluate_ensemble
 
     speed = {"simple": (2.0, 100.0), "lenet": (3.0, 300.0)}  # latency ms, img/s
@@ -157,7 +158,7 @@ def test_cv_dir_is_mean_and_std_over_folds(two_runs, tmp_path, with_summary_stat
 
 
 def test_not_a_run_is_named_before_measuring(trained_run, tmp_path, monkeypatch):
-    import medscope.evaluate.compare as compare
+    import medscope.workflows.compare as compare
 
     monkeypatch.setattr(compare, "measure_model", lambda *a, **k: pytest.fail("measured"))
     stray = tmp_path / "holiday_photos"

@@ -18,11 +18,12 @@ from medscope.data.prepare import folder_source, labels_of, run_group_pattern, r
 from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
-from medscope.evaluate.evaluator import groups_of, write_evaluation
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
-from medscope.predict import load_models, probs_per_model
+from medscope.predict import load_models
+from medscope.predictor import probs_per_model
 from medscope.run import RunDir, read_json
+from medscope.workflows.evaluation import groups_of, write_evaluation
 
 log = logging.getLogger("medscope")
 

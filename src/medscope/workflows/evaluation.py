@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from medscope.core.checkpoint import read_meta, write_meta
 from medscope.data.prepare import PreparedData, folder_source, labels_of, run_split
 from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
-from medscope.predict import Predictor, tta_logits
+from medscope.predictor import Predictor, tta_logits
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
 from medscope.run import RunDir, atomic_write_csv, atomic_write_json
-from medscope.train.checkpoint import read_meta, write_meta
 
 log = logging.getLogger("medscope")
 

@@ -16,16 +16,10 @@ import numpy as np
 import torch
 
 from medscope.errors import MedscopeError
-from medscope.evaluate.ensemble import member_runs
-from medscope.run import RunDir, atomic_write_csv, atomic_write_text, read_json
+from medscope.report.compare import COLUMNS, THROUGHPUT_BATCH
+from medscope.run import RunDir, read_json
+from medscope.workflows.ensemble import member_runs
 
-COLUMNS = [
-    "name", "kind", "model", "img_size", "params", "gmacs", "checkpoint_mb", "precision",
-    "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "members",
-    "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro",
-    "roc_auc_macro", "ece", "path",
-]
-THROUGHPUT_BATCH = 32
 WARMUP = 3
 
 
@@ -104,7 +98,7 @@ def measure_model(run_root: Path, *, repeats: int = 30, seed: int = 0) -> dict[s
     """Size, GMACs and CPU speed of a run's best checkpoint, run as ``medscope predict`` runs
     it (bf16 autocast + channels_last where the CPU has them)."""
     from medscope.models.profile import count_params, gmacs, state_dict_mb
-    from medscope.predict import Predictor
+    from medscope.predictor import Predictor
 
     predictor = Predictor.load(run_root, device="cpu")
     model, size, chans = predictor.model, predictor.img_size, predictor.in_chans
@@ -211,64 +205,3 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-# ---------------------------------------------------------------- writers
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    atomic_write_csv(path, COLUMNS, ([_csv_cell(r[c]) for c in COLUMNS] for r in rows))
-    return path
-
-
-def write_markdown(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    atomic_write_text(path, markdown_table(rows) + "\n")
-    return path
-
-
-MD_HEADER = ["run", "model", "params", "GMACs", "MB", "latency b1 (ms)", "img/s b32",
-             "train (s)", "accuracy", "95% CI", "F1 macro", "AUC", "ECE"]
-
-
-def display_cells(row: dict[str, Any]) -> list[str]:
-    """The row as the Markdown and HTML tables show it (blank where a figure is unknown)."""
-    acc = _f(row["accuracy"], 4)
-    if row["accuracy_std"] is not None:
-        acc += f" ± {row['accuracy_std']:.4f}"
-    ci = ("" if row["accuracy_ci_low"] is None
-          else f"{row['accuracy_ci_low']:.3f}–{row['accuracy_ci_high']:.3f}")
-    name = row["name"] + {"cv": f" ({row['folds']}-fold CV)",
-                          "ensemble": f" (ensemble of {row['members']})"}.get(row["kind"], "")
-    return [name, row["model"], f"{row['params']:,}", _f(row["gmacs"], 4),
-            _f(row["checkpoint_mb"], 2), _f(row["latency_ms"], 2),
-            _f(row["throughput_img_s"], 0), _f(row["train_seconds"], 1), acc, ci,
-            _f(row["f1_macro"], 4), _f(row["roc_auc_macro"], 4), _f(row["ece"], 4)]
-
-
-def measured_on(rows: Sequence[dict[str, Any]]) -> str:
-    """The line that says how the speed columns were measured."""
-    precisions = sorted({r["precision"] for r in rows})
-    threads = sorted({r["threads"] for r in rows})
-    return (f"Latency: median of timed batch-1 forwards; throughput: batch {THROUGHPUT_BATCH}; "
-            f"CPU, {'/'.join(map(str, threads))} torch thread(s), "
-            f"{'/'.join(precisions)}, measured {time.strftime('%Y-%m-%d %H:%M')} on this machine. "
-            "CV rows: mean ± std over folds; model and speed of fold_1. Ensemble rows: the "
-            "members' sizes and times added (x 8 views with TTA).")
-
-
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(MD_HEADER) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * (len(MD_HEADER) - 2)) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in display_cells(r)) + " |"
-              for r in rows]
-    return "\n".join(lines) + "\n\n" + measured_on(rows)
-
-
-def _f(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else value

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-import medscope.evaluate.cv as cv
+import medscope.workflows.cv as cv
 from medscope.cli import main
 from medscope.run import read_json
 from tests.conftest import make_image_folder
@@ -106,7 +106,7 @@ def test_summary_mean_and_std_are_numpys_over_fold_rows(cv_dir):
 
 
 def test_interrupted_cv_continues_without_retraining_finished_folds(tmp_path, monkeypatch):
-    import medscope.train.trainer as trainer
+    import medscope.workflows.training as trainer
 
     data = make_image_folder(tmp_path / "data", per_class=6, size=32)
     real_train, real_prepare, calls, crash = cv.train_run, trainer.prepare_data, [], [True]
@@ -180,7 +180,7 @@ def test_oof_probabilities_are_each_fold_models_own_predictions(cv_dir):
     """oof_predictions.csv re-uses each fold's predictions.csv: they must be what the fold's
     best checkpoint gives on those images."""
     from medscope.data.sources import load_source
-    from medscope.predict import Predictor
+    from medscope.predictor import Predictor
 
     data, out, _ = cv_dir
     rows = [r for r in csv.DictReader((out / "oof_predictions.csv").open()) if r["fold"] == "2"]

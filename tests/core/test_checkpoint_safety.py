@@ -12,11 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import medscope.train.checkpoint as ckpt
+import medscope.core.checkpoint as ckpt
 from medscope.cli import main
-from medscope.errors import MedscopeError
-from medscope.run import RunDir, read_json
-from medscope.train.checkpoint import (
+from medscope.core.checkpoint import (
     CheckpointMeta,
     checkpoint_problem,
     load_checkpoint,
@@ -24,6 +22,8 @@ from medscope.train.checkpoint import (
     previous_stem,
     save_checkpoint,
 )
+from medscope.errors import MedscopeError
+from medscope.run import RunDir, read_json
 from medscope.train.engine import resume_state
 from tests.conftest import interrupt_after_epoch, make_image_folder, nan_loss_at_call
 

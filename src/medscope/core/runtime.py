@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 
 
@@ -135,7 +134,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, normalize: Normalize,
+def predict_logits(model: nn.Module, loader: DataLoader, normalize: nn.Module,
                    runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 logits, labels) over a whole loader, model in eval mode."""
     model.eval()
@@ -146,3 +145,12 @@ def predict_logits(model: nn.Module, loader: DataLoader, normalize: Normalize,
         outs.append(logits.float().cpu())
         targets.append(labels)
     return torch.cat(outs), torch.cat(targets)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or ``torch.compile`` wrappers (what checkpoints hold)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner

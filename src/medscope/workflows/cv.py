@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from medscope.config import RunConfig
+from medscope.core.runtime import select_runtime
 from medscope.data.prepare import read_splits, scan_source, write_splits
 from medscope.data.sources import DataSource
 from medscope.data.splits import kfold_indices, split_indices
 from medscope.errors import MedscopeError
 from medscope.evaluate.bootstrap import bootstrap_ci
-from medscope.evaluate.evaluator import PREDICTIONS
 from medscope.evaluate.metrics import classification_metrics
-from medscope.predict import Predictor
+from medscope.predictor import Predictor
 from medscope.report.cv import render_cv_report
 from medscope.run import (
     RunDir,
@@ -35,8 +35,8 @@ from medscope.run import (
 from medscope.train.distributed import init_distributed
 from medscope.train.preflight import check_model
 from medscope.train.resumable import TrainingInterrupted
-from medscope.train.runtime import select_runtime
-from medscope.train.trainer import train_run
+from medscope.workflows.evaluation import PREDICTIONS
+from medscope.workflows.training import train_run
 
 log = logging.getLogger("medscope")
 

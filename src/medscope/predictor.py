@@ -1,0 +1,195 @@
+"""One model's inference, whatever runs it: the ``Classifier`` protocol that ``Predictor`` (PyTorch)
+and ``export.OnnxPredictor`` (onnxruntime) both satisfy, and what is computed on top of any
+classifier (test-time augmentation, calibrated probabilities, several models on the same files).
+
+Everything downstream (evaluate, predict, explain, serve, ensembles) goes through this module, so
+that preprocessing, calibration and TTA are computed identically. It sits below ``export`` and
+``predict``: exporting needs a ``Predictor``, and predicting may need an export."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medscope.core.checkpoint import CheckpointMeta, load_checkpoint, model_state
+from medscope.core.runtime import Runtime, predict_logits, select_runtime
+from medscope.data.cache import DecodedImages, decode_images
+from medscope.data.dataset import PixelDataset
+from medscope.data.sources import Sample
+from medscope.data.transforms import Normalize
+from medscope.errors import MedscopeError, first_line
+from medscope.run import RunDir
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What evaluate, predict, explain and serve need of a trained model."""
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def classes(self) -> list[str]: ...
+    @property
+    def img_size(self) -> int: ...
+    @property
+    def in_chans(self) -> int: ...
+    @property
+    def multilabel(self) -> bool: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def thresholds(self) -> list[float] | None: ...
+
+    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray: ...
+    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray: ...
+    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray: ...
+    def decode(self, samples: Sequence[Sample], **kw: Any) -> DecodedImages: ...
+
+
+class MetaClassifier:
+    """The part of a ``Classifier`` that only reads the checkpoint metadata (``_meta``, the JSON
+    dict): its properties, the one calibration step and decoding at the model's size."""
+
+    _meta: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint metadata as the JSON dict (a shallow copy)."""
+        return dict(self._meta)
+
+    classes = property(lambda self: list(self._meta["classes"]))
+    img_size = property(lambda self: int(self._meta["img_size"]))
+    in_chans = property(lambda self: int(self._meta["in_chans"]))
+    multilabel = property(lambda self: bool(self._meta.get("multilabel", False)))
+    temperature = property(lambda self: float(self._meta.get("temperature") or 1.0))
+    thresholds = property(lambda self: self._meta.get("thresholds"))
+
+    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        raise NotImplementedError
+
+    def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities for an N x S x S x C uint8 array: softmax(logits / T) with the
+        checkpoint's temperature, or an independent sigmoid per class for multi-label."""
+        return self.probs_from_logits(self.logits_from_pixels(pixels, batch_size))
+
+    def probs_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        # The temperature calibrates softmax only; multi-label has per-label thresholds.
+        t = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        if self.multilabel:
+            return torch.sigmoid(t).numpy()
+        return torch.softmax(t / self.temperature, 1).numpy()
+
+    def decode(self, samples: Sequence[Sample], **kw: Any) -> DecodedImages:
+        return decode_images(samples, self.img_size, self.in_chans, **kw)
+
+
+class Predictor(MetaClassifier):
+    """A trained PyTorch model plus the preprocessing recorded in its checkpoint metadata."""
+
+    def __init__(self, model: torch.nn.Module, info: CheckpointMeta, runtime: Runtime) -> None:
+        self.info = info
+        self._meta = info.to_json()
+        self.runtime = runtime
+        self.model = runtime.prepare(model).eval()
+        self.normalize = Normalize(info.mean, info.std).to(runtime.device)
+
+    @classmethod
+    def load(cls, source: Path | str, precision: str = "auto", device: str = "auto"
+             ) -> Predictor:
+        """From a run directory (its best checkpoint) or a checkpoint file pair."""
+        from medscope.models import create_model
+
+        stem = checkpoint_stem(source)
+        runtime = select_runtime(device, precision)
+        tensors, meta = load_checkpoint(stem)
+        try:
+            model = create_model(meta.model, num_classes=meta.num_classes,
+                                 in_chans=meta.in_chans, img_size=meta.img_size,
+                                 **meta.model_kwargs)
+        except TypeError as exc:
+            raise MedscopeError(f"{stem}.json: model_kwargs do not fit {meta.model!r} "
+                                f"({exc})") from None
+        try:
+            model.load_state_dict(model_state(tensors))
+        except RuntimeError as exc:
+            raise MedscopeError(f"{stem}: weights do not fit {meta.model!r} "
+                                f"({first_line(exc)})") from None
+        return cls(model, meta, runtime)
+
+    def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Raw float32 logits (before temperature) for an N x S x S x C uint8 array."""
+        loader = DataLoader(PixelDataset(pixels, np.zeros(len(pixels), dtype=np.int64)),
+                            batch_size=batch_size)
+        logits, _ = predict_logits(self.model, loader, self.normalize, self.runtime)
+        return logits.numpy()
+
+
+def checkpoint_stem(source: Path | str) -> Path:
+    """The checkpoint pair's path without suffix: a run directory's best one, or the file given."""
+    source = Path(source)
+    if source.is_dir():
+        run = RunDir(source)
+        run.require_finished()
+        return run.best
+    if source.suffix in (".safetensors", ".json"):
+        return source.with_suffix("")
+    if source.with_suffix(".safetensors").is_file():
+        return source
+    if not source.exists():
+        raise MedscopeError(f"{source}: run directory not found")
+    raise MedscopeError(f"{source}: neither a run directory nor a checkpoint")
+
+
+def probs_per_model(models: Sequence[Classifier], samples: Sequence[Sample], *, tta: bool = False,
+                    batch_size: int = 64, progress: bool = False, desc: str = "decode"
+                    ) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray]:
+    """``(kept, bad, probs)``: the indices of the samples every model could read, the unreadable
+    files with the reason, and an M x N x K array of each model's calibrated probabilities on
+    the kept ones (``tta``: see ``model_probs``). The images are decoded once per distinct
+    size and channel count, so models trained at different resolutions can be averaged."""
+    decoded: dict[tuple[int, int], DecodedImages] = {}
+    for m in models:
+        key = (m.img_size, m.in_chans)
+        if key not in decoded:
+            decoded[key] = m.decode(samples, progress=progress, desc=desc)
+    kept = functools.reduce(np.intersect1d, (d.kept for d in decoded.values()))
+    bad = {str(p): (p, why) for d in decoded.values() for p, why in d.bad}
+    k = len(models[0].classes)
+    probs = np.empty((len(models), len(kept), k), dtype=np.float32)
+    for i, m in enumerate(models):
+        d = decoded[(m.img_size, m.in_chans)]
+        pixels = d.pixels if len(d.kept) == len(kept) else d.pixels[np.isin(d.kept, kept)]
+        if len(kept):
+            probs[i] = model_probs(m, pixels, batch_size, tta=tta)
+    return kept, list(bad.values()), probs
+
+
+def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of the square (rot90 x 4, each also mirrored) of N x S x S x C images:
+    microscopy and histology have no 'up' and no handedness."""
+    rotations = [np.rot90(pixels, k, axes=(1, 2)) for k in range(4)]
+    return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
+
+
+def tta_logits(model: Classifier, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Test-time augmentation: a model's logits (before temperature) averaged over the 8
+    dihedral views. Averaged as logits, not probabilities, so the temperature calibrates the
+    result once, and evaluation's before/after calibration figures stay defined."""
+    views = dihedral_views(pixels)
+    total = sum(np.asarray(model.logits_from_pixels(v, batch_size), np.float64) for v in views)
+    return (total / len(views)).astype(np.float32)
+
+
+def model_probs(model: Classifier, pixels: np.ndarray, batch_size: int = 64, *,
+                tta: bool = False) -> np.ndarray:
+    """One model's probabilities, calibrated by its temperature (``Predictor`` and
+    ``OnnxPredictor`` both apply it); with ``tta`` from its logits averaged over the views."""
+    logits = (tta_logits(model, pixels, batch_size) if tta
+              else model.logits_from_pixels(pixels, batch_size))
+    return np.asarray(model.probs_from_logits(logits))
