@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,8 +30,16 @@ test: $(STAMP) browser
 	mkdir -p .tmp
 	TMPDIR=$(CURDIR)/.tmp $(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.tmp/pytest
 
+# Everyday work: every test not marked slow (under 3 minutes on 2 cores). `make test` and CI
+# run the whole suite.
+test-fast: $(STAMP)
+	mkdir -p .tmp
+	TMPDIR=$(CURDIR)/.tmp $(BIN)/python -m pytest -q -m "not slow" --basetemp=$(CURDIR)/.tmp/pytest-fast
+
+# ruff, and the layer contract of docs/architecture.md (import-linter, declared in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports pyproject.toml
 
 clean:
 	rm -rf runs/demo .pytest_cache .tmp

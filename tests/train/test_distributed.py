@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from medscope.cli import main
 from medscope.config import load_config
-from medscope.core.runtime import predict_logits, select_runtime
+from medscope.core.runtime import predict_logits, select_runtime, unwrap
 from medscope.data.dataset import PixelDataset
 from medscope.data.prepare import run_samples
 from medscope.errors import MedscopeError
@@ -30,7 +30,6 @@ from medscope.train.distributed import (
     DistContext,
     DistributedWeightedSampler,
     init_distributed,
-    unwrap,
 )
 from medscope.train.engine import gathered_logits
 from medscope.train.setup import train_sampler_for

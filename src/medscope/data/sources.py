@@ -276,6 +276,14 @@ def scan_csv(csv_path: Path | str, classes: list[str] | None = None, *,
         samples = [Sample(p, index[v], g, s)
                    for p, v, g, s in zip(paths, raw, groups, splits, strict=True)]
         return DataSource(root, list(classes), samples, kind="csv")
+    return _scan_one_hot(csv_path, rows, header, path_col, paths, groups, splits, classes,
+                         multilabel)
+
+
+def _scan_one_hot(csv_path: Path, rows, header: list[str], path_col: str, paths, groups, splits,
+                  classes: list[str] | None, multilabel: bool | None) -> DataSource:
+    """A CSV without a label column: one 0/1 column per class (multi-label unless
+    ``multilabel`` is False)."""
     onehot = [c for c in header if c not in {path_col, *_META_COLUMNS}
               and all((r.get(c) or "").strip() in ("0", "1") for r in rows)]
     if not onehot:
@@ -289,7 +297,7 @@ def scan_csv(csv_path: Path | str, classes: list[str] | None = None, *,
         return _one_hot_single(csv_path, rows, paths, groups, splits, list(classes))
     samples = [Sample(p, -1, g, s, tuple(int(r[c]) for c in classes))
                for p, r, g, s in zip(paths, rows, groups, splits, strict=True)]
-    return DataSource(root, list(classes), samples, multilabel=True, kind="csv")
+    return DataSource(csv_path.parent, list(classes), samples, multilabel=True, kind="csv")
 
 
 def _one_hot_single(csv_path: Path, rows, paths, groups, splits, classes: list[str]
