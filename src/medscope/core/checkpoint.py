@@ -52,6 +52,10 @@ class CheckpointMeta(BaseModel):
     img_size: int
     in_chans: int
     resize: str = "squash"  # whole image resized to a square, no crop
+    # What one model input covers in the source, in source pixels (``data.scale``): tile_px,
+    # stride_px, source_px, mpp, origin. Read by the tiling of large images; None for array data
+    # and checkpoints older than it.
+    scale: dict[str, Any] | None = None
     mean: list[float]
     std: list[float]
     pretrained: str | None = None
