@@ -17,8 +17,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from medscope.data.sources import PATCH_MANIFEST, Sample
 from medscope.run import open_run_csv
