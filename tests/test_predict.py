@@ -133,6 +133,23 @@ def test_ensemble_averages_the_fold_models(trained_run, second_run, image_folder
     assert np.abs(_probs(_read(out)) - (one + two) / 2).max() < 1e-5
 
 
+def test_cv_dir_lists_its_folds_in_numeric_order(tmp_path):
+    from medscope.predict import fold_dirs
+    from medscope.run import CvDir
+
+    cv = CvDir(tmp_path / "cv")
+    for name in ("fold_10", "fold_2", "fold_1", "fold_x", "notes"):
+        (cv.root / name).mkdir(parents=True)
+    (cv.root / "fold_3").write_text("a file, not a fold")
+    assert [f.root.name for f in cv.folds()] == ["fold_1", "fold_2", "fold_10"]
+    assert fold_dirs(cv.root) == [f.root for f in cv.folds()]
+    assert cv.fold(2).metrics == cv.root / "fold_2" / "metrics.json"
+    assert cv.fold_split(2) == cv.root / "splits" / "fold_2.csv"
+    assert (cv.summary.name, cv.oof_predictions.name) == ("cv_summary.json",
+                                                          "oof_predictions.csv")
+    assert not cv.is_cv() and cv.finished_folds() == []
+
+
 def test_ensemble_mistakes_are_one_line(trained_run, image_folder, tmp_path, capsys):
     cv = tmp_path / "cv"
     cv.mkdir()

@@ -14,10 +14,11 @@ import numpy as np
 from medscope.data.io import is_image_file
 from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
+from medscope.evaluate.decisions import Rules, check_abstain_below, refer_flag, rules_for
 from medscope.export import OnnxPredictor
 from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
 from medscope.predictor import Classifier, Predictor, checkpoint_stem, probs_per_model
-from medscope.run import atomic_write_csv, read_json
+from medscope.run import CvDir, atomic_write_csv, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +64,23 @@ def predict_files(
     with ``ensemble`` a ``medscope cv`` directory whose ``fold_*`` models are averaged; a list
     of them averages their models (image sizes may differ: each gets the images at its own).
     ``tta``: each model's logits averaged over the 8 dihedral views (4 rotations x mirror).
-    ``abstain_below``: refer the image to an expert when its top probability is below this;
+    ``abstain_below``: refer the image to an expert when its confidence is below this;
     default the checkpoint's ``selective_threshold`` (single model only), 0 switches it off.
+    Labels and referral follow ``medscope.evaluate.decisions``, as serve and evaluate do.
     ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
     stale); ``"onnx-int8"``: on its int8 export (``RUN/onnx-int8``, calibrated on the run's
     training images). Probabilities are calibrated by each model's temperature.
     """
     if backend not in BACKENDS:
         raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
+    check_abstain_below(abstain_below)  # before any model is loaded
     if batch_size < 1:
         raise MedscopeError(f"batch size {batch_size}: must be at least 1")
     models = load_models(source, backend=backend, precision=precision, device=device,
                          ensemble=ensemble)
     classes = models[0].classes
     top_k = max(1, min(int(top_k), len(classes)))
-    threshold = abstain_threshold(models, abstain_below)
-    thresholds = label_thresholds(models)
+    rules = rules_for([m.meta for m in models], abstain_below)
     paths = collect_images(inputs)
     rows: list[dict[str, Any]] = []
     bar = _progress_bar(len(paths), progress)
@@ -86,8 +88,7 @@ def predict_files(
         chunk = paths[start:start + PREDICT_CHUNK]
         kept, bad, each = probs_per_model(models, [Sample(p, -1) for p in chunk], tta=tta,
                                           batch_size=batch_size)
-        rows += chunk_rows(chunk, kept, bad, np.mean(each, axis=0), classes, thresholds, top_k,
-                           threshold)
+        rows += chunk_rows(chunk, kept, bad, np.mean(each, axis=0), rules, top_k)
         bar.update(len(chunk))
     bar.close()
     if out_csv is not None:
@@ -121,12 +122,7 @@ def load_models(source: Path | str | Sequence[Path | str], *, backend: str = "to
 
 def fold_dirs(cv_dir: Path | str) -> list[Path]:
     """``fold_1 … fold_K`` run directories of a ``medscope cv`` directory, in fold order."""
-    cv_dir = Path(cv_dir)
-    folds = [p for p in cv_dir.glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
-    if not folds:
-        raise MedscopeError(f"{cv_dir}: no fold_*/ run directories (is it a `medscope cv` "
-                            "output?)")
-    return sorted(folds, key=lambda p: int(p.name[5:]))
+    return [run.root for run in CvDir(cv_dir).require_folds()]
 
 
 def _load_one(source: Path, backend: str, precision: str, device: str) -> Classifier:
@@ -158,36 +154,16 @@ def current_onnx_export(source: Path | str, int8: bool = False) -> Path:
     return export_onnx(source, folder, int8=int8).parent
 
 
-def abstain_threshold(models: Sequence[Any], given: float | None) -> float | None:
-    """``given`` (0 = off), else a single model's stored ``selective_threshold``, else off."""
-    if given is not None:
-        if not 0.0 <= given <= 1.0:
-            raise MedscopeError(f"abstain threshold {given}: must be between 0 and 1")
-        return given or None
-    if len(models) == 1:
-        stored = models[0].meta.get("selective_threshold")
-        return float(stored) if stored is not None else None
-    return None
-
-
-def label_thresholds(models: Sequence[Any]) -> list[float] | None:
-    """Multi-label decision thresholds (tuned ones when a single model has them, else 0.5);
-    None for single-label models."""
-    if not models[0].multilabel:
-        return None
-    tuned = getattr(models[0], "thresholds", None) if len(models) == 1 else None
-    return list(tuned) if tuned else [0.5] * len(models[0].classes)
-
-
 def chunk_rows(paths: Sequence[Path], kept: np.ndarray, unreadable: list[tuple[Path, str]],
-               probs: np.ndarray, classes: list[str], thresholds: list[float] | None,
-               top_k: int, abstain: float | None) -> list[dict[str, Any]]:
+               probs: np.ndarray, rules: Rules, top_k: int) -> list[dict[str, Any]]:
     """Rows for one decoded chunk (``kept``: indices into ``paths`` of the rows of ``probs``),
     in the order of ``paths``."""
+    classes = list(rules.classes)
     rows: dict[int, dict[str, Any]] = {}
-    for row_probs, idx in zip(probs, kept, strict=True):
-        rows[int(idx)] = prediction_row(paths[idx], row_probs, classes, thresholds, top_k,
-                                        abstain)
+    labels, refer = rules.labels(probs), rules.refer_to_expert(probs)
+    for i, (row_probs, idx) in enumerate(zip(probs, kept, strict=True)):
+        rows[int(idx)] = prediction_row(paths[idx], row_probs, classes, labels[i], top_k,
+                                        None if refer is None else bool(refer[i]))
     bad = {str(p): reason for p, reason in unreadable}
     for idx, path in enumerate(paths):
         if idx not in rows:
@@ -197,20 +173,14 @@ def chunk_rows(paths: Sequence[Path], kept: np.ndarray, unreadable: list[tuple[P
     return [rows[i] for i in range(len(paths))]
 
 
-def prediction_row(path: Path, probs: np.ndarray, classes: list[str],
-                   thresholds: list[float] | None, top_k: int,
-                   abstain: float | None) -> dict[str, Any]:
-    """``thresholds`` None: single-label (the top class); else multi-label: every class at or
-    above its threshold, joined by '|' (may be none)."""
-    best = int(probs.argmax())
-    prediction = (classes[best] if thresholds is None else
-                  "|".join(c for c, p, t in zip(classes, probs, thresholds, strict=True)
-                           if p >= t))
+def prediction_row(path: Path, probs: np.ndarray, classes: list[str], label: str, top_k: int,
+                   refer: bool | None) -> dict[str, Any]:
+    """One image's row; ``label`` and ``refer`` are the decisions (``medscope.evaluate.decisions``)
+    already taken on ``probs``."""
     order = np.argsort(-probs, kind="stable")[:top_k]
-    refer = "" if abstain is None else ("yes" if probs[best] < abstain else "no")
-    return {"file": str(path), "prediction": prediction, "probability": float(probs[best]),
+    return {"file": str(path), "prediction": label, "probability": float(probs.max()),
             "top_k": "|".join(f"{classes[i]}:{probs[i]:.4f}" for i in order),
-            "refer_to_expert": refer, "error": "",
+            "refer_to_expert": refer_flag(refer), "error": "",
             **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)}}
 
 

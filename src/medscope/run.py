@@ -1,4 +1,5 @@
-"""RunDir: where each artefact of a run lives, and atomic writes so nothing is half-written."""
+"""RunDir and CvDir: where each artefact of a run (or of a cross-validation) lives, and atomic
+writes so nothing is half-written. File names are spelled here and nowhere else."""
 
 from __future__ import annotations
 
@@ -108,6 +109,12 @@ def read_json(path: Path) -> Any:
         raise MedscopeError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+# What an evaluation writes into its folder (a run's own root, ``RUN/eval-*`` or an
+# ensemble's ``--out``), so readers of any of them spell the names alike.
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+
+
 class RunDir:
     """The directory of one run and the names of everything in it."""
 
@@ -117,7 +124,8 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     splits = property(lambda self: self.root / "splits.csv")
     history = property(lambda self: self.root / "history.csv")
-    metrics = property(lambda self: self.root / "metrics.json")
+    metrics = property(lambda self: self.root / METRICS)
+    predictions = property(lambda self: self.root / PREDICTIONS)
     bad_files = property(lambda self: self.root / "bad_files.csv")
     checkpoints = property(lambda self: self.root / "checkpoints")
     best = property(lambda self: self.root / "checkpoints" / "best")
@@ -168,3 +176,50 @@ class RunDir:
             raise MedscopeError(f"{self.root}: run directory not found")
         if not self.best.with_suffix(".safetensors").is_file():
             raise MedscopeError(f"{self.root}: no checkpoints/best.safetensors (has training run?)")
+
+
+FOLD_PREFIX = "fold_"
+
+
+class CvDir:
+    """The directory of one ``medscope cv``: a run directory per fold (``fold_1 … fold_K``),
+    the split file of each fold, and the pooled out-of-fold files."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    summary = property(lambda self: self.root / "cv_summary.json")
+    summary_csv = property(lambda self: self.root / "cv_summary.csv")
+    summary_md = property(lambda self: self.root / "cv_summary.md")
+    settings = property(lambda self: self.root / "cv_settings.json")
+    oof_predictions = property(lambda self: self.root / "oof_predictions.csv")
+    report = property(lambda self: self.root / "cv_report.html")
+    split_files = property(lambda self: self.root / "splits")
+
+    def fold(self, k: int) -> RunDir:
+        """Fold ``k``'s run directory (1-based, as the folder names count)."""
+        return RunDir(self.root / f"{FOLD_PREFIX}{k}")
+
+    def fold_split(self, k: int) -> Path:
+        return self.split_files / f"{FOLD_PREFIX}{k}.csv"
+
+    def folds(self) -> list[RunDir]:
+        """The fold run directories present, in fold order (fold_2 before fold_10)."""
+        found = [p for p in self.root.glob(f"{FOLD_PREFIX}*")
+                 if p.is_dir() and p.name[len(FOLD_PREFIX):].isdigit()]
+        return [RunDir(p) for p in sorted(found, key=lambda p: int(p.name[len(FOLD_PREFIX):]))]
+
+    def require_folds(self) -> list[RunDir]:
+        """``folds()``, refusing a directory without any."""
+        folds = self.folds()
+        if not folds:
+            raise MedscopeError(f"{self.root}: no {FOLD_PREFIX}*/ run directories (is it a "
+                                "`medscope cv` output?)")
+        return folds
+
+    def finished_folds(self) -> list[RunDir]:
+        return [f for f in self.folds() if f.is_finished()]
+
+    def is_cv(self) -> bool:
+        """A finished (or summarised) cross-validation: its summary is written last."""
+        return self.summary.is_file()

@@ -45,8 +45,8 @@ def test_model_info_reports_metrics_and_which_refer_rule_applies(make_client, tr
     assert info["metrics"]["f1_macro"] == metrics["f1_macro"]
     ckpt = json.loads(trained_run.best.with_suffix(".json").read_text())
     stored = ckpt.get("selective_threshold")
-    if stored is None:  # fitted on validation but unreachable: the default rule applies
-        assert info["refer_below"] == 0.5 and info["refer_rule"].startswith("default")
+    if stored is None:  # fitted on validation but unreachable: no referral, as in predict
+        assert info["refer_below"] is None and info["refer_rule"].startswith("off")
     else:
         assert info["refer_below"] == stored and "selective_threshold" in info["refer_rule"]
     assert info["temperature"] == ckpt["temperature"]
@@ -61,19 +61,24 @@ def test_predict_matches_the_predictor_on_the_same_image(make_client, served, sa
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert body["label"] == predictor.classes[int(expected.argmax())]
     assert body["confidence"] == pytest.approx(float(expected.max()))
-    assert body["refer_to_expert"] == (expected.max() < 0.5)
+    stored = predictor.meta.get("selective_threshold")
+    # The checkpoint's validated threshold, else none (null), as predict and evaluate decide.
+    assert body["refer_to_expert"] == (None if stored is None else bool(expected.max() < stored))
+    assert body["refer_below"] == stored
     assert body["model"]["id"] == served_model.id
     heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
     assert heat.format == "PNG" and heat.size == (32, 32)
 
 
-@pytest.mark.parametrize(("threshold", "refer"), [(1.0, True), (0.0, False)])
-def test_abstain_below_decides_refer_to_expert(trained_run, sample, threshold, refer):
+@pytest.mark.parametrize(("threshold", "refer", "below"),
+                         [(1.0, True, 1.0), (1e-9, False, 1e-9), (0.0, None, None)])
+def test_abstain_below_decides_refer_to_expert(trained_run, sample, threshold, refer, below):
+    """0 switches referral off (null), as ``predict --abstain-below 0`` leaves the column empty."""
     from fastapi.testclient import TestClient
 
     client = TestClient(create_app(load_models([trained_run.root], abstain_below=threshold)))
     body = _post(client, sample.read_bytes(), heatmap="false").json()
-    assert body["refer_to_expert"] is refer and body["refer_below"] == threshold
+    assert body["refer_to_expert"] is refer and body["refer_below"] == below
     assert "--abstain-below" in client.get("/api/model").json()["refer_rule"]
 
 
@@ -179,11 +184,11 @@ def test_large_upload_stays_in_memory(make_client, monkeypatch):
     assert r.status_code == 200 and r.json()["label"] in ("alpha", "beta", "gamma")
 
 
-def test_refer_rule_prefers_operator_then_checkpoint_then_default():
-    from medscope.serve.app import refer_rule
+def test_served_model_takes_its_rules_from_decisions(served):
+    """Serve keeps no rule of its own: what it reports is ``decisions.rules_for``'s."""
+    from medscope.evaluate.decisions import rules_for
 
-    assert refer_rule({"selective_threshold": 0.8}, 0.6)[0] == 0.6
-    threshold, rule = refer_rule({"selective_threshold": 0.8}, None)
-    assert threshold == 0.8 and "selective_threshold" in rule
-    assert refer_rule({"selective_threshold": None}, None) == (
-        0.5, "default 0.5 (no validated threshold in the checkpoint)")
+    model = next(iter(served.values()))
+    assert model.rules == rules_for([model.predictor.meta])
+    assert (model.refer_below, model.refer_rule) == (model.rules.refer.threshold,
+                                                     model.rules.refer.source)

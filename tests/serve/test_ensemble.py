@@ -58,8 +58,8 @@ def test_model_info_names_the_members_and_the_ensembles_own_threshold(client, en
     assert [m["name"] for m in info["members"]] == ["simple_cnn", "lenet5"]
     assert info["metrics"]["accuracy"] == metrics["accuracy"]
     threshold = metrics["selective"]["threshold"]
-    if threshold is None:  # unreachable on validation
-        assert info["refer_below"] == 0.5 and info["refer_rule"].startswith("default")
+    if threshold is None:  # unreachable on validation: no referral
+        assert info["refer_below"] is None and info["refer_rule"].startswith("off")
     else:
         assert info["refer_below"] == threshold and "ensemble" in info["refer_rule"]
 

@@ -51,6 +51,14 @@ def test_predictions_csv_has_a_row_per_evaluated_image(trained_run):
     assert predicted == [classes[i][2:] for i in probs.argmax(1)]
     accuracy = np.mean([r["predicted"] == r["label"] for r in rows])
     assert accuracy == pytest.approx(metrics["accuracy"])
+    # Referral as predict and serve decide it: the checkpoint's validated threshold, else none.
+    stored = json.loads(trained_run.best.with_suffix(".json").read_text()).get(
+        "selective_threshold")
+    flags = [r["refer_to_expert"] for r in rows]
+    if stored is None:
+        assert set(flags) == {""}
+    else:
+        assert flags == ["yes" if p < stored else "no" for p in probs.max(1)]
 
 
 def test_tta_evaluation_averages_the_views_logits_beside_the_runs_own_metrics(trained_run,

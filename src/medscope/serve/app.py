@@ -30,13 +30,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from medscope.data.io import BadImageError, read_image_bytes
 from medscope.errors import MedscopeError
+from medscope.evaluate.decisions import Rules, check_abstain_below, rules_for
 from medscope.predictor import Predictor, checkpoint_stem
-from medscope.run import read_json
+from medscope.run import RunDir, read_json
 
 log = logging.getLogger("medscope")
 
 STATIC = Path(__file__).with_name("static")
-DEFAULT_REFER_BELOW = 0.5
 # Browsers send image/*; curl and scripts often send octet-stream; PACS tools application/dicom.
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream", "application/dicom")
 # Room for the multipart envelope around a file of the full allowed size.
@@ -62,17 +62,26 @@ class ServeError(Exception):
 @dataclass
 class ServedModel:
     """One loaded run (or ensemble): its predictor(s), its evaluation figures and its
-    refer-to-expert rule. An ensemble's ``predictor`` is its first member: its classes, and
-    the one whose Grad-CAM is shown."""
+    decision rules (``medscope.evaluate.decisions``, as predict and evaluate apply them). An
+    ensemble's ``predictor`` is its first member: its classes, and the one whose Grad-CAM is
+    shown."""
 
     id: str
     source: Path
     predictor: Predictor
     metrics: dict[str, Any]
-    refer_below: float
-    refer_rule: str
+    rules: Rules
     members: tuple[Predictor, ...] = ()  # an ensemble's runs, ``predictor`` first
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def refer_below(self) -> float | None:
+        """The refer-to-expert threshold; None when referral is off."""
+        return self.rules.refer.threshold
+
+    @property
+    def refer_rule(self) -> str:
+        return self.rules.refer.source
 
     @property
     def temperature(self) -> float | None:
@@ -114,26 +123,22 @@ class ServedModel:
                              for m in members], axis=0)
             top = int(probs.argmax())
             heat = heatmap_png(p, pixels, top) if with_heatmap else None
-        result = {"label": self.label(probs), "confidence": confidence(probs, p.multilabel),
+        result = {**self.decide(probs),
                   "probabilities": {c: float(x) for c, x in zip(p.classes, probs, strict=True)},
-                  "refer_to_expert": confidence(probs, p.multilabel) < self.refer_below,
-                  "refer_below": self.refer_below,
                   "model": {"id": self.id, "name": self.name,
                             "temperature": self.temperature}}
         if heat is not None:
             result["heatmap_png_base64"] = base64.b64encode(heat).decode("ascii")
         return result
 
-    def label(self, probs: np.ndarray) -> str:
-        classes = self.predictor.classes
-        if self.predictor.multilabel:
-            return "|".join(c for c, x in zip(classes, probs, strict=True) if x >= 0.5)
-        return classes[int(probs.argmax())]
-
-
-def confidence(probs: np.ndarray, multilabel: bool) -> float:
-    """Top probability; multi-label: the least certain of the per-class yes/no decisions."""
-    return float(np.maximum(probs, 1 - probs).min() if multilabel else probs.max())
+    def decide(self, probs: np.ndarray) -> dict[str, Any]:
+        """Label, confidence and referral of one image's probabilities; ``refer_to_expert`` is
+        None (JSON null) when referral is off."""
+        refer = self.rules.refer_to_expert(probs[None])
+        return {"label": self.rules.labels(probs[None])[0],
+                "confidence": float(self.rules.confidence(probs[None])[0]),
+                "refer_to_expert": None if refer is None else bool(refer[0]),
+                "refer_below": self.refer_below}
 
 
 def gradcam_available() -> bool:
@@ -153,33 +158,9 @@ def heatmap_png(predictor: Predictor, pixels: np.ndarray, target: int) -> bytes 
     return overlay_png(pixels, heatmap(predictor, pixels, target=target))
 
 
-def refer_rule(meta: dict[str, Any], abstain_below: float | None) -> tuple[float, str]:
-    """(threshold, which rule set it): --abstain-below, else the checkpoint's selective
-    threshold, else 0.5 for lack of anything better."""
-    if abstain_below is not None:
-        return float(abstain_below), "set by the operator (--abstain-below)"
-    if meta.get("selective_threshold") is not None:
-        return float(meta["selective_threshold"]), ("validated selective threshold "
-                                                    "(checkpoint selective_threshold)")
-    return DEFAULT_REFER_BELOW, "default 0.5 (no validated threshold in the checkpoint)"
-
-
-def ensemble_refer_rule(metrics: dict[str, Any], abstain_below: float | None
-                        ) -> tuple[float, str]:
-    """An ensemble's rule: --abstain-below, else the threshold its evaluation fitted on the
-    members' shared validation split, else 0.5."""
-    if abstain_below is not None:
-        return float(abstain_below), "set by the operator (--abstain-below)"
-    selective = metrics.get("selective") or {}
-    if selective.get("fitted_on") == "validation" and selective.get("threshold") is not None:
-        return float(selective["threshold"]), ("validated selective threshold of the ensemble "
-                                               "(metrics.json selective)")
-    return DEFAULT_REFER_BELOW, "default 0.5 (no threshold validated for the ensemble)"
-
-
 def run_metrics(source: Path) -> dict[str, Any]:
     """The headline figures of the run's metrics.json (empty when the run has none)."""
-    path = source / "metrics.json" if source.is_dir() else None
+    path = RunDir(source).metrics if source.is_dir() else None
     if path is None or not path.is_file():
         return {}
     metrics = read_json(path)
@@ -199,8 +180,7 @@ def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
     """Every run loaded once, by id (folder name; repeats get -2, -3 …), in the given order."""
     if not runs:
         raise MedscopeError("serve: give at least one run directory")
-    if abstain_below is not None and not 0.0 <= abstain_below <= 1.0:
-        raise MedscopeError(f"--abstain-below {abstain_below}: must be between 0 and 1")
+    check_abstain_below(abstain_below)
     # Here, not at import: evaluate.ensemble pulls in the plotting code a server never uses.
     from medscope.workflows.ensemble import member_runs
 
@@ -212,8 +192,8 @@ def load_models(runs: Sequence[Path | str], abstain_below: float | None = None,
             models[mid] = _served_ensemble(mid, source, members, abstain_below, device)
             continue
         predictor = Predictor.load(source, device=device)
-        threshold, rule = refer_rule(predictor.meta, abstain_below)
-        models[mid] = ServedModel(mid, source, predictor, run_metrics(source), threshold, rule)
+        models[mid] = ServedModel(mid, source, predictor, run_metrics(source),
+                                  rules_for([predictor.meta], abstain_below))
     return models
 
 
@@ -228,10 +208,9 @@ def _served_ensemble(mid: str, source: Path, runs: Sequence[Path], abstain_below
         if member.classes != members[0].classes:
             raise MedscopeError(f"{source}: member {run} has classes {member.classes}, "
                                 f"not {members[0].classes}")
-    metrics = read_json(source / "metrics.json")
-    threshold, rule = ensemble_refer_rule(metrics, abstain_below)
-    return ServedModel(mid, source, members[0], run_metrics(source), threshold, rule,
-                       members=members)
+    rules = rules_for([m.meta for m in members], abstain_below,
+                      ensemble_metrics=read_json(RunDir(source).metrics))
+    return ServedModel(mid, source, members[0], run_metrics(source), rules, members=members)
 
 
 def unique(name: str, taken) -> str:
@@ -305,8 +284,6 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
         raise MedscopeError("serve: no model to serve")
     if max_upload_mb <= 0:
         raise MedscopeError(f"--max-upload-mb {max_upload_mb}: must be positive")
-    max_file_bytes = int(max_upload_mb * 2**20)
-    default = next(iter(models))
     # No /docs: its page loads scripts from a CDN, and the served page must work offline.
     app = FastAPI(title="medscope", docs_url=None, redoc_url=None)
     if cors_origins:
@@ -314,14 +291,16 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization"])
-    auth = [Depends(token_checker(token))]
+    add_error_handlers(app)
+    add_security_headers(app)
+    add_routes(app, models, max_upload_mb=max_upload_mb, token=token)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.token_required = token is not None
+    return app
 
-    def pick(model: str | None) -> ServedModel:
-        if model is None:
-            return models[default]
-        if model not in models:
-            raise ServeError(404, f"unknown model {model!r}; loaded: {', '.join(models)}")
-        return models[model]
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every refusal as ``{"error": "one line"}`` with its status."""
 
     @app.exception_handler(ServeError)
     async def _refused(request: Request, exc: ServeError) -> JSONResponse:
@@ -337,12 +316,29 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
         where = ".".join(str(x) for x in first.get("loc", ()))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, 400)
 
+
+def add_security_headers(app: FastAPI) -> None:
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):
         response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         return response
+
+
+def add_routes(app: FastAPI, models: dict[str, ServedModel], *, max_upload_mb: float,
+               token: str | None) -> None:
+    """The page and the JSON API over ``models`` (the first is the default)."""
+    max_file_bytes = int(max_upload_mb * 2**20)
+    default = next(iter(models))
+    auth = [Depends(token_checker(token))]
+
+    def pick(model: str | None) -> ServedModel:
+        if model is None:
+            return models[default]
+        if model not in models:
+            raise ServeError(404, f"unknown model {model!r}; loaded: {', '.join(models)}")
+        return models[model]
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -356,7 +352,7 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
     @app.get("/api/models", dependencies=auth)
     def list_models() -> dict[str, Any]:
         return {"default": default,
-                "models": [{"id": m.id, "name": m.info()["name"], "classes": m.predictor.classes}
+                "models": [{"id": m.id, "name": m.name, "classes": m.predictor.classes}
                            for m in models.values()]}
 
     @app.get("/api/model", dependencies=auth)
@@ -373,10 +369,6 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.state.token_required = token is not None
-    return app
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from medscope.errors import MedscopeError
 from medscope.report.compare import COLUMNS, THROUGHPUT_BATCH
-from medscope.run import RunDir, read_json
+from medscope.run import CvDir, RunDir, read_json
 from medscope.workflows.ensemble import member_runs
 
 WARMUP = 3
@@ -49,8 +49,9 @@ def run_kind(path: Path) -> str:
             if not RunDir(member).is_finished():
                 raise MedscopeError(f"{path}: ensemble member {member} is not a finished run")
         return "ensemble"
-    if (path / "cv_summary.json").is_file():
-        if not RunDir(path / "fold_1").is_finished():
+    cv = CvDir(path)
+    if cv.is_cv():
+        if not cv.fold(1).is_finished():
             raise MedscopeError(f"{path}: CV directory without a finished fold_1 run")
         return "cv"
     if not path.exists():
@@ -65,7 +66,7 @@ def _row(path: Path, kind: str, repeats: int, seed: int) -> dict[str, Any]:
     if kind == "ensemble":
         row.update(_ensemble_row(path, repeats, seed))
         return row
-    model_run = path if kind == "run" else path / "fold_1"
+    model_run = path if kind == "run" else CvDir(path).fold(1).root
     row.update(measure_model(model_run, repeats=repeats, seed=seed))
     row.update(_run_quality(RunDir(path)) if kind == "run" else _cv_quality(path))
     return row
@@ -74,7 +75,7 @@ def _row(path: Path, kind: str, repeats: int, seed: int) -> dict[str, Any]:
 def _ensemble_row(path: Path, repeats: int, seed: int) -> dict[str, Any]:
     """An ensemble costs all its members: sizes, GMACs and latencies add up, throughputs add
     as rates do; with TTA each member runs 8 views, so its speed is divided by 8."""
-    metrics = read_json(path / "metrics.json")
+    metrics = read_json(RunDir(path).metrics)  # an ensemble's evaluation folder
     members = member_runs(path)
     each = [measure_model(m, repeats=repeats, seed=seed) for m in members]
     views = 8 if metrics.get("tta") else 1
@@ -150,15 +151,14 @@ def _metrics_quality(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cv_quality(root: Path) -> dict[str, Any]:
-    summary = read_json(root / "cv_summary.json")
-    folds = sorted((p for p in root.glob("fold_*")
-                    if p.name[5:].isdigit() and RunDir(p).is_finished()),
-                   key=lambda p: int(p.name[5:]))
-    fold_metrics = [read_json(RunDir(p).metrics) for p in folds]
+    cv = CvDir(root)
+    summary = read_json(cv.summary)
+    folds = cv.finished_folds()
+    fold_metrics = [read_json(f.metrics) for f in folds]
     eces = [(m.get("calibration") or {}).get("ece") for m in fold_metrics]
     mean, std = summary_mean_std(summary, root)
     return {
-        "train_seconds": sum(training_seconds(RunDir(p).history) for p in folds),
+        "train_seconds": sum(training_seconds(f.history) for f in folds),
         "n": sum(int(r.get("n") or 0) for r in summary.get("rows", [])) or None,
         "folds": summary.get("folds", len(folds)),
         "accuracy": mean.get("accuracy"), "accuracy_std": std.get("accuracy"),
@@ -175,7 +175,7 @@ def summary_mean_std(summary: dict[str, Any], root: Path
         return summary["mean"], summary["std"]
     rows = summary.get("rows") or []
     if not rows:
-        raise MedscopeError(f"{root / 'cv_summary.json'}: no fold rows and no mean/std")
+        raise MedscopeError(f"{CvDir(root).summary}: no fold rows and no mean/std")
     mean: dict[str, float | None] = {}
     std: dict[str, float | None] = {}
     for key in ("accuracy", "f1_macro", "roc_auc_macro", "loss"):

@@ -18,11 +18,12 @@ from medscope.data.prepare import folder_source, labels_of, run_group_pattern, r
 from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
+from medscope.evaluate.decisions import rules_for
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
 from medscope.predict import load_models
 from medscope.predictor import probs_per_model
-from medscope.run import RunDir, read_json
+from medscope.run import METRICS, RunDir, read_json
 from medscope.workflows.evaluation import groups_of, write_evaluation
 
 log = logging.getLogger("medscope")
@@ -46,17 +47,7 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
         run.require_finished()
     models = load_models([r.root for r in rundirs], precision=precision, device=device)
     classes, multilabel = models[0].classes, models[0].multilabel
-    if data_dir is not None:
-        _warn_if_group_patterns_differ(rundirs)
-        source = folder_source(rundirs[0], data_dir, classes)
-        samples, title = source.samples, str(data_dir)
-    else:
-        try:
-            samples, split, source = shared_split(rundirs, classes)
-        except MedscopeError as exc:
-            raise MedscopeError(f"{exc}: give --data FOLDER to score the ensemble on images "
-                                "none of the runs trained on") from None
-        title = f"{split} split shared by the {len(rundirs)} runs"
+    samples, title, source = _scored_images(rundirs, classes, data_dir)
     kept, _, each = probs_per_model(models, samples, tta=tta, progress=progress,
                                     desc="evaluate")
     samples = [samples[i] for i in kept]
@@ -81,12 +72,31 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
         "runs": [str(r.root) for r in rundirs],
         "from_here": [os.path.relpath(r.root.resolve(), out.resolve()) for r in rundirs],
         "members": members})
+    # The rules ``medscope serve OUT`` will apply: 0.5 per label, and the refer threshold
+    # when it was fitted on the shared validation split.
+    rules = rules_for([m.meta for m in models], ensemble_metrics=metrics)
     write_evaluation(out, metrics, source, samples, probs, selective=selective,
-                     target_accuracy=target_accuracy)
+                     target_accuracy=target_accuracy, rules=rules)
     log.info("ensemble of %d runs: accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s",
              len(rundirs), metrics["accuracy"], metrics["f1_macro"], metrics["n"], title,
-             out / "metrics.json")
+             out / METRICS)
     return metrics
+
+
+def _scored_images(runs: Sequence[RunDir], classes: list[str], data_dir: Path | None
+                   ) -> tuple[list[Sample], str, Any]:
+    """(samples, their description, their source): the folder given, else the test split all
+    the runs hold out."""
+    if data_dir is not None:
+        _warn_if_group_patterns_differ(runs)
+        source = folder_source(runs[0], data_dir, classes)
+        return source.samples, str(data_dir), source
+    try:
+        samples, split, source = shared_split(runs, classes)
+    except MedscopeError as exc:
+        raise MedscopeError(f"{exc}: give --data FOLDER to score the ensemble on images "
+                            "none of the runs trained on") from None
+    return samples, f"{split} split shared by the {len(runs)} runs", source
 
 
 def member_runs(ensemble_dir: Path | str) -> list[Path] | None:
@@ -94,7 +104,7 @@ def member_runs(ensemble_dir: Path | str) -> list[Path] | None:
     one): each found relative to the folder itself, else as given to ``medscope evaluate``
     (relative to the current folder)."""
     ensemble_dir = Path(ensemble_dir)
-    path = ensemble_dir / "metrics.json"
+    path = ensemble_dir / METRICS
     if not ensemble_dir.is_dir() or not path.is_file():
         return None
     ensemble = read_json(path).get("ensemble")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,16 @@ from medscope.data.prepare import PreparedData, folder_source, labels_of, run_sp
 from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
+from medscope.evaluate.decisions import ReferRule, Rules, refer_flag, rules_for
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
 from medscope.predictor import Predictor, tta_logits
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
-from medscope.run import RunDir, atomic_write_csv, atomic_write_json
+from medscope.run import METRICS, PREDICTIONS, RunDir, atomic_write_csv, atomic_write_json
 
 log = logging.getLogger("medscope")
 
-PREDICTIONS = "predictions.csv"
 TTA_DIR = "eval-tta"  # a run's own test split, with test-time augmentation
 
 SPLIT_TITLES = {"test": "test split",
@@ -47,32 +48,23 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     run = run if isinstance(run, RunDir) else RunDir(run)
     predictor = Predictor.load(run.root, precision=precision, device=device)
     classes = predictor.classes
-    if data is not None:
-        split, source = data.eval_split, data.source
-        samples, pixels = data.samples[split], data.pixels[split]
-    else:
-        if data_dir is not None:
-            source = folder_source(run, data_dir, classes)
-            samples, split = source.samples, None
-        else:
-            samples, split, source = run_split(run, classes)
-        decoded = predictor.decode(samples, progress=progress, desc="evaluate")
-        samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
-    if not samples:
-        raise MedscopeError(f"{run.root}: no readable images to evaluate on")
+    samples, pixels, split, source = _evaluated_images(predictor, run, data_dir, data, progress)
     logits = tta_logits(predictor, pixels) if tta else predictor.logits_from_pixels(pixels)
     probs = predictor.probs_from_logits(logits)
     labels = labels_of(samples)
     multilabel, info = predictor.multilabel, predictor.info
-    groups = groups_of(samples)
+    rules = rules_for([predictor.meta])
     selective = info.selective_threshold if info.selective_fitted else NOT_FITTED
     if target_accuracy is not None and not multilabel and (
             target_accuracy != info.target_accuracy or selective is NOT_FITTED):
         selective = _threshold_on_validation(predictor, run, target_accuracy, progress)
+        rules = replace(rules, refer=ReferRule(
+            None if selective is NOT_FITTED else selective,
+            f"fitted on validation for {target_accuracy:.4g} accuracy"))
     target_accuracy = target_accuracy or info.target_accuracy or 0.99
     metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
                                  logits=None if multilabel else logits,
-                                 temperature=info.temperature, groups=groups,
+                                 temperature=info.temperature, groups=groups_of(samples),
                                  thresholds=info.thresholds, selective_threshold=selective,
                                  target_accuracy=target_accuracy)
     metrics["data"] = str(data_dir) if data_dir else SPLIT_TITLES[split]
@@ -80,27 +72,47 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     target = Path(out) if out else default_target(run, data_dir, tta)
     write_evaluation(target, metrics, source, samples, probs, selective=selective,
                      target_accuracy=target_accuracy, logits=None if multilabel else logits,
-                     temperature=info.temperature, thresholds=info.thresholds)
+                     temperature=info.temperature, rules=rules)
     if target == run.root:
         if not multilabel:
             plot_prediction_examples(pixels, labels, probs, classes, run.examples)
             _gradcam_of_mistakes(predictor, pixels, labels, probs, run)
         render_report(run)
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
-             metrics["f1_macro"], metrics["n"], metrics["data"], target / "metrics.json")
+             metrics["f1_macro"], metrics["n"], metrics["data"], target / METRICS)
     return metrics
+
+
+def _evaluated_images(predictor: Predictor, run: RunDir, data_dir: Path | None,
+                      data: PreparedData | None, progress: bool
+                      ) -> tuple[list[Sample], np.ndarray, str | None, DataSource]:
+    """(samples, their pixels, the run's split or None for another folder, the source)."""
+    if data is not None:
+        split, source = data.eval_split, data.source
+        samples, pixels = data.samples[split], data.pixels[split]
+    else:
+        if data_dir is not None:
+            source = folder_source(run, data_dir, predictor.classes)
+            samples, split = source.samples, None
+        else:
+            samples, split, source = run_split(run, predictor.classes)
+        decoded = predictor.decode(samples, progress=progress, desc="evaluate")
+        samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
+    if not samples:
+        raise MedscopeError(f"{run.root}: no readable images to evaluate on")
+    return samples, pixels, split, source
 
 
 def write_evaluation(target: Path, metrics: dict[str, Any], source: DataSource,
                      samples: list[Sample], probs: np.ndarray, *, selective: Any,
-                     target_accuracy: float, logits: np.ndarray | None = None,
-                     temperature: float | None = None,
-                     thresholds: list[float] | None = None) -> None:
-    """What an evaluation leaves in ``target``: metrics.json, predictions.csv, the curves and
-    the confusion matrix."""
+                     target_accuracy: float, rules: Rules, logits: np.ndarray | None = None,
+                     temperature: float | None = None) -> None:
+    """What an evaluation leaves in ``target``: metrics.json, predictions.csv (labels and
+    referral by ``rules``, as predict and serve decide them), the curves and the confusion
+    matrix."""
     classes, multilabel = source.classes, source.multilabel
-    atomic_write_json(target / "metrics.json", metrics)
-    write_predictions(target / PREDICTIONS, source, samples, probs, thresholds)
+    atomic_write_json(target / METRICS, metrics)
+    write_predictions(target / PREDICTIONS, source, samples, probs, rules)
     write_evaluation_plots(target, labels_of(samples), probs, classes, multilabel=multilabel,
                            logits=logits, temperature=temperature,
                            selective_threshold=None if selective is NOT_FITTED else selective,
@@ -144,18 +156,19 @@ def _threshold_on_validation(predictor: Predictor, run: RunDir, target: float,
 
 
 def write_predictions(path: Path, source: DataSource, samples: list[Sample],
-                      probs: np.ndarray, thresholds: list[float] | None = None) -> Path:
-    """Per image: its name, true label(s), group, predicted class and every class's
-    (calibrated) probability: what CV's out-of-fold table and a reader's error analysis need."""
+                      probs: np.ndarray, rules: Rules) -> Path:
+    """Per image: its name, true label(s), group, predicted label(s), ``refer_to_expert``
+    (yes/no, empty when the rules have no refer threshold) and every class's (calibrated)
+    probability: what CV's out-of-fold table and a reader's error analysis need."""
     classes = source.classes
-    cuts = thresholds or [0.5] * len(classes)
-    rows = ([source.sample_id(s), source.label_name(s), s.group or "",
-             "|".join(c for c, q, t in zip(classes, p, cuts, strict=True) if q >= t)
-             if source.multilabel
-             else classes[int(p.argmax())], *(f"{x:.6f}" for x in p)]
-            for s, p in zip(samples, probs, strict=True))
-    atomic_write_csv(path, ["path", "label", "group", "predicted", *(f"p_{c}" for c in classes)],
-                     rows)
+    predicted = rules.labels(probs)
+    refer = rules.refer_to_expert(probs)
+    flags = [""] * len(samples) if refer is None else [refer_flag(r) for r in refer]
+    rows = ([source.sample_id(s), source.label_name(s), s.group or "", label, flag,
+             *(f"{x:.6f}" for x in p)]
+            for s, p, label, flag in zip(samples, probs, predicted, flags, strict=True))
+    atomic_write_csv(path, ["path", "label", "group", "predicted", "refer_to_expert",
+                            *(f"p_{c}" for c in classes)], rows)
     return path
 
 

@@ -52,7 +52,8 @@ function showModel(info) {
   if (m.calibration) fact(list, "Calibration ECE", `${m.calibration.ece.toFixed(3)} (before: ${m.calibration.ece_uncalibrated.toFixed(3)})`);
   fact(list, "Temperature", info.temperature === null ? "each member's own, then averaged"
     : info.temperature === 1 ? "1 (uncalibrated)" : info.temperature.toFixed(3));
-  fact(list, "Refer below", `${pct(info.refer_below)} confidence — ${info.refer_rule}`);
+  fact(list, "Refer below", info.refer_below === null ? info.refer_rule
+    : `${pct(info.refer_below)} confidence — ${info.refer_rule}`);
   fact(list, "Heat maps", !info.heatmap ? "not available" : info.members ? `Grad-CAM of ${info.members[0].name}` : "Grad-CAM");
   $("calibrated").textContent = info.temperature === 1 ? "" : " (temperature-calibrated)";
 }
@@ -60,10 +61,11 @@ function showModel(info) {
 function showResult(result) {
   $("error").hidden = true;
   $("result").hidden = false;
-  $("label").textContent = result.label || "(no class above 0.5)";
+  $("label").textContent = result.label || "(no label above its threshold)";
   $("confidence").textContent = "confidence " + pct(result.confidence);
-  $("refer").hidden = !result.refer_to_expert;
-  $("refer-detail").textContent =
+  // refer_to_expert is null when the model has no refer threshold: no banner then.
+  $("refer").hidden = result.refer_to_expert !== true;
+  $("refer-detail").textContent = result.refer_to_expert !== true ? "" :
     `Confidence ${pct(result.confidence)} is below this model's threshold of ${pct(result.refer_below)}.`;
   const entries = Object.entries(result.probabilities).sort((a, b) => b[1] - a[1]);
   const bars = $("bars");
