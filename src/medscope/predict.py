@@ -13,6 +13,15 @@ import numpy as np
 
 from medscope.data.io import is_image_file
 from medscope.data.sources import Sample
+from medscope.diagnosis import (
+    TILE_COLUMNS,
+    check_tiles,
+    diagnose_path,
+    tile_plan,
+    tiled_row,
+    wants_tiles,
+    write_tile_outputs,
+)
 from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, check_abstain_below, refer_flag, rules_for
 from medscope.export import OnnxPredictor
@@ -55,6 +64,10 @@ def predict_files(
     batch_size: int = 64,
     backend: str = "torch",
     ensemble: bool = False,
+    tiles: str = "auto",
+    tile_size: int | None = None,
+    aggregation: str = "mean",
+    tiles_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image, in input order: file, predicted class, its probability, the top-k
     classes, ``refer_to_expert``, every class probability, and ``error`` for unreadable files
@@ -70,32 +83,72 @@ def predict_files(
     ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
     stale); ``"onnx-int8"``: on its int8 export (``RUN/onnx-int8``, calibrated on the run's
     training images). Probabilities are calibrated by each model's temperature.
+    ``tiles``/``tile_size``/``aggregation``: large images are tiled at the training scale
+    (``medscope.diagnosis``); their rows add ``tiled``, tile counts and ``refer_reason``, and
+    ``tiles_dir`` gets each one's per-tile CSV and heat map.
     """
-    if backend not in BACKENDS:
-        raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
-    check_abstain_below(abstain_below)  # before any model is loaded
-    if batch_size < 1:
-        raise MedscopeError(f"batch size {batch_size}: must be at least 1")
+    _check_options(backend, abstain_below, tiles, aggregation, batch_size)
     models = load_models(source, backend=backend, precision=precision, device=device,
                          ensemble=ensemble)
-    classes = models[0].classes
-    top_k = max(1, min(int(top_k), len(classes)))
+    top_k = max(1, min(int(top_k), len(models[0].classes)))
     rules = rules_for([m.meta for m in models], abstain_below)
     paths = collect_images(inputs)
-    rows: list[dict[str, Any]] = []
+    plan = tile_plan(models, tiles, tile_size)
+    tiled = [p for p in paths if wants_tiles(p, plan, tiles)]
     bar = _progress_bar(len(paths), progress)
+    by_path = _whole_image_rows(models, [p for p in paths if p not in set(tiled)], rules,
+                                top_k, tta, batch_size, bar)
+    for path in tiled:
+        result = diagnose_path(models, path, plan, tta=tta, batch_size=batch_size,
+                               aggregation=aggregation)
+        by_path[path] = tiled_row(result, rules, top_k)
+        if tiles_dir is not None:
+            write_tile_outputs(result, Path(tiles_dir), _output_name(path, paths))
+        bar.update(1)
+    bar.close()
+    rows = [by_path[p] for p in paths]
+    if out_csv is not None:
+        _write_rows(out_csv, rows, models[0].classes, tiled=bool(tiled))
+    return rows
+
+
+def _check_options(backend: str, abstain_below: float | None, tiles: str, aggregation: str,
+                   batch_size: int) -> None:
+    """Every option checked before any model is loaded."""
+    if backend not in BACKENDS:
+        raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
+    check_abstain_below(abstain_below)
+    check_tiles(tiles, aggregation)
+    if batch_size < 1:
+        raise MedscopeError(f"batch size {batch_size}: must be at least 1")
+
+
+def _write_rows(out_csv: Path, rows: list[dict[str, Any]], classes: list[str], *,
+                tiled: bool) -> None:
+    header = ["file", "prediction", "probability", "top_k", "refer_to_expert",
+              *[f"p_{c}" for c in classes], "error", *(TILE_COLUMNS if tiled else [])]
+    atomic_write_csv(out_csv, header, ([_fmt(r.get(h, "")) for h in header] for r in rows))
+
+
+def _whole_image_rows(models: list[Classifier], paths: list[Path], rules: Rules, top_k: int,
+                      tta: bool, batch_size: int, bar: Any) -> dict[Path, dict[str, Any]]:
+    """Rows of the images classified whole, decoded ``PREDICT_CHUNK`` at a time."""
+    rows: dict[Path, dict[str, Any]] = {}
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start:start + PREDICT_CHUNK]
         kept, bad, each = probs_per_model(models, [Sample(p, -1) for p in chunk], tta=tta,
                                           batch_size=batch_size)
-        rows += chunk_rows(chunk, kept, bad, np.mean(each, axis=0), rules, top_k)
+        rows.update(zip(chunk, chunk_rows(chunk, kept, bad, np.mean(each, axis=0), rules,
+                                          top_k), strict=True))
         bar.update(len(chunk))
-    bar.close()
-    if out_csv is not None:
-        header = ["file", "prediction", "probability", "top_k", "refer_to_expert",
-                  *[f"p_{c}" for c in classes], "error"]
-        atomic_write_csv(out_csv, header, ([_fmt(r[h]) for h in header] for r in rows))
     return rows
+
+
+def _output_name(path: Path, paths: list[Path]) -> str:
+    """A file name for ``path``'s tile outputs, unique among ``paths`` (its stem, prefixed
+    by its index when two inputs share a stem)."""
+    stems = [p.stem for p in paths]
+    return path.stem if stems.count(path.stem) == 1 else f"{paths.index(path):05d}-{path.stem}"
 
 
 BACKENDS = ("torch", "onnx", "onnx-int8")

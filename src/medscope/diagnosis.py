@@ -1,0 +1,138 @@
+"""Large images through a trained model: the tiling rule, and the glue between a ``Classifier``
+and ``medscope.slides`` (which knows no model). Used by ``predict`` (files), the served page and
+the demo, so a micrograph gets the same call wherever it is diagnosed.
+
+The tiling rule (``tiles``):
+- ``off``: every image is squashed whole to the model input, as training images were.
+- ``on``: every image is tiled.
+- ``auto`` (default): a whole-slide file (.svs, .ndpi, .mrxs, pyramidal TIFF, ...) is always
+  tiled; any other image is tiled when its smaller side is at least ``TILE_FACTOR`` times the
+  region one model input covered in training (``scale.tile_px`` in the checkpoint: the patch
+  size of ``medscope patches`` data, else the median side of the training images). A model
+  trained on 500 px patches tiles a 1,000 px micrograph; a model trained on whole 400 px
+  images squashes a 500 px one. Without a recorded scale (array data, older checkpoints)
+  ``auto`` never tiles.
+Tiles are cut at the recorded patch size and stride (at the recorded microns per pixel when the
+image states its own), filtered by the artifact filter of ``medscope patches``, classified in
+batches, and aggregated into the image's call by ``medscope.slides.aggregate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from medscope.errors import MedscopeError
+from medscope.evaluate.decisions import Rules, refer_flag
+from medscope.predictor import Classifier, model_probs
+from medscope.slides.aggregate import LOW_CONFIDENCE, ReferRule, check_aggregation
+from medscope.slides.diagnose import SlideResult, diagnose
+from medscope.slides.outputs import write_heatmap, write_tiles_csv
+from medscope.slides.readers import WSI_EXTENSIONS
+
+TILE_MODES = ("auto", "on", "off")
+TILE_FACTOR = 1.5  # auto tiles an image whose smaller side holds 1.5 training tiles or more
+TILE_COLUMNS = ["tiled", "tiles_kept", "tiles_dropped", "tiles_failed", "refer_reason"]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a model's large images are cut: tile side and stride in source pixels, and the
+    training microns per pixel when recorded."""
+
+    tile_px: int
+    stride_px: int
+    mpp: float | None = None
+
+
+def check_tiles(tiles: str, aggregation: str = "mean") -> None:
+    """The tiling options, refused with one line naming the option."""
+    if tiles not in TILE_MODES:
+        raise MedscopeError(f"--tiles {tiles!r}: choose from {', '.join(TILE_MODES)}")
+    check_aggregation(aggregation)
+
+
+def tile_plan(models: list[Classifier], tiles: str, tile_size: int | None = None
+              ) -> TilePlan | None:
+    """The plan for ``models`` (None: never tile). Tiling needs single-label models sharing one
+    input size; ``tiles="on"`` without a recorded scale needs ``tile_size``."""
+    if tiles == "off":
+        return None
+    first = models[0]
+    if first.multilabel or any(m.img_size != first.img_size for m in models):
+        if tiles == "on":
+            raise MedscopeError("--tiles on: tiling needs single-label models of one input size")
+        return None
+    scale = first.meta.get("scale") or {}
+    size = tile_size or scale.get("tile_px")
+    if size is None:
+        if tiles == "on":
+            raise MedscopeError("--tiles on: the checkpoint records no training scale; give "
+                                "--tile-size (source pixels per tile)")
+        return None
+    stride = scale.get("stride_px") if tile_size is None else None
+    return TilePlan(int(size), int(stride or size), scale.get("mpp"))
+
+
+def wants_tiles(path: Path, plan: TilePlan | None, tiles: str) -> bool:
+    """Whether ``path`` is tiled under ``plan`` (the rule of the module docstring)."""
+    if plan is None:
+        return False
+    if tiles == "on" or Path(path).suffix.lower() in WSI_EXTENSIONS:
+        return True
+    side = _smaller_side(Path(path))
+    return side is not None and side >= TILE_FACTOR * plan.tile_px
+
+
+def _smaller_side(path: Path) -> int | None:
+    try:
+        with Image.open(path) as img:  # the header only
+            return min(img.size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # decoding reports it (or it is DICOM: never tiled automatically)
+
+
+def diagnose_path(models: list[Classifier], path: Path, plan: TilePlan, *, tta: bool = False,
+                  batch_size: int = 64, aggregation: str = "mean",
+                  rule: ReferRule | None = None) -> SlideResult:
+    """One large image through ``models`` (their calibrated probabilities averaged)."""
+    def classify(pixels: np.ndarray) -> np.ndarray:
+        return np.mean([model_probs(m, pixels, batch_size, tta=tta) for m in models], axis=0)
+
+    first = models[0]
+    return diagnose(path, classify, plan.tile_px, first.img_size, classes=first.classes,
+                    channels=first.in_chans, stride=plan.stride_px, aggregation=aggregation,
+                    rule=rule, train_mpp=plan.mpp, batch_size=batch_size)
+
+
+def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:
+    """``predict``'s row for a tiled image: the image-level call from the aggregated tile
+    probabilities, referred when the slide rule or the model's confidence rule says so."""
+    classes = list(rules.classes)
+    row: dict[str, Any] = {"file": result.path, "error": "", "tiled": "yes",
+                           "tiles_kept": result.kept, "tiles_dropped": sum(result.dropped.values()),
+                           "tiles_failed": result.failed}
+    if result.probs is None:
+        return {**row, "prediction": "", "probability": "", "top_k": "",
+                "refer_to_expert": "yes", "refer_reason": result.reason,
+                **{f"p_{c}": "" for c in classes}}
+    probs = np.asarray(result.probs, dtype=np.float64)
+    low = rules.refer_to_expert(probs[None])
+    reason = result.reason or (LOW_CONFIDENCE if low is not None and low[0] else "")
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return {**row, "prediction": rules.labels(probs[None])[0],
+            "probability": float(probs.max()), "refer_reason": reason,
+            "top_k": "|".join(f"{classes[i]}:{probs[i]:.4f}" for i in order),
+            "refer_to_expert": refer_flag(bool(reason)),
+            **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)}}
+
+
+def write_tile_outputs(result: SlideResult, folder: Path, name: str) -> list[Path]:
+    """The per-tile CSV and the heat map of the called class for one image, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_tiles_csv(result, folder / f"{name}.tiles.csv"),
+            write_heatmap(result, folder / f"{name}.heatmap.png", result.label)]

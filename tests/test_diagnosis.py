@@ -1,0 +1,102 @@
+"""Large images through ``predict``: the tiling rule, the aggregated call and its outputs."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medscope.core.checkpoint import read_meta, write_meta
+from medscope.diagnosis import TILE_FACTOR, TilePlan, tile_plan, wants_tiles
+from medscope.errors import MedscopeError
+from medscope.predict import load_models, predict_files
+from medscope.run import RunDir
+
+
+@pytest.fixture
+def scaled_run(trained_run, tmp_path):
+    """A copy of the tiny run whose checkpoint records 40 px training tiles."""
+    root = shutil.copytree(trained_run.root, tmp_path / "run")
+    best = RunDir(root).best
+    meta = read_meta(best)
+    write_meta(best, meta.model_copy(update={"scale": {"tile_px": 40, "stride_px": 40,
+                                                       "origin": "image sizes"}}))
+    return root
+
+
+def _mosaic(image_folder, cls, path):
+    """Four of the class's 40 px images side by side: an 80 px 'micrograph'."""
+    tiles = [np.asarray(Image.open(p).convert("RGB"))
+             for p in sorted((image_folder / cls).glob("*.png"))[:4]]
+    Image.fromarray(np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])).save(path)
+    return tiles
+
+
+def test_tiled_call_is_the_mean_of_its_tiles(scaled_run, image_folder, tmp_path):
+    tiles = _mosaic(image_folder, "beta", tmp_path / "big.png")
+    for i, t in enumerate(tiles):
+        Image.fromarray(t).save(tmp_path / f"tile{i}.png")
+    small = [tmp_path / f"tile{i}.png" for i in range(4)]
+    out = tmp_path / "pred.csv"
+    rows = predict_files(scaled_run, [tmp_path / "big.png", *small], out, precision="fp32",
+                         progress=False, tiles_dir=tmp_path / "tiles")
+    big, whole = rows[0], rows[1:]
+    assert big["tiled"] == "yes" and all("tiled" not in r for r in whole)
+    with (tmp_path / "tiles" / "big.tiles.csv").open() as fh:
+        tile_rows = list(csv.DictReader(fh))
+    kept = [int(r["y"]) // 40 * 2 + int(r["x"]) // 40 for r in tile_rows if r["kept"] == "1"]
+    assert len(tile_rows) == 4 and kept and big["tiles_kept"] == len(kept)
+    assert big["tiles_dropped"] == 4 - len(kept)
+    classes = load_models(scaled_run, precision="fp32")[0].classes
+    mean = np.mean([[whole[i][f"p_{c}"] for c in classes] for i in kept], axis=0)
+    assert np.allclose([big[f"p_{c}"] for c in classes], mean, atol=1e-5)
+    assert (tmp_path / "tiles" / "big.heatmap.png").stat().st_size > 1000
+    with out.open() as fh:
+        header = next(csv.reader(fh))
+    assert header[-5:] == ["tiled", "tiles_kept", "tiles_dropped", "tiles_failed",
+                           "refer_reason"]
+
+
+def test_tiles_off_squashes_and_no_scale_never_tiles(trained_run, scaled_run, image_folder,
+                                                     tmp_path):
+    _mosaic(image_folder, "beta", tmp_path / "big.png")
+    off = predict_files(scaled_run, [tmp_path / "big.png"], tiles="off", precision="fp32",
+                        progress=False)
+    assert "tiled" not in off[0] and off[0]["prediction"]
+    unscaled = predict_files(trained_run.root, [tmp_path / "big.png"], precision="fp32",
+                             progress=False)
+    assert "tiled" not in unscaled[0]
+    with pytest.raises(MedscopeError, match="records no training scale"):
+        predict_files(trained_run.root, [tmp_path / "big.png"], tiles="on", progress=False)
+    with pytest.raises(MedscopeError, match="--tiles 'sometimes'"):
+        predict_files(scaled_run, [tmp_path / "big.png"], tiles="sometimes", progress=False)
+
+
+def test_blank_micrograph_is_referred_with_no_usable_field(scaled_run, tmp_path):
+    Image.fromarray(np.zeros((120, 120, 3), np.uint8)).save(tmp_path / "black.png")
+    row = predict_files(scaled_run, [tmp_path / "black.png"], progress=False)[0]
+    assert row["tiled"] == "yes" and row["tiles_kept"] == 0
+    assert (row["prediction"], row["refer_to_expert"], row["refer_reason"]) == \
+        ("", "yes", "no usable field")
+
+
+def test_auto_rule(tmp_path):
+    plan = TilePlan(tile_px=100, stride_px=100)
+    side = int(TILE_FACTOR * 100)
+    for name, size in (("at.png", side), ("below.png", side - 1)):
+        Image.new("RGB", (size, size + 50)).save(tmp_path / name)
+    assert wants_tiles(tmp_path / "at.png", plan, "auto")
+    assert not wants_tiles(tmp_path / "below.png", plan, "auto")
+    assert wants_tiles(tmp_path / "below.png", plan, "on")
+    assert wants_tiles(tmp_path / "slide.svs", plan, "auto")  # a WSI is always tiled
+    assert not wants_tiles(tmp_path / "at.png", None, "auto")
+
+
+def test_tile_size_overrides_the_recorded_scale(scaled_run):
+    models = load_models(scaled_run, precision="fp32")
+    assert tile_plan(models, "auto") == TilePlan(40, 40, None)
+    assert tile_plan(models, "auto", tile_size=64) == TilePlan(64, 64, None)
+    assert tile_plan(models, "off") is None
