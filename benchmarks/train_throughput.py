@@ -206,7 +206,7 @@ def torch_seed(seed: int) -> None:
 def medscope_rates(config, data, mode: str) -> dict[str, float]:
     """Training img/s over epochs 2.. of medscope's own loop; then validation img/s."""
     from medscope.data.transforms import Normalize
-    from medscope.train.engine import evaluate_loss, fit
+    from medscope.train.engine import Callbacks, FitInputs, evaluate_loss, fit
     from medscope.train.setup import eval_loader, normalisation_for, train_batch_ops, train_loader
 
     runtime = runtime_for(mode)
@@ -217,9 +217,9 @@ def medscope_rates(config, data, mode: str) -> dict[str, float]:
     loader = train_loader(config, data)
     images_per_epoch = len(loader) * config.train.batch_size
     rss: list[float] = []
-    state = fit(model, loader, None, cfg=config.train, normalize=normalize, runtime=runtime,
-                on_epoch_end=[lambda *_: rss.append(rss_mib())], progress=False,
-                augment=augment, mix=mix)
+    state = fit(FitInputs(model, loader, None, cfg=config.train, normalize=normalize,
+                          runtime=runtime, augment=augment, mix=mix, progress=False),
+                callbacks=Callbacks(on_epoch_end=[lambda *_: rss.append(rss_mib())]))
     seconds = [row["seconds"] for row in state.history[1:]]
     val = eval_loader(data, "val", config.train.batch_size)
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from medscope.core.runtime import select_runtime
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 from medscope.run import RunDir
-from medscope.train.engine import fit
+from medscope.train.engine import FitInputs, fit
 from medscope.train.preflight import check_run_config
 from medscope.train.setup import progressive_sizes
 from tests.conftest import tiny_config
@@ -43,11 +43,13 @@ def test_fit_trains_small_then_full_and_validates_at_full_size():
     model.register_forward_pre_hook(lambda m, args: seen.append((m.training,
                                                                  args[0].shape[-1])))
     sizes = {0: 16, 1: 24}
-    fit(model, loader, loader, cfg=TrainConfig(epochs=3, batch_size=8, precision="fp32"),
-        normalize=Normalize([0.5] * 3, [0.25] * 3), runtime=select_runtime("cpu", "fp32"),
-        optimizer=torch.optim.SGD([{"params": model.parameters(), "initial_lr": 0.01}]),
-        progress=False,
-        train_size=sizes.get)
+    fit(FitInputs(model, loader, loader,
+                  cfg=TrainConfig(epochs=3, batch_size=8, precision="fp32"),
+                  normalize=Normalize([0.5] * 3, [0.25] * 3),
+                  runtime=select_runtime("cpu", "fp32"),
+                  optimizer=torch.optim.SGD([{"params": model.parameters(),
+                                              "initial_lr": 0.01}]),
+                  progress=False, train_size=sizes.get))
     train_sides = [side for training, side in seen if training]
     assert train_sides == [16, 16, 24, 24, 32, 32]
     assert {side for training, side in seen if not training} == {32}

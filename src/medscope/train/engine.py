@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,8 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
 
 @dataclass
 class FitState:
+    """What changes while training runs; a resumable ``last`` checkpoint keeps all of it."""
+
     epoch: int = 0  # epochs completed
     best_score: float | None = None
     best_epoch: int | None = None
@@ -173,161 +175,225 @@ EpochEnd = Callable[[nn.Module, torch.optim.Optimizer, FitState, dict[str, Any],
 Checkpoint = Callable[[nn.Module, torch.optim.Optimizer, FitState], None]
 
 
-def fit(
-    model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader | None,
-    *,
-    cfg: TrainConfig,
-    normalize: Normalize,
-    runtime: Runtime,
-    loss_fn: nn.Module | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    state: FitState | None = None,
-    on_epoch_end: Sequence[EpochEnd] = (),
-    sampler_generator: torch.Generator | None = None,
-    multilabel: bool = False,
-    progress: bool = True,
-    dist: DistContext | None = None,
-    on_checkpoint: Checkpoint | None = None,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    mix: Callable | None = None,
-    train_size: Callable[[int], int | None] | None = None,
-) -> FitState:
-    """Train ``model`` (already on ``runtime``'s device) from ``state`` (epoch 0 when None) to
-    ``cfg.epochs``; writes nothing itself. Returns the final state.
+# What augments a uint8 training batch on the device, drawing from the generator it is given.
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+
+@dataclass(frozen=True, eq=False)
+class FitInputs:
+    """What ``fit`` trains with; none of it changes while training runs (``FitState`` holds
+    what does). ``model`` is already on ``runtime``'s device.
+
+    ``loss_fn``: None for cross-entropy with ``cfg.label_smoothing``; ``optimizer``: None for
+    ``build_optimizer(model, cfg)``; ``sampler_generator``: a weighted sampler's own generator
+    (re-seeded every epoch and saved with the loader's).
     ``multilabel``: targets are N x K 0/1 (``loss_fn`` then BCE), accuracy is exact match.
     ``dist``: under torchrun, ``model`` is DDP-wrapped and ``val_loader`` holds this rank's
     shard; training metrics are averaged and validation logits gathered over the ranks.
-    ``on_checkpoint`` writes ``last`` mid-epoch: every ``cfg.checkpoint_every`` minutes, and
-    when SIGINT/SIGTERM asks training to stop (after the step in progress).
     ``augment``: batched augmentation of the uint8 training batches on the device, drawing from
     a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it.
     ``train_size``: the side training batches are resized to in each epoch (from 0; None: as
     loaded), for progressive resizing."""
-    with stop_on_signals(enabled=not dist or not dist.enabled) as stop:
-        return _fit(model, train_loader, val_loader, cfg=cfg, normalize=normalize,
-                    runtime=runtime, loss_fn=loss_fn, optimizer=optimizer, state=state,
-                    on_epoch_end=on_epoch_end, sampler_generator=sampler_generator,
-                    multilabel=multilabel, progress=progress, dist=dist,
-                    on_checkpoint=on_checkpoint, stop=stop, augment=augment, mix=mix,
-                    train_size=train_size)
+
+    model: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    cfg: TrainConfig
+    normalize: Normalize
+    runtime: Runtime
+    loss_fn: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    sampler_generator: torch.Generator | None = None
+    augment: Augment | None = None
+    mix: Callable | None = None
+    train_size: Callable[[int], int | None] | None = None
+    multilabel: bool = False
+    dist: DistContext = field(default_factory=DistContext)
+    progress: bool = True
 
 
-def _fit(model, train_loader, val_loader, *, cfg, normalize, runtime, loss_fn, optimizer,
-         state, on_epoch_end, sampler_generator, multilabel, progress, dist, on_checkpoint,
-         stop: StopRequest, augment=None, mix=None, train_size=None) -> FitState:
-    normalize = normalize.to(runtime.device)
-    loss_fn = (loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)).to(
-        runtime.device)  # class weights live on the device
-    optimizer = optimizer or build_optimizer(model, cfg)
-    state = state or FitState()
-    dist = dist or DistContext()
-    scaler = runtime.grad_scaler()
-    if state.grad_scaler and scaler.is_enabled():
-        scaler.load_state_dict(state.grad_scaler)
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = cfg.warmup_epochs * steps_per_epoch
-    higher_is_better = cfg.monitor != "val_loss"
-    # Augmentation draws from its own stream, reseeded every epoch; a mid-epoch checkpoint
-    # keeps its state with the loader's and sampler's.
-    aug_generator = torch.Generator()
-    generators = (train_loader.generator, sampler_generator, aug_generator)
-    clock = CheckpointClock(cfg.checkpoint_every if on_checkpoint else None)
-    resume_at, state.position = state.position, None
-    if resume_at is None:
-        restore_rng(state.rng, generators)  # epochs re-seed torch; Python and NumPy need this
-    state.ema = make_ema(model, cfg)
-    load_ema(state.ema, state.ema_weights)
-    state.ema_weights = None
+@dataclass(frozen=True)
+class Callbacks:
+    """Where a fit's results go (``fit`` itself writes nothing): ``on_epoch_end`` after every
+    epoch, ``on_checkpoint`` to write ``last`` mid-epoch (every ``cfg.checkpoint_every``
+    minutes, and when SIGINT/SIGTERM asks training to stop, after the step in progress)."""
 
-    def checkpoint(pos: EpochPosition) -> None:
-        """After each step: mid-epoch ``last`` when due or asked to stop, then stop if asked."""
-        if not (clock.due() or stop) or on_checkpoint is None:
-            if stop:
-                raise TrainingInterrupted(_stopped(stop, pos, steps_per_epoch, False),
-                                          stop.signum)
-            return
-        state.position, state.rng = pos, capture_rng(generators)
-        state.grad_scaler = scaler.state_dict() if scaler.is_enabled() else None
-        on_checkpoint(model, optimizer, state)
-        state.position = None
-        clock.reset()
-        if stop:
-            raise TrainingInterrupted(_stopped(stop, pos, steps_per_epoch, True), stop.signum)
+    on_epoch_end: Sequence[EpochEnd] = ()
+    on_checkpoint: Checkpoint | None = None
 
-    last_epoch = state.epoch if state.stopped_early else cfg.epochs
-    epochs = tqdm(range(state.epoch, last_epoch), desc="epochs", disable=not progress,
-                  initial=state.epoch, total=cfg.epochs, unit="ep")
-    for epoch in epochs:
-        start = time.perf_counter()
-        # Seeding per epoch makes shuffling and augmentation independent of resumption.
-        seed = epoch_seed(cfg.seed, epoch)
+
+def fit(inputs: FitInputs, state: FitState | None = None,
+        callbacks: Callbacks = Callbacks()) -> FitState:
+    """Train ``inputs.model`` from ``state`` (epoch 0 when None) to ``cfg.epochs``, telling
+    ``callbacks``; returns the final state."""
+    with stop_on_signals(enabled=not inputs.dist.enabled) as stop:
+        return _Loop(_concrete(inputs), state or FitState(), callbacks, stop).run()
+
+
+def _concrete(inputs: FitInputs) -> FitInputs:
+    """``inputs`` with the defaults of loss and optimizer filled in and the normalisation and
+    loss on the device (class weights live there)."""
+    device = inputs.runtime.device
+    loss_fn = inputs.loss_fn or nn.CrossEntropyLoss(label_smoothing=inputs.cfg.label_smoothing)
+    return replace(inputs, normalize=inputs.normalize.to(device), loss_fn=loss_fn.to(device),
+                   optimizer=inputs.optimizer or build_optimizer(inputs.model, inputs.cfg))
+
+
+class _Loop:
+    """One ``fit`` under way: its inputs, the state it advances, and what it keeps while it
+    runs (the fp16 loss scaler, the RNG generators, the checkpoint clock, the stop request)."""
+
+    def __init__(self, inputs: FitInputs, state: FitState, callbacks: Callbacks,
+                 stop: StopRequest) -> None:
+        self.inputs, self.state, self.callbacks, self.stop = inputs, state, callbacks, stop
+        self.scaler = inputs.runtime.grad_scaler()
+        if state.grad_scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state.grad_scaler)
+        self.steps_per_epoch = len(inputs.train_loader)
+        # Augmentation draws from its own stream, reseeded every epoch; a mid-epoch checkpoint
+        # keeps its state with the loader's and sampler's.
+        self.aug_generator = torch.Generator()
+        self.generators = (inputs.train_loader.generator, inputs.sampler_generator,
+                           self.aug_generator)
+        self.clock = CheckpointClock(inputs.cfg.checkpoint_every
+                                     if callbacks.on_checkpoint else None)
+        self.resume_at, state.position = state.position, None
+        if self.resume_at is None:
+            self.restore_rng()  # epochs re-seed torch; Python and NumPy need this
+        state.ema = make_ema(inputs.model, inputs.cfg)
+        load_ema(state.ema, state.ema_weights)
+        state.ema_weights = None
+
+    def run(self) -> FitState:
+        cfg, state = self.inputs.cfg, self.state
+        last_epoch = state.epoch if state.stopped_early else cfg.epochs
+        epochs = tqdm(range(state.epoch, last_epoch), desc="epochs",
+                      disable=not self.inputs.progress, initial=state.epoch, total=cfg.epochs,
+                      unit="ep")
+        for epoch in epochs:
+            start = time.perf_counter()
+            self._begin_epoch(epoch)
+            resume_at = (self.resume_at if self.resume_at and self.resume_at.epoch == epoch
+                         else None)
+            train = self.inputs.dist.mean(_train_epoch(self, epoch=epoch, resume_at=resume_at,
+                                                       batch_ops=self._batch_ops(epoch)))
+            val = self._validate()
+            row, improved = self._record(epoch, train, val, start)
+            self._end_epoch(row, improved)
+            epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
+                               val_acc="-" if not val else f"{val['accuracy']:.3f}")
+            if self._stops_after(row, improved):
+                break
+        return state
+
+    def _begin_epoch(self, epoch: int) -> None:
+        """Seeding per epoch makes shuffling and augmentation independent of resumption."""
+        inputs, loader = self.inputs, self.inputs.train_loader
+        seed = epoch_seed(inputs.cfg.seed, epoch)
         torch.manual_seed(seed)
-        if isinstance(train_loader.generator, torch.Generator):
-            train_loader.generator.manual_seed(seed)
-        if sampler_generator is not None:  # a weighted sampler draws from its own generator
-            sampler_generator.manual_seed(seed)
-        if dist.rank:  # other augmentation draws on each rank; rank 0 keeps the usual stream
-            seed = epoch_seed(seed, dist.rank)
+        if isinstance(loader.generator, torch.Generator):
+            loader.generator.manual_seed(seed)
+        if inputs.sampler_generator is not None:  # a weighted sampler draws from its own
+            inputs.sampler_generator.manual_seed(seed)
+        if inputs.dist.rank:  # other augmentation draws on each rank; rank 0: the usual ones
+            seed = epoch_seed(seed, inputs.dist.rank)
             torch.manual_seed(seed)
         # Augmentation draws from its own stream: the same whatever else uses torch's RNG.
-        aug_generator.manual_seed(epoch_seed(seed, AUGMENT_STREAM))
-        if hasattr(train_loader.sampler, "set_epoch"):  # distributed samplers shuffle by epoch
-            train_loader.sampler.set_epoch(epoch)
-        if cfg.unfreeze_at is not None and epoch + 1 >= cfg.unfreeze_at:
-            unfreeze(unwrap(model))  # second phase of two-phase fine-tuning
-        model.train()
-        set_frozen_bn_eval(unwrap(model))  # frozen stages keep their running statistics
-        train = _train_epoch(model, train_loader, optimizer, loss_fn, normalize, runtime,
-                             lambda step, e=epoch: set_lr(optimizer, lr_factor(
-                                 e * steps_per_epoch + step, total_steps, warmup_steps,
-                                 cfg.scheduler)),
-                             progress, desc=f"train {epoch + 1}/{cfg.epochs}",
-                             multilabel=multilabel, clip_grad=cfg.clip_grad, epoch=epoch,
-                             scaler=scaler, nan_policy=cfg.nan_policy,
-                             resume_at=resume_at if resume_at and resume_at.epoch == epoch
-                             else None, restore=lambda: restore_rng(state.rng, generators),
-                             after_step=checkpoint,
-                             batch_ops=BatchOps(augment, aug_generator, mix,
-                                                train_size(epoch) if train_size else None),
-                             after_update=lambda step, e=epoch: update_ema(
-                                 state.ema, model, e * steps_per_epoch + step + 1))
-        train = dist.mean(train)
-        val = (evaluate_loss(state.validated(model), val_loader, loss_fn, normalize, runtime,
-                             multilabel, dist) if val_loader is not None else {})
-        state.grad_scaler = scaler.state_dict() if scaler.is_enabled() else None
+        self.aug_generator.manual_seed(epoch_seed(seed, AUGMENT_STREAM))
+        if hasattr(loader.sampler, "set_epoch"):  # distributed samplers shuffle by epoch
+            loader.sampler.set_epoch(epoch)
+        if inputs.cfg.unfreeze_at is not None and epoch + 1 >= inputs.cfg.unfreeze_at:
+            unfreeze(unwrap(inputs.model))  # second phase of two-phase fine-tuning
+        inputs.model.train()
+        set_frozen_bn_eval(unwrap(inputs.model))  # frozen stages keep their running statistics
+
+    def _batch_ops(self, epoch: int) -> BatchOps:
+        inputs = self.inputs
+        size = inputs.train_size(epoch) if inputs.train_size else None
+        return BatchOps(inputs.augment, self.aug_generator, inputs.mix, size)
+
+    def _validate(self) -> dict[str, float]:
+        """The validated model's loss, accuracy and macro F1; {} without a validation split."""
+        i = self.inputs
+        if i.val_loader is None:
+            return {}
+        return evaluate_loss(self.state.validated(i.model), i.val_loader, i.loss_fn,
+                             i.normalize, i.runtime, i.multilabel, i.dist)
+
+    def _record(self, epoch: int, train: dict[str, float], val: dict[str, float],
+                start: float) -> tuple[dict[str, Any], bool]:
+        """The epoch's history row, and whether it becomes ``best``; the state advanced."""
+        cfg, state = self.inputs.cfg, self.state
+        state.grad_scaler = self._scaler_state()
         row = {"epoch": epoch + 1, "train_loss": train["loss"],
                "train_accuracy": train["accuracy"], "val_loss": val.get("loss"),
                "val_accuracy": val.get("accuracy"), "val_f1_macro": val.get("f1_macro"),
-               "lr": optimizer.param_groups[0]["lr"],
+               "lr": self.inputs.optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - start, 3)}
         state.history.append(row)
         state.epoch = epoch + 1
-        state.rng = capture_rng(generators)
+        state.rng = capture_rng(self.generators)
         score = row[cfg.monitor] if val else -row["train_loss"]
-        improved = _improves(score, row, state, higher_is_better or not val)
+        improved = _improves(score, row, state, cfg.monitor != "val_loss" or not val)
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
         else:
             state.bad_epochs += 1
         state.stopped_early = bool(cfg.early_stopping and state.bad_epochs >= cfg.early_stopping)
-        for callback in on_epoch_end:
-            callback(model, optimizer, state, row, improved)
-        clock.reset()
-        epochs.set_postfix(train_loss=f"{train['loss']:.3f}",
-                           val_acc="-" if not val else f"{val['accuracy']:.3f}")
+        return row, improved
+
+    def _end_epoch(self, row: dict[str, Any], improved: bool) -> None:
+        for callback in self.callbacks.on_epoch_end:
+            callback(self.inputs.model, self.inputs.optimizer, self.state, row, improved)
+        self.clock.reset()
+
+    def _stops_after(self, row: dict[str, Any], improved: bool) -> bool:
+        """Says how the epoch went; raises if a signal asked to stop; True to stop early."""
+        cfg, state, progress = self.inputs.cfg, self.state, self.inputs.progress
         _say(_epoch_line(row, improved, cfg.epochs, state.history), progress)
-        if stop:  # a signal during validation: this epoch's ``last`` is already written
-            raise TrainingInterrupted(f"training stopped by {stop.describe()} after epoch "
-                                      f"{epoch + 1}; its checkpoint is complete", stop.signum)
+        if self.stop:  # a signal during validation: this epoch's ``last`` is already written
+            raise TrainingInterrupted(f"training stopped by {self.stop.describe()} after epoch "
+                                      f"{row['epoch']}; its checkpoint is complete",
+                                      self.stop.signum)
         if state.stopped_early:
             _say(f"early stopping: no improvement of {cfg.monitor} for "
                  f"{cfg.early_stopping} epochs (best epoch {state.best_epoch})", progress)
-            break
-    return state
+        return state.stopped_early
+
+    # ---- what a training step calls back
+
+    def set_step_lr(self, epoch: int, step: int) -> None:
+        """The LR of ``step`` of ``epoch`` (a pure function of the global step)."""
+        cfg, per_epoch = self.inputs.cfg, self.steps_per_epoch
+        set_lr(self.inputs.optimizer, lr_factor(epoch * per_epoch + step, cfg.epochs * per_epoch,
+                                                cfg.warmup_epochs * per_epoch, cfg.scheduler))
+
+    def restore_rng(self) -> None:
+        restore_rng(self.state.rng, self.generators)
+
+    def after_update(self, epoch: int, step: int) -> None:
+        """After a step that updated the weights: the weight average follows."""
+        update_ema(self.state.ema, self.inputs.model, epoch * self.steps_per_epoch + step + 1)
+
+    def after_step(self, pos: EpochPosition) -> None:
+        """After each step: mid-epoch ``last`` when due or asked to stop, then stop if asked."""
+        save, stop = self.callbacks.on_checkpoint, self.stop
+        if not (self.clock.due() or stop) or save is None:
+            if stop:
+                raise TrainingInterrupted(_stopped(stop, pos, self.steps_per_epoch, False),
+                                          stop.signum)
+            return
+        self.state.position, self.state.rng = pos, capture_rng(self.generators)
+        self.state.grad_scaler = self._scaler_state()
+        save(self.inputs.model, self.inputs.optimizer, self.state)
+        self.state.position = None
+        self.clock.reset()
+        if stop:
+            raise TrainingInterrupted(_stopped(stop, pos, self.steps_per_epoch, True),
+                                      stop.signum)
+
+    def _scaler_state(self) -> dict[str, Any] | None:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
 
 
 def _improves(score: float, row: dict[str, Any], state: FitState,
@@ -348,7 +414,7 @@ def _improves(score: float, row: dict[str, Any], state: FitState,
 class BatchOps:
     """What happens to a training batch between the loader and the model."""
 
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    augment: Augment | None = None
     generator: torch.Generator | None = None
     mix: Callable | None = None
     size: int | None = None  # progressive resizing: this epoch's side
@@ -372,66 +438,71 @@ class BatchOps:
         return images, labels
 
 
-def _train_epoch(model, loader, optimizer, loss_fn, normalize, runtime, set_step_lr, progress,
-                 desc, multilabel: bool = False, clip_grad: float | None = None, epoch: int = 0,
-                 scaler: torch.amp.GradScaler | None = None, nan_policy: str = "stop",
-                 resume_at: EpochPosition | None = None,
-                 restore: Callable[[], None] | None = None,
-                 after_step: Callable[[EpochPosition], None] | None = None,
-                 batch_ops: BatchOps | None = None,
-                 after_update: Callable[[int], None] | None = None) -> dict[str, float]:
-    """One epoch; from ``resume_at`` (a mid-epoch checkpoint's position, RNGs put back by
-    ``restore`` once its batches are skipped) when given. ``after_step`` sees every step,
-    ``after_update`` (the step's index in the epoch) every step that updated the weights."""
-    scaler = scaler or runtime.grad_scaler()
-    batch_ops = batch_ops or BatchOps()
+def _train_epoch(loop: _Loop, *, epoch: int, resume_at: EpochPosition | None,
+                 batch_ops: BatchOps) -> dict[str, float]:
+    """One epoch's training loss and accuracy; from ``resume_at`` (a mid-epoch checkpoint's
+    position) when given."""
+    inputs = loop.inputs
     pos = resume_at or EpochPosition(epoch)
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
+    bar = tqdm(inputs.train_loader, desc=f"train {epoch + 1}/{inputs.cfg.epochs}",
+               disable=not inputs.progress, leave=False, unit="batch")
     batches = iter(bar)
     # Resuming mid-epoch: the batches already trained on are loaded and dropped, so the loader
     # and its workers stand exactly where they stood; then every RNG is put back as saved.
     for _ in range(pos.step):
         next(batches)
-    if resume_at is not None and restore is not None:
-        restore()
+    if resume_at is not None:
+        loop.restore_rng()
     for step, (images, labels) in enumerate(batches, start=pos.step):
-        set_step_lr(step)
-        images, labels = batch_ops(images, labels, normalize, runtime)
-        with runtime.autocast():
-            logits = model(images)
-        loss = loss_fn(logits.float(), labels)
-        if not torch.isfinite(loss) and nan_policy == "skip-batch":
-            pos.skipped, pos.step = pos.skipped + 1, step + 1
-            log.warning("training loss %s in epoch %d, step %d: batch skipped (--nan-policy "
-                        "skip-batch)", loss.item(), epoch + 1, step + 1)
-            if after_step is not None:
-                after_step(pos)
+        loop.set_step_lr(epoch, step)
+        images, labels = batch_ops(images, labels, inputs.normalize, inputs.runtime)
+        with inputs.runtime.autocast():
+            logits = inputs.model(images)
+        loss = inputs.loss_fn(logits.float(), labels)
+        if _skips(loss, pos, step, inputs.cfg.nan_policy):
+            loop.after_step(pos)
             continue
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"training loss became {loss.item()} in epoch {epoch + 1}, step {step + 1}; "
-                f"checkpoints of epochs 1-{epoch} are kept. Lower --lr or set --clip-grad, "
-                "then continue with --resume" if epoch else
-                f"training loss became {loss.item()} in epoch 1, step {step + 1}; lower --lr "
-                "or set --clip-grad (e.g. 1.0) and start again")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        if after_update is not None:
-            after_update(step)
-        pos.add(loss.item(), n_correct(logits.detach(), labels, multilabel), len(labels))
+        _update(loop, loss)
+        loop.after_update(epoch, step)
+        pos.add(loss.item(), n_correct(logits.detach(), labels, inputs.multilabel), len(labels))
         pos.step = step + 1
         bar.set_postfix(loss=f"{pos.metrics()['loss']:.3f}")
-        if after_step is not None:
-            after_step(pos)
+        loop.after_step(pos)
     if pos.skipped:
         log.warning("epoch %d: %d of %d batches skipped for a NaN/Inf loss", epoch + 1,
-                    pos.skipped, len(loader))
+                    pos.skipped, len(inputs.train_loader))
     return pos.metrics()
+
+
+def _skips(loss: torch.Tensor, pos: EpochPosition, step: int, nan_policy: str) -> bool:
+    """True when a NaN/Inf loss's batch is skipped (``--nan-policy skip-batch``; ``pos``
+    counts it); raises ``TrainingDiverged`` for one under the default policy."""
+    if torch.isfinite(loss):
+        return False
+    epoch = pos.epoch
+    if nan_policy == "skip-batch":
+        pos.skipped, pos.step = pos.skipped + 1, step + 1
+        log.warning("training loss %s in epoch %d, step %d: batch skipped (--nan-policy "
+                    "skip-batch)", loss.item(), epoch + 1, step + 1)
+        return True
+    raise TrainingDiverged(
+        f"training loss became {loss.item()} in epoch {epoch + 1}, step {step + 1}; "
+        f"checkpoints of epochs 1-{epoch} are kept. Lower --lr or set --clip-grad, "
+        "then continue with --resume" if epoch else
+        f"training loss became {loss.item()} in epoch 1, step {step + 1}; lower --lr "
+        "or set --clip-grad (e.g. 1.0) and start again")
+
+
+def _update(loop: _Loop, loss: torch.Tensor) -> None:
+    """Backward and one optimizer step, through the fp16 loss scaler (a no-op otherwise)."""
+    optimizer, scaler, clip_grad = loop.inputs.optimizer, loop.scaler, loop.inputs.cfg.clip_grad
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(loop.inputs.model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _stopped(stop: StopRequest, pos: EpochPosition, steps: int, saved: bool) -> str:

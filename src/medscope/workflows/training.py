@@ -1,5 +1,6 @@
 """One training run, top-down: check the config, prepare the data, build the model, ``fit``
-with a ``RunWriter``, then evaluate. Everything lands in the run directory ``config.out``."""
+with a ``RunWriter``, then calibrate, evaluate and report. Everything lands in the run
+directory ``config.out``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn as nn
 
 from medscope.config import RunConfig, config_to_yaml, load_config
 from medscope.core.checkpoint import CheckpointMeta, library_versions, previous_stem
@@ -24,7 +28,9 @@ from medscope.run import RunDir, atomic_write_text, read_json
 from medscope.tracking import Tracker, flatten, make_tracker
 from medscope.train.distributed import DistContext, init_distributed
 from medscope.train.engine import (
+    Callbacks,
     EpochEnd,
+    FitInputs,
     FitState,
     RunWriter,
     build_optimizer,
@@ -113,17 +119,29 @@ def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: 
 def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *,
            continuing: bool, progress: bool, dist: DistContext | None = None,
            callbacks: Sequence[EpochEnd] = ()) -> None:
+    """Fit (every rank), then calibrate, evaluate and report (rank 0, on the whole splits).
+    Keep the steps in this order: after seeding, the model's initial weights draw from
+    torch's RNG, so a run repeats exactly only when the same draws come first."""
     dist = dist or DistContext()
     seed_everything(config.train.seed, config.train.deterministic)
     tune_backends(runtime, config.train.deterministic)
-
     data = _prepare_data_ranked(config, run, dist, progress)
-    classes, multilabel = data.source.classes, data.source.multilabel
-    _log_data(data)
-    if multilabel:
-        for setting in ignored_for_multilabel(config):
-            log.warning("multi-label run: ignoring %s", setting)
+    _log_data(data, config)
+    model, meta = _built_model(config, data, runtime)
+    optimizer = build_optimizer(model, config.train)
+    state = resume_state(run.last, model, optimizer) if continuing else FitState()
+    model = _compiled(dist.wrap_ddp(model), config.train.compile)
+    inputs = _fit_inputs(config, data, model, optimizer, meta, runtime, dist, progress)
+    state = fit(inputs, state, _run_callbacks(run, meta, tracker, dist, callbacks))
+    if dist.is_main:
+        _calibrate_evaluate_report(config, run, data, state, progress)
 
+
+def _built_model(config: RunConfig, data: PreparedData, runtime: Runtime
+                 ) -> tuple[nn.Module, CheckpointMeta]:
+    """The model to train, frozen as ``train.freeze`` says and on ``runtime``'s device, and
+    the metadata its checkpoints carry (classes, input size, normalisation)."""
+    classes = data.source.classes
     model = create_model(config.model.name, num_classes=len(classes),
                          in_chans=config.data.in_chans, pretrained=config.model.pretrained,
                          img_size=config.data.img_size, **config.model.kwargs)
@@ -135,36 +153,50 @@ def _train(config: RunConfig, run: RunDir, runtime: Runtime, tracker: Tracker, *
                  if config.train.unfreeze_at else "")
     mean, std = normalisation_for(config, model, data.pixels["train"])
     meta = CheckpointMeta(model=config.model.name, model_kwargs=config.model.kwargs,
-                          classes=classes, multilabel=multilabel,
+                          classes=classes, multilabel=data.source.multilabel,
                           img_size=config.data.img_size, in_chans=config.data.in_chans,
                           mean=mean, std=std, pretrained=config.model.pretrained,
                           versions=library_versions())
     log.info("model %s: %.2fM parameters; %s", config.model.name, count_params(model) / 1e6,
              runtime.describe())
-    model = runtime.prepare(model)
-    optimizer = build_optimizer(model, config.train)
-    state = resume_state(run.last, model, optimizer) if continuing else FitState()
-    model = _compiled(dist.wrap_ddp(model), config.train.compile)
+    return runtime.prepare(model), meta
+
+
+def _fit_inputs(config: RunConfig, data: PreparedData, model: nn.Module,
+                optimizer: torch.optim.Optimizer, meta: CheckpointMeta, runtime: Runtime,
+                dist: DistContext, progress: bool) -> FitInputs:
+    """What ``fit`` trains with: this rank's loaders, sampler, batch operations and loss."""
     sampler, sampler_generator = train_sampler_for(config, data, dist)
     _log_distributed(config, dist)
     augment, mix = train_batch_ops(config, data)
-    val_split = len(data.samples["val"])
+    val_shard = dist.shard(len(data.samples["val"])) if dist.enabled else None
+    return FitInputs(
+        model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
+        eval_loader(data, "val", config.train.batch_size, shard=val_shard,
+                    pin_memory=runtime.pin_memory),
+        cfg=config.train, normalize=Normalize(meta.mean, meta.std), runtime=runtime,
+        loss_fn=loss_for(config, data.labels("train"), len(meta.classes), meta.multilabel),
+        optimizer=optimizer, sampler_generator=sampler_generator, augment=augment, mix=mix,
+        train_size=progressive_sizes(config), multilabel=meta.multilabel, dist=dist,
+        progress=progress)
+
+
+def _run_callbacks(run: RunDir, meta: CheckpointMeta, tracker: Tracker, dist: DistContext,
+                   callbacks: Sequence[EpochEnd]) -> Callbacks:
+    """Rank 0 writes the run directory and the tracker, then the caller's ``callbacks``; every
+    rank then waits for the others, so no rank starts an epoch before rank 0 saved the last."""
     writer = RunWriter(run, meta)
     writers = [writer,
                lambda _m, _o, _s, row, _i: tracker.log_epoch(row["epoch"], row), *callbacks]
-    state = fit(model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
-                eval_loader(data, "val", config.train.batch_size,
-                            shard=dist.shard(val_split) if dist.enabled else None,
-                            pin_memory=runtime.pin_memory), cfg=config.train,
-                normalize=Normalize(mean, std), runtime=runtime,
-                loss_fn=loss_for(config, data.labels("train"), len(classes), multilabel),
-                optimizer=optimizer, state=state,
-                on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
-                sampler_generator=sampler_generator, multilabel=multilabel, progress=progress,
-                dist=dist, on_checkpoint=writer.save_last if dist.is_main else None,
-                augment=augment, mix=mix, train_size=progressive_sizes(config))
-    if not dist.is_main:
-        return  # rank 0 alone calibrates, evaluates and reports, on the whole splits
+    return Callbacks(
+        on_epoch_end=[*(writers if dist.is_main else []), lambda *_: dist.barrier()],
+        on_checkpoint=writer.save_last if dist.is_main else None)
+
+
+def _calibrate_evaluate_report(config: RunConfig, run: RunDir, data: PreparedData,
+                               state: FitState, progress: bool) -> None:
+    """The workflow after fitting: learning curves, calibration on validation, evaluation on
+    test (metrics and report), then the checkpoints' crash-safety copies go."""
     log.info("best epoch %s (%s %.4f)", state.best_epoch, config.train.monitor, state.best_score)
     plot_learning_curves(state.history, run.learning_curves)
     calibrate_run(run, data, target_accuracy=config.train.target_accuracy,
@@ -214,12 +246,8 @@ def _prepare_data_ranked(config: RunConfig, run: RunDir, dist: DistContext, prog
                             given_splits=given_splits_of(run))
 
 
-def _compiled(model: Any, compile_model: bool) -> Any:
-    if not compile_model:
-        return model
-    import torch
-
-    return torch.compile(model)
+def _compiled(model: nn.Module, compile_model: bool) -> nn.Module:
+    return torch.compile(model) if compile_model else model
 
 
 def _log_distributed(config: RunConfig, dist: DistContext) -> None:
@@ -260,10 +288,14 @@ def _differences(before: RunConfig, after: RunConfig) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
-def _log_data(data: PreparedData) -> None:
+def _log_data(data: PreparedData, config: RunConfig) -> None:
+    """The class counts per split, and the settings a multi-label run ignores."""
     classes = data.source.classes
     per_split = {k: class_counts(data.labels(k), len(classes)) for k in SPLITS}
     log.info("classes (train/val/test): %s", ", ".join(
         f"{c} {'/'.join(str(per_split[k][i]) for k in SPLITS)}" for i, c in enumerate(classes)))
     log.info("training class distribution: %s",
              distribution_line(data.labels("train"), classes))
+    if data.source.multilabel:
+        for setting in ignored_for_multilabel(config):
+            log.warning("multi-label run: ignoring %s", setting)
