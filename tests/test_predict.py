@@ -44,7 +44,7 @@ def test_top_k_abstention_and_bad_files_in_the_csv(trained_run, inputs, tmp_path
     assert rc == 0 and "wrote 14 predictions" in capsys.readouterr().out
     rows = _read(out)
     assert list(rows[0]) == ["file", "prediction", "probability", "top_k", "refer_to_expert",
-                             "p_alpha", "p_beta", "p_gamma", "error"]
+                             "refer_reason", "p_alpha", "p_beta", "p_gamma", "error"]
     assert [r["file"] for r in rows][-2:] == [str(inputs[1]), str(inputs[2])]  # input order
     bad = rows[-2]
     assert bad["error"] and not bad["prediction"] and not bad["p_alpha"]
@@ -106,7 +106,9 @@ def test_stored_selective_threshold_is_the_default(run_copy, image_folder):
     assert all(r["refer_to_expert"] == ("yes" if r["probability"] < 0.999 else "no")
                for r in rows)
     off = predict_files(run_copy, [image_folder / "gamma"], progress=False, abstain_below=0)
-    assert {r["refer_to_expert"] for r in off} == {""}
+    # Confidence no longer refers; only the out-of-distribution check may, saying so.
+    assert all((r["refer_to_expert"], r["refer_reason"]) in
+               {("", ""), ("yes", "unlike the training images")} for r in off)
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,10 @@ from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, check_abstain_below, refer_flag, rules_for
 from medscope.export import OnnxPredictor
 from medscope.export.onnx import checkpoint_digest, default_export_dir, export_onnx
-from medscope.predictor import Classifier, Predictor, checkpoint_stem, probs_per_model
+from medscope.novelty import BLANK, DEGENERATE, UNLIKE_TRAINING, file_problem, ood_checks, unusual
+from medscope.predictor import Classifier, Predictor, checkpoint_stem, outputs_per_model
 from medscope.run import CvDir, atomic_write_csv, read_json
+from medscope.slides.aggregate import LOW_CONFIDENCE
 
 log = logging.getLogger(__name__)
 
@@ -125,21 +127,28 @@ def _check_options(backend: str, abstain_below: float | None, tiles: str, aggreg
 
 def _write_rows(out_csv: Path, rows: list[dict[str, Any]], classes: list[str], *,
                 tiled: bool) -> None:
-    header = ["file", "prediction", "probability", "top_k", "refer_to_expert",
+    header = ["file", "prediction", "probability", "top_k", "refer_to_expert", "refer_reason",
               *[f"p_{c}" for c in classes], "error", *(TILE_COLUMNS if tiled else [])]
     atomic_write_csv(out_csv, header, ([_fmt(r.get(h, "")) for h in header] for r in rows))
 
 
 def _whole_image_rows(models: list[Classifier], paths: list[Path], rules: Rules, top_k: int,
                       tta: bool, batch_size: int, bar: Any) -> dict[Path, dict[str, Any]]:
-    """Rows of the images classified whole, decoded ``PREDICT_CHUNK`` at a time."""
+    """Rows of the images classified whole, decoded ``PREDICT_CHUNK`` at a time; an image that
+    cannot hold a specimen, or unlike the training images, is referred saying so."""
     rows: dict[Path, dict[str, Any]] = {}
+    checks = ood_checks(models)
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start:start + PREDICT_CHUNK]
-        kept, bad, each = probs_per_model(models, [Sample(p, -1) for p in chunk], tta=tta,
-                                          batch_size=batch_size)
+        kept, bad, each, feats = outputs_per_model(
+            models, [Sample(p, -1) for p in chunk], tta=tta, batch_size=batch_size,
+            features=[c is not None for c in checks])
+        flags = unusual(checks, feats)
+        reasons = [file_problem(chunk[i])
+                   or (UNLIKE_TRAINING if flags is not None and flags[j] else None)
+                   for j, i in enumerate(kept)]
         rows.update(zip(chunk, chunk_rows(chunk, kept, bad, np.mean(each, axis=0), rules,
-                                          top_k), strict=True))
+                                          top_k, reasons), strict=True))
         bar.update(len(chunk))
     return rows
 
@@ -208,32 +217,40 @@ def current_onnx_export(source: Path | str, int8: bool = False) -> Path:
 
 
 def chunk_rows(paths: Sequence[Path], kept: np.ndarray, unreadable: list[tuple[Path, str]],
-               probs: np.ndarray, rules: Rules, top_k: int) -> list[dict[str, Any]]:
+               probs: np.ndarray, rules: Rules, top_k: int,
+               reasons: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """Rows for one decoded chunk (``kept``: indices into ``paths`` of the rows of ``probs``),
-    in the order of ``paths``."""
+    in the order of ``paths``; ``reasons`` (per kept image) refer an image whatever its
+    confidence (``medscope.novelty``)."""
     classes = list(rules.classes)
     rows: dict[int, dict[str, Any]] = {}
     labels, refer = rules.labels(probs), rules.refer_to_expert(probs)
     for i, (row_probs, idx) in enumerate(zip(probs, kept, strict=True)):
         rows[int(idx)] = prediction_row(paths[idx], row_probs, classes, labels[i], top_k,
-                                        None if refer is None else bool(refer[i]))
+                                        None if refer is None else bool(refer[i]),
+                                        reasons[i] if reasons else None)
     bad = {str(p): reason for p, reason in unreadable}
     for idx, path in enumerate(paths):
         if idx not in rows:
             rows[idx] = {"file": str(path), "prediction": "", "probability": "", "top_k": "",
-                         "refer_to_expert": "", "error": bad.get(str(path), "unreadable"),
+                         "refer_to_expert": "", "refer_reason": "",
+                         "error": bad.get(str(path), "unreadable"),
                          **{f"p_{c}": "" for c in classes}}
     return [rows[i] for i in range(len(paths))]
 
 
 def prediction_row(path: Path, probs: np.ndarray, classes: list[str], label: str, top_k: int,
-                   refer: bool | None) -> dict[str, Any]:
+                   refer: bool | None, reason: str | None = None) -> dict[str, Any]:
     """One image's row; ``label`` and ``refer`` are the decisions (``medscope.evaluate.decisions``)
-    already taken on ``probs``."""
+    already taken on ``probs``; a ``reason`` refers it regardless (no call for an image that
+    cannot hold a specimen)."""
     order = np.argsort(-probs, kind="stable")[:top_k]
+    if reason in (BLANK, DEGENERATE):
+        label = ""
     return {"file": str(path), "prediction": label, "probability": float(probs.max()),
             "top_k": "|".join(f"{classes[i]}:{probs[i]:.4f}" for i in order),
-            "refer_to_expert": refer_flag(refer), "error": "",
+            "refer_to_expert": refer_flag(True if reason else refer),
+            "refer_reason": reason or (LOW_CONFIDENCE if refer else ""), "error": "",
             **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)}}
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medscope.core.checkpoint import CheckpointMeta, load_checkpoint, model_state
-from medscope.core.runtime import Runtime, predict_logits, select_runtime
+from medscope.core.runtime import Runtime, predict_logits, select_runtime, unwrap
 from medscope.data.cache import DecodedImages, decode_images
 from medscope.data.dataset import PixelDataset
 from medscope.data.sources import Sample
@@ -47,6 +47,8 @@ class Classifier(Protocol):
     def thresholds(self) -> list[float] | None: ...
 
     def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray: ...
+    def features_from_pixels(self, pixels: np.ndarray, batch_size: int = 64
+                             ) -> tuple[np.ndarray | None, np.ndarray]: ...
     def probs_from_logits(self, logits: np.ndarray) -> np.ndarray: ...
     def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray: ...
     def decode(self, samples: Sequence[Sample], **kw: Any) -> DecodedImages: ...
@@ -72,6 +74,12 @@ class MetaClassifier:
 
     def logits_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         raise NotImplementedError
+
+    def features_from_pixels(self, pixels: np.ndarray, batch_size: int = 64
+                             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(penultimate features or None, logits)``: without access to the model's layers
+        (an ONNX graph) only the logits."""
+        return None, self.logits_from_pixels(pixels, batch_size)
 
     def probs_from_pixels(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Class probabilities for an N x S x S x C uint8 array: softmax(logits / T) with the
@@ -129,6 +137,32 @@ class Predictor(MetaClassifier):
         logits, _ = predict_logits(self.model, loader, self.normalize, self.runtime)
         return logits.numpy()
 
+    def features_from_pixels(self, pixels: np.ndarray, batch_size: int = 64
+                             ) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(features, logits)``: the input of the final Linear classifier (what the
+        out-of-distribution check measures) and the logits, from one forward pass; features
+        None for a model without a Linear classifier."""
+        layer = classifier_layer(self.model)
+        if layer is None:
+            return None, self.logits_from_pixels(pixels, batch_size)
+        captured: list[torch.Tensor] = []
+        handle = layer.register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0].detach().float().flatten(1).cpu()))
+        try:
+            logits = self.logits_from_pixels(pixels, batch_size)
+        finally:
+            handle.remove()
+        width = layer.in_features
+        features = torch.cat(captured).numpy() if captured else np.empty((0, width), np.float32)
+        return features, logits
+
+
+def classifier_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The final Linear of a timm-style model (``get_classifier()``), else None."""
+    get = getattr(unwrap(model), "get_classifier", None)
+    layer = get() if callable(get) else None
+    return layer if isinstance(layer, torch.nn.Linear) else None
+
 
 def checkpoint_stem(source: Path | str) -> Path:
     """The checkpoint pair's path without suffix: a run directory's best one, or the file given."""
@@ -153,6 +187,18 @@ def probs_per_model(models: Sequence[Classifier], samples: Sequence[Sample], *, 
     files with the reason, and an M x N x K array of each model's calibrated probabilities on
     the kept ones (``tta``: see ``model_probs``). The images are decoded once per distinct
     size and channel count, so models trained at different resolutions can be averaged."""
+    kept, bad, probs, _ = outputs_per_model(models, samples, tta=tta, batch_size=batch_size,
+                                            progress=progress, desc=desc)
+    return kept, bad, probs
+
+
+def outputs_per_model(models: Sequence[Classifier], samples: Sequence[Sample], *,
+                      tta: bool = False, batch_size: int = 64, progress: bool = False,
+                      desc: str = "decode", features: Sequence[bool] | None = None
+                      ) -> tuple[np.ndarray, list[tuple[Path, str]], np.ndarray,
+                                 list[np.ndarray | None]]:
+    """``probs_per_model`` plus, for each model whose ``features`` flag is set, its
+    penultimate features of the kept images (from the same forward pass), else None."""
     decoded: dict[tuple[int, int], DecodedImages] = {}
     for m in models:
         key = (m.img_size, m.in_chans)
@@ -160,14 +206,15 @@ def probs_per_model(models: Sequence[Classifier], samples: Sequence[Sample], *, 
             decoded[key] = m.decode(samples, progress=progress, desc=desc)
     kept = functools.reduce(np.intersect1d, (d.kept for d in decoded.values()))
     bad = {str(p): (p, why) for d in decoded.values() for p, why in d.bad}
-    k = len(models[0].classes)
-    probs = np.empty((len(models), len(kept), k), dtype=np.float32)
+    probs = np.empty((len(models), len(kept), len(models[0].classes)), dtype=np.float32)
+    feats: list[np.ndarray | None] = [None] * len(models)
     for i, m in enumerate(models):
         d = decoded[(m.img_size, m.in_chans)]
         pixels = d.pixels if len(d.kept) == len(kept) else d.pixels[np.isin(d.kept, kept)]
         if len(kept):
-            probs[i] = model_probs(m, pixels, batch_size, tta=tta)
-    return kept, list(bad.values()), probs
+            probs[i], feats[i] = model_outputs(m, pixels, batch_size, tta=tta,
+                                               features=bool(features and features[i]))
+    return kept, list(bad.values()), probs, feats
 
 
 def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
@@ -190,6 +237,22 @@ def model_probs(model: Classifier, pixels: np.ndarray, batch_size: int = 64, *,
                 tta: bool = False) -> np.ndarray:
     """One model's probabilities, calibrated by its temperature (``Predictor`` and
     ``OnnxPredictor`` both apply it); with ``tta`` from its logits averaged over the views."""
-    logits = (tta_logits(model, pixels, batch_size) if tta
-              else model.logits_from_pixels(pixels, batch_size))
-    return np.asarray(model.probs_from_logits(logits))
+    return model_outputs(model, pixels, batch_size, tta=tta)[0]
+
+
+def model_outputs(model: Classifier, pixels: np.ndarray, batch_size: int = 64, *,
+                  tta: bool = False, features: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probabilities, features)``: ``model_probs``, and with ``features`` the penultimate
+    features of the images as given (the identity view under ``tta``), from the same pass."""
+    feats = None
+    if features:
+        feats, logits = model.features_from_pixels(pixels, batch_size)
+    else:
+        logits = model.logits_from_pixels(pixels, batch_size)
+    if tta:  # as tta_logits: the identity view first, summed in float64, then the mean
+        total = np.asarray(logits, np.float64)
+        for view in dihedral_views(pixels)[1:]:
+            total = total + np.asarray(model.logits_from_pixels(view, batch_size), np.float64)
+        logits = (total / 8).astype(np.float32)
+    return np.asarray(model.probs_from_logits(logits)), feats

@@ -1,5 +1,6 @@
 """predict = serve = evaluate: the same images get the same labels and refer-to-expert flags
-whichever way they are scored (``medscope.evaluate.decisions`` is the one implementation).
+whichever way they are scored (``medscope.evaluate.decisions`` is the one implementation,
+``medscope.novelty`` adds the "unlike the training images" referral everywhere).
 
 Two runs: a multi-label one whose checkpoint holds tuned label thresholds that label some
 images differently than 0.5 would, and a single-label one with a ``selective_threshold``. Both
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from medscope.data.prepare import run_split
+from medscope.data.sources import Sample
 from medscope.predict import predict_files
 from medscope.predictor import Predictor
 from medscope.run import RunDir, open_run_csv
@@ -74,6 +76,25 @@ def _test_images(run: RunDir) -> tuple[dict[str, Path], np.ndarray, Predictor]:
     return {source.sample_id(s): Path(s.path) for s in kept}, probs, predictor
 
 
+def _ood_cut(run: RunDir, images: dict[str, Path], predictor: Predictor) -> np.ndarray:
+    """Put the run's out-of-distribution threshold in the widest gap of the middle half of
+    the images' scores, so some are flagged and float noise cannot move one across; returns
+    each image's flag (in ``images`` order)."""
+    from medscope.evaluate.ood import ood_scores
+
+    state = json.loads(run.best.with_suffix(".json").read_text())["ood"]
+    decoded = predictor.decode([Sample(p, -1) for p in images.values()], progress=False)
+    features, _ = predictor.features_from_pixels(decoded.pixels)
+    scores = ood_scores(state, features=features)
+    v = np.sort(scores)
+    lo, hi = len(v) // 4, max(len(v) * 3 // 4, len(v) // 4 + 2)
+    gaps = v[lo + 1:hi] - v[lo:hi - 1]
+    j = lo + int(gaps.argmax())
+    assert gaps.max() > 1e-3 * max(abs(v[j]), 1.0), "no clear gap among the OOD scores"
+    _set_meta(run, ood={**state, "threshold": float((v[j] + v[j + 1]) / 2)})
+    return scores > (v[j] + v[j + 1]) / 2
+
+
 def _set_meta(run: RunDir, **values) -> None:
     path = run.best.with_suffix(".json")
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
@@ -126,10 +147,11 @@ def test_multilabel_tuned_thresholds_agree_across_predict_serve_evaluate(multila
     least_certain = np.maximum(probs, 1 - probs).min(axis=1)
     refer_below = _split_between(least_certain)
     _set_meta(run, thresholds=tuned, selective_threshold=refer_below)
+    odd = _ood_cut(run, images, predictor)
     ids = list(images)
     expected = {i: ("|".join(c for c, p, t in zip(classes, row, tuned, strict=True) if p >= t),
-                    "yes" if c < refer_below else "no")
-                for i, row, c in zip(ids, probs, least_certain, strict=True)}
+                    "yes" if c < refer_below or o else "no")
+                for i, row, c, o in zip(ids, probs, least_certain, odd, strict=True)}
     at_half = {i: "|".join(c for c, p in zip(classes, row, strict=True) if p >= 0.5)
                for i, row in zip(ids, probs, strict=True)}
     assert any(expected[i][0] != at_half[i] for i in ids)  # the tuned thresholds matter
@@ -145,8 +167,11 @@ def test_single_label_selective_threshold_agrees_across_predict_serve_evaluate(t
     top = probs.max(axis=1)
     refer_below = _split_between(top)
     _set_meta(run, selective_threshold=refer_below)
-    expected = {i: (predictor.classes[int(row.argmax())], "yes" if t < refer_below else "no")
-                for i, row, t in zip(images, probs, top, strict=True)}
+    odd = _ood_cut(run, images, predictor)
+    assert odd.any() and not odd.all()
+    expected = {i: (predictor.classes[int(row.argmax())],
+                    "yes" if t < refer_below or o else "no")
+                for i, row, t, o in zip(images, probs, top, odd, strict=True)}
     assert {flag for _, flag in expected.values()} == {"yes", "no"}
 
     assert _disagreements(_three_ways(run, images, tmp_path / "eval"), expected) == {}

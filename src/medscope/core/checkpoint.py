@@ -61,6 +61,9 @@ class CheckpointMeta(BaseModel):
     pretrained: str | None = None
     temperature: float = Field(1.0, gt=0)  # probabilities = softmax(logits / T)
     thresholds: list[float] | None = None  # multi-label decision thresholds, tuned on val
+    # "Unlike the training images": the fitted out-of-distribution check (evaluate.ood), plain
+    # JSON; absent in checkpoints older than it.
+    ood: dict[str, Any] | None = None
     # Refer-to-expert: the confidence below which an image goes to a person, fitted on the
     # validation split to reach ``target_accuracy``; null = sought but unreachable, absent =
     # never fitted (an older checkpoint).

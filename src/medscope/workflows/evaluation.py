@@ -18,12 +18,15 @@ from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.decisions import ReferRule, Rules, refer_flag, rules_for
+from medscope.evaluate.ood import fit_ood
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
+from medscope.novelty import UNLIKE_TRAINING, ood_checks, unusual
 from medscope.predictor import Predictor, tta_logits
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
 from medscope.report.plots import plot_confusion_matrix, plot_prediction_examples
 from medscope.run import METRICS, PREDICTIONS, RunDir, atomic_write_csv, atomic_write_json
+from medscope.slides.aggregate import LOW_CONFIDENCE
 
 log = logging.getLogger("medscope")
 
@@ -49,7 +52,7 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     predictor = Predictor.load(run.root, precision=precision, device=device)
     classes = predictor.classes
     samples, pixels, split, source = _evaluated_images(predictor, run, data_dir, data, progress)
-    logits = tta_logits(predictor, pixels) if tta else predictor.logits_from_pixels(pixels)
+    logits, flagged = _scored(predictor, pixels, tta)
     probs = predictor.probs_from_logits(logits)
     labels = labels_of(samples)
     multilabel, info = predictor.multilabel, predictor.info
@@ -69,10 +72,12 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
                                  target_accuracy=target_accuracy)
     metrics["data"] = str(data_dir) if data_dir else SPLIT_TITLES[split]
     metrics["tta"] = tta
+    if flagged is not None:
+        metrics["unlike_training_share"] = float(np.mean(flagged))
     target = Path(out) if out else default_target(run, data_dir, tta)
     write_evaluation(target, metrics, source, samples, probs, selective=selective,
                      target_accuracy=target_accuracy, logits=None if multilabel else logits,
-                     temperature=info.temperature, rules=rules)
+                     temperature=info.temperature, rules=rules, unusual=flagged)
     if target == run.root:
         if not multilabel:
             plot_prediction_examples(pixels, labels, probs, classes, run.examples)
@@ -81,6 +86,18 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     log.info("accuracy %.4f, F1 macro %.4f on %d images (%s) -> %s", metrics["accuracy"],
              metrics["f1_macro"], metrics["n"], metrics["data"], target / METRICS)
     return metrics
+
+
+def _scored(predictor: Predictor, pixels: np.ndarray, tta: bool
+            ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(logits, per image unlike the training images or None without an OOD check): what
+    predict computes for the same images."""
+    checks = ood_checks([predictor])
+    if checks[0] is None:
+        return (tta_logits(predictor, pixels) if tta
+                else predictor.logits_from_pixels(pixels)), None
+    features, logits = predictor.features_from_pixels(pixels)
+    return (tta_logits(predictor, pixels) if tta else logits), unusual(checks, [features])
 
 
 def _evaluated_images(predictor: Predictor, run: RunDir, data_dir: Path | None,
@@ -106,13 +123,14 @@ def _evaluated_images(predictor: Predictor, run: RunDir, data_dir: Path | None,
 def write_evaluation(target: Path, metrics: dict[str, Any], source: DataSource,
                      samples: list[Sample], probs: np.ndarray, *, selective: Any,
                      target_accuracy: float, rules: Rules, logits: np.ndarray | None = None,
-                     temperature: float | None = None) -> None:
+                     temperature: float | None = None, unusual: np.ndarray | None = None
+                     ) -> None:
     """What an evaluation leaves in ``target``: metrics.json, predictions.csv (labels and
     referral by ``rules``, as predict and serve decide them), the curves and the confusion
     matrix."""
     classes, multilabel = source.classes, source.multilabel
     atomic_write_json(target / METRICS, metrics)
-    write_predictions(target / PREDICTIONS, source, samples, probs, rules)
+    write_predictions(target / PREDICTIONS, source, samples, probs, rules, unusual)
     write_evaluation_plots(target, labels_of(samples), probs, classes, multilabel=multilabel,
                            logits=logits, temperature=temperature,
                            selective_threshold=None if selective is NOT_FITTED else selective,
@@ -156,19 +174,26 @@ def _threshold_on_validation(predictor: Predictor, run: RunDir, target: float,
 
 
 def write_predictions(path: Path, source: DataSource, samples: list[Sample],
-                      probs: np.ndarray, rules: Rules) -> Path:
+                      probs: np.ndarray, rules: Rules, unusual: np.ndarray | None = None
+                      ) -> Path:
     """Per image: its name, true label(s), group, predicted label(s), ``refer_to_expert``
-    (yes/no, empty when the rules have no refer threshold) and every class's (calibrated)
-    probability: what CV's out-of-fold table and a reader's error analysis need."""
+    (yes/no, empty when the rules have no refer threshold and the image is not unlike the
+    training images), ``refer_reason`` and every class's (calibrated) probability: what CV's
+    out-of-fold table and a reader's error analysis need."""
     classes = source.classes
     predicted = rules.labels(probs)
     refer = rules.refer_to_expert(probs)
-    flags = [""] * len(samples) if refer is None else [refer_flag(r) for r in refer]
-    rows = ([source.sample_id(s), source.label_name(s), s.group or "", label, flag,
+    flags, reasons = [], []
+    for i in range(len(samples)):
+        odd, low = unusual is not None and bool(unusual[i]), refer is not None and refer[i]
+        flags.append(refer_flag(True if odd else (None if refer is None else bool(refer[i]))))
+        reasons.append(UNLIKE_TRAINING if odd else (LOW_CONFIDENCE if low else ""))
+    rows = ([source.sample_id(s), source.label_name(s), s.group or "", label, flag, why,
              *(f"{x:.6f}" for x in p)]
-            for s, p, label, flag in zip(samples, probs, predicted, flags, strict=True))
+            for s, p, label, flag, why in zip(samples, probs, predicted, flags, reasons,
+                                              strict=True))
     atomic_write_csv(path, ["path", "label", "group", "predicted", "refer_to_expert",
-                            *(f"p_{c}" for c in classes)], rows)
+                            "refer_reason", *(f"p_{c}" for c in classes)], rows)
     return path
 
 
@@ -196,6 +221,12 @@ def calibrate_run(run: RunDir, data: PreparedData, *, target_accuracy: float = 0
     outputs = predictor.probs_from_logits(logits) if predictor.multilabel else logits
     fitted = fit_on_validation(data.labels("val"), outputs, multilabel=predictor.multilabel,
                                target_accuracy=target_accuracy)
+    ood = fit_ood_check(predictor, data, temperature=fitted.get("temperature", 1.0))
+    if ood is not None:
+        fitted["ood"] = ood
+        log.info("out-of-distribution check (%s, %d dims): flags %.0f%% of validation images "
+                 "above %.4g", ood["method"], ood.get("dims", 0), 100 * ood["flag_rate"],
+                 ood["threshold"])
     write_meta(run.best, read_meta(run.best).model_copy(update=fitted))
     if "temperature" in fitted:
         threshold = fitted["selective_threshold"]
@@ -204,3 +235,26 @@ def calibrate_run(run: RunDir, data: PreparedData, *, target_accuracy: float = 0
                  fitted["temperature"], "n/a (unreachable)" if threshold is None
                  else f"{threshold:.3f}", 100 * target_accuracy)
     return fitted
+
+
+OOD_TRAIN_IMAGES = 2000  # training images whose features fit the OOD check: plenty for 32 dims
+
+
+def fit_ood_check(predictor: Predictor, data: PreparedData, *, temperature: float = 1.0,
+                  seed: int = 0) -> dict[str, Any] | None:
+    """The "unlike the training images" check stored in the checkpoint (``evaluate.ood``):
+    Mahalanobis distance on the classifier's input features of up to ``OOD_TRAIN_IMAGES``
+    training images, its threshold flagging 5 % of validation images; the energy score of
+    the logits for a model without a Linear classifier. None without enough images."""
+    train, val = data.pixels["train"], data.pixels["val"]
+    if len(train) < 3 or len(val) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(train), min(len(train), OOD_TRAIN_IMAGES), replace=False))
+    train_features, _ = predictor.features_from_pixels(np.asarray(train[pick]))
+    val_features, val_logits = predictor.features_from_pixels(np.asarray(val))
+    if train_features is None or val_features is None:
+        return fit_ood(method="energy", val_logits=val_logits, temperature=temperature)
+    labels = None if predictor.multilabel else np.asarray(data.labels("train"))[pick]
+    return fit_ood(train_features=train_features, train_labels=labels,
+                   val_features=val_features)
