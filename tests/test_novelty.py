@@ -63,3 +63,8 @@ def test_predict_refers_unusual_and_blank_images(run_copy, image_folder, tmp_pat
     assert {(r["refer_to_expert"], r["refer_reason"]) for r in rows} == \
         {("yes", UNLIKE_TRAINING)}
     assert all(r["prediction"] for r in rows)  # the call is still shown, with the warning
+
+
+def test_the_trained_run_records_its_scale(trained_run):
+    scale = read_meta(trained_run.best).scale
+    assert scale == {"tile_px": 40, "source_px": 40, "origin": "image sizes"}

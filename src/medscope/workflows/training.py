@@ -18,6 +18,7 @@ from medscope.core.checkpoint import CheckpointMeta, library_versions, previous_
 from medscope.core.runtime import Runtime, seed_everything, tune_backends
 from medscope.data.balance import class_counts, distribution_line
 from medscope.data.prepare import SPLITS, PreparedData, given_splits_of, prepare_data
+from medscope.data.scale import training_scale
 from medscope.data.transforms import Normalize
 from medscope.errors import MedscopeError
 from medscope.models import create_model
@@ -156,10 +157,21 @@ def _built_model(config: RunConfig, data: PreparedData, runtime: Runtime
                           classes=classes, multilabel=data.source.multilabel,
                           img_size=config.data.img_size, in_chans=config.data.in_chans,
                           mean=mean, std=std, pretrained=config.model.pretrained,
-                          versions=library_versions())
+                          scale=_scale_of(data, config.data.mpp), versions=library_versions())
     log.info("model %s: %.2fM parameters; %s", config.model.name, count_params(model) / 1e6,
              runtime.describe())
     return runtime.prepare(model), meta
+
+
+def _scale_of(data: PreparedData, mpp: float | None) -> dict[str, Any] | None:
+    """The training scale recorded in the checkpoint (``data.scale``); logged once."""
+    root = data.source.root if data.source.kind != "npz" else None
+    scale = training_scale(root, data.samples["train"], mpp)
+    if scale is None:
+        return None
+    log.info("training scale: one input covers %d source px (%s)%s", scale.tile_px,
+             scale.origin, f", stride {scale.stride_px}" if scale.stride_px else "")
+    return scale.model_dump(exclude_none=True)
 
 
 def _fit_inputs(config: RunConfig, data: PreparedData, model: nn.Module,
