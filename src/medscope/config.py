@@ -8,12 +8,32 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medscope.errors import MedscopeError, first_line
+
+# Value sets and ranges shared by the run config and the other commands' options
+# (``medscope.options``) and the model registry: each written once, here.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+DataFormat = Literal["auto", "folder", "csv", "npz"]
+InChans = Literal[1, 3]
+IN_CHANS: tuple[int, ...] = get_args(InChans)
+TargetAccuracy = Annotated[float, Field(gt=0, le=1)]
+
+
+def check_group_pattern(pattern: str) -> str:
+    """``pattern`` if it is a usable group pattern, else ValueError saying why (pydantic turns
+    it into a one-line error naming the option)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression ({exc})") from None
+    if not pattern:
+        raise ValueError("empty pattern (leave it unset for no groups)")
+    return pattern
 
 
 class _Section(BaseModel):
@@ -25,10 +45,10 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     path: Path | None = Field(None, description="image folder (one sub-folder per class, or "
                               "train/val/test/<class>), CSV file or MedMNIST .npz")
-    format: Literal["auto", "folder", "csv", "npz"] = Field(
+    format: DataFormat = Field(
         "auto", description="data kind (auto: detected from the path)")
     img_size: int = Field(224, ge=8, le=4096, description="training resolution (square)")
-    in_chans: Literal[1, 3] = Field(3, description="1 = grayscale, 3 = RGB")
+    in_chans: InChans = Field(3, description="1 = grayscale, 3 = RGB")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")
@@ -68,14 +88,7 @@ class DataConfig(_Section):
     @field_validator("group_pattern")
     @classmethod
     def _pattern_compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression ({exc})") from None
-            if not v:
-                raise ValueError("empty pattern (leave it unset for no groups)")
-        return v
+        return v if v is None else check_group_pattern(v)
 
     @field_validator("test_fraction")
     @classmethod
@@ -128,7 +141,7 @@ class TrainConfig(_Section):
         "goes to the lower validation loss")
     early_stopping: int | None = Field(None, ge=1, description="stop after this many epochs "
                                       "without improvement (patience); off if None")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Precision = Field(
         "auto", description="auto: bf16 autocast where the CPU/GPU supports it, else fp32; "
         "fp16: CUDA only, with loss scaling (torch.amp.GradScaler)"
     )
@@ -136,7 +149,7 @@ class TrainConfig(_Section):
                           "faster later ones; needs a C++ compiler)")
     channels_last: bool | None = Field(
         None, description="None: on for CPU, and on GPU whenever bf16/fp16 is used")
-    target_accuracy: float = Field(0.99, gt=0, le=1, description="accuracy the refer-to-expert "
+    target_accuracy: TargetAccuracy = Field(0.99, description="accuracy the refer-to-expert "
                                    "threshold must reach on the validation split")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     seed: int = Field(0, ge=-(2**63), lt=2**63,  # what torch.manual_seed accepts
@@ -264,17 +277,19 @@ class FieldDoc:
     default: Any
 
 
-def describe_field(dotted: str) -> FieldDoc:
-    """Help text, choices, Python type and default of a config key, from the schema itself:
-    the CLI derives its options from this instead of repeating them."""
-    model: type[BaseModel] = RunConfig
+def describe_field(dotted: str, root: type[BaseModel] | None = None) -> FieldDoc:
+    """Help text, choices, Python type and default of a config key (or of a field of another
+    schema, ``root``, e.g. ``medscope.options.PredictOptions``), from the schema itself: the
+    CLI derives its options from this instead of repeating them."""
+    model: type[BaseModel] = root or RunConfig
     *parents, leaf = dotted.split(".")
     for part in parents:
         model = model.model_fields[part].annotation
     info = model.model_fields[leaf]
     ann = info.annotation
     if get_origin(ann) is not Literal:  # X | None, or bool | Literal["auto"]
-        members = [a for a in get_args(ann) if a is not type(None)] or [ann]
+        members = [get_args(a)[0] if get_origin(a) is Annotated else a  # TargetAccuracy | None
+                   for a in get_args(ann) if a is not type(None)] or [ann]
         ann = next((a for a in members if get_origin(a) is Literal), members[0])
     choices = get_args(ann) if get_origin(ann) is Literal else None
     base = type(choices[0]) if choices else ann

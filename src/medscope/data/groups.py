@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from dataclasses import replace
 
+from medscope.config import check_group_pattern
 from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 
@@ -22,13 +23,10 @@ log = logging.getLogger("medscope")
 def pattern_groups(source: DataSource, pattern: str) -> DataSource:
     """``source`` with each sample's group set to what ``pattern`` matches in its sample id (the
     first capture group when the pattern has one). Samples it does not match keep no group."""
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:  # the CLI's --group-pattern of info and audit skips the config
-        raise MedscopeError(f"--group-pattern {pattern!r}: not a regular expression "
-                            f"({exc})") from None
-    if not pattern:
-        raise MedscopeError("--group-pattern: empty pattern (leave it out for no groups)")
+    try:  # the same rule as data.group_pattern and the API's group_pattern options
+        rx = re.compile(check_group_pattern(pattern))
+    except ValueError as exc:
+        raise MedscopeError(f"--group-pattern {pattern!r}: {exc}") from None
     if any(s.group is not None for s in source.samples):
         raise MedscopeError(f"{source.root}: data.group_pattern given, but the data already "
                             "names groups (a group column or patches.csv); use one or the other")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from medscope.config import IN_CHANS
 from medscope.errors import MedscopeError
 from medscope.models.heads import apply_head_options
 
@@ -86,8 +87,8 @@ def create_model(
     """
     if num_classes < 2:
         raise MedscopeError(f"num_classes must be at least 2, got {num_classes}")
-    if in_chans not in (1, 3):
-        raise MedscopeError(f"in_chans must be 1 or 3, got {in_chans}")
+    if in_chans not in IN_CHANS:  # the set the config and the CLI offer
+        raise MedscopeError(f"in_chans must be one of {IN_CHANS}, got {in_chans}")
     head_pool = kwargs.pop("head_pool", None)
     flatten_head = kwargs.pop("flatten_head", False)
     if img_size is not None:
