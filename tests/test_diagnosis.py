@@ -22,8 +22,10 @@ def scaled_run(trained_run, tmp_path):
     root = shutil.copytree(trained_run.root, tmp_path / "run")
     best = RunDir(root).best
     meta = read_meta(best)
+    # No tile is unusual here (the OOD check has its own tests): every kept tile aggregates.
     write_meta(best, meta.model_copy(update={"scale": {"tile_px": 40, "stride_px": 40,
-                                                       "origin": "image sizes"}}))
+                                                       "origin": "image sizes"},
+                                             "ood": {**meta.ood, "threshold": 1e30}}))
     return root
 
 
@@ -56,21 +58,23 @@ def test_tiled_call_is_the_mean_of_its_tiles(scaled_run, image_folder, tmp_path)
     assert (tmp_path / "tiles" / "big.heatmap.png").stat().st_size > 1000
     with out.open() as fh:
         header = next(csv.reader(fh))
-    assert header[-4:] == ["tiled", "tiles_kept", "tiles_dropped", "tiles_failed"]
+    assert header[-5:] == ["tiled", "tiles_kept", "tiles_unusual", "tiles_dropped",
+                           "tiles_failed"]
     assert header[4:6] == ["refer_to_expert", "refer_reason"]
 
 
-def test_tiles_off_squashes_and_no_scale_never_tiles(trained_run, scaled_run, image_folder,
-                                                     tmp_path):
+def test_tiles_off_squashes_and_no_scale_never_tiles(scaled_run, image_folder, tmp_path):
     _mosaic(image_folder, "beta", tmp_path / "big.png")
     off = predict_files(scaled_run, [tmp_path / "big.png"], tiles="off", precision="fp32",
                         progress=False)
     assert "tiled" not in off[0] and off[0]["prediction"]
-    unscaled = predict_files(trained_run.root, [tmp_path / "big.png"], precision="fp32",
-                             progress=False)
-    assert "tiled" not in unscaled[0]
+    unscaled = shutil.copytree(scaled_run, tmp_path / "unscaled")  # as an older checkpoint
+    best = RunDir(unscaled).best
+    write_meta(best, read_meta(best).model_copy(update={"scale": None}))
+    rows = predict_files(unscaled, [tmp_path / "big.png"], precision="fp32", progress=False)
+    assert "tiled" not in rows[0]
     with pytest.raises(MedscopeError, match="records no training scale"):
-        predict_files(trained_run.root, [tmp_path / "big.png"], tiles="on", progress=False)
+        predict_files(unscaled, [tmp_path / "big.png"], tiles="on", progress=False)
     with pytest.raises(MedscopeError, match="--tiles 'sometimes'"):
         predict_files(scaled_run, [tmp_path / "big.png"], tiles="sometimes", progress=False)
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, refer_flag
-from medscope.novelty import UNLIKE_TRAINING, ood_checks, unusual
+from medscope.novelty import ood_checks, unusual
 from medscope.predictor import Classifier, model_outputs
 from medscope.slides.aggregate import LOW_CONFIDENCE, ReferRule, check_aggregation
 from medscope.slides.diagnose import SlideResult, diagnose
@@ -37,8 +37,7 @@ from medscope.slides.readers import WSI_EXTENSIONS
 
 TILE_MODES = ("auto", "on", "off")
 TILE_FACTOR = 1.5  # auto tiles an image whose smaller side holds 1.5 training tiles or more
-TILE_COLUMNS = ["tiled", "tiles_kept", "tiles_dropped", "tiles_failed"]
-UNUSUAL_SHARE = 0.5  # an image whose usable tiles are mostly unlike training is referred
+TILE_COLUMNS = ["tiled", "tiles_kept", "tiles_unusual", "tiles_dropped", "tiles_failed"]
 
 
 @dataclass(frozen=True)
@@ -101,26 +100,21 @@ def _smaller_side(path: Path) -> int | None:
 def diagnose_path(models: list[Classifier], path: Path, plan: TilePlan, *, tta: bool = False,
                   batch_size: int = 64, aggregation: str = "mean",
                   rule: ReferRule | None = None) -> SlideResult:
-    """One large image through ``models`` (their calibrated probabilities averaged). When the
-    models carry an out-of-distribution check, a call whose usable tiles are mostly unlike
-    the training images is referred for that reason (``unusual_share`` on the result)."""
+    """One large image through ``models`` (their calibrated probabilities averaged). With an
+    out-of-distribution check in the models, each tile is also checked in the same forward
+    pass: unusual tiles are counted, not aggregated, and an image whose classified tiles are
+    mostly unusual is referred as "unlike the training images" (``slides.aggregate``)."""
     checks = ood_checks(models)
-    flags: list[np.ndarray] = []
 
-    def classify(pixels: np.ndarray) -> np.ndarray:
+    def classify(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         outs = [model_outputs(m, pixels, batch_size, tta=tta, features=c is not None)
                 for m, c in zip(models, checks, strict=True)]
-        flagged = unusual(checks, [f for _, f in outs])
-        if flagged is not None:
-            flags.append(flagged)
-        return np.mean([p for p, _ in outs], axis=0)
+        return np.mean([p for p, _ in outs], axis=0), unusual(checks, [f for _, f in outs])
 
     first = models[0]
-    result = diagnose(path, classify, plan.tile_px, first.img_size, classes=first.classes,
-                      channels=first.in_chans, stride=plan.stride_px, aggregation=aggregation,
-                      rule=rule, train_mpp=plan.mpp, batch_size=batch_size)
-    result.unusual_share = float(np.concatenate(flags).mean()) if flags else None
-    return result
+    return diagnose(path, classify, plan.tile_px, first.img_size, classes=first.classes,
+                    channels=first.in_chans, stride=plan.stride_px, aggregation=aggregation,
+                    rule=rule, train_mpp=plan.mpp, batch_size=batch_size)
 
 
 def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:
@@ -128,7 +122,8 @@ def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:
     probabilities, referred when the slide rule or the model's confidence rule says so."""
     classes = list(rules.classes)
     row: dict[str, Any] = {"file": result.path, "error": "", "tiled": "yes",
-                           "tiles_kept": result.kept, "tiles_dropped": sum(result.dropped.values()),
+                           "tiles_kept": result.kept, "tiles_unusual": result.unusual,
+                           "tiles_dropped": sum(result.dropped.values()),
                            "tiles_failed": result.failed}
     if result.probs is None:
         return {**row, "prediction": "", "probability": "", "top_k": "",
@@ -136,9 +131,7 @@ def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:
                 **{f"p_{c}": "" for c in classes}}
     probs = np.asarray(result.probs, dtype=np.float64)
     low = rules.refer_to_expert(probs[None])
-    strange = (getattr(result, "unusual_share", None) or 0.0) > UNUSUAL_SHARE
-    reason = (UNLIKE_TRAINING if strange else result.reason) or \
-        (LOW_CONFIDENCE if low is not None and low[0] else "")
+    reason = result.reason or (LOW_CONFIDENCE if low is not None and low[0] else "")
     order = np.argsort(-probs, kind="stable")[:top_k]
     return {**row, "prediction": rules.labels(probs[None])[0],
             "probability": float(probs.max()), "refer_reason": reason,

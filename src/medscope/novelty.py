@@ -22,8 +22,11 @@ from PIL import Image
 
 from medscope.evaluate.ood import check_ood_state, ood_flags
 from medscope.predictor import Classifier, Predictor
+from medscope.slides.aggregate import UNLIKE_TRAINING
 
-UNLIKE_TRAINING = "unlike the training images"
+__all__ = ["BLANK", "DEGENERATE", "UNLIKE_TRAINING", "file_problem", "image_problem",
+           "ood_checks", "unusual"]
+
 DEGENERATE = "degenerate image"
 BLANK = "blank image"
 GLANCE = 64  # side of the thumbnail a file's blankness is judged on

@@ -79,3 +79,16 @@ def test_a_group_with_two_labels_is_a_user_error():
 def test_lengths_must_match():
     with pytest.raises(MedscopeError, match="must match"):
         aggregate_groups(np.full((2, 2), 0.5), [0], ["a", "b"])
+
+
+def test_group_refer_threshold_fitted_on_validation_groups(data):
+    from medscope.evaluate.groups import fit_group_refer_threshold
+
+    probs, labels, groups = data
+    # group confidences: eight right at 0.66, the wrong one at 0.64 (its wrong class)
+    threshold = fit_group_refer_threshold(probs, labels, groups, target_accuracy=1.0)
+    assert threshold == pytest.approx(0.66)
+    out = group_level_metrics(probs, labels, groups, CLASSES, n_resamples=20,
+                              refer_threshold=threshold)
+    assert out["selective"]["coverage"] == pytest.approx(8 / 9)
+    assert out["selective"]["accuracy"] == pytest.approx(1.0)

@@ -71,3 +71,14 @@ def test_reasons_are_checked_in_order():
 def test_agreement_is_share_of_tiles_with_the_call():
     d = decide(P)
     assert d.label == 0 and d.agreement == pytest.approx(0.75)
+
+
+def test_unusual_tiles_refer_and_never_give_a_call_alone():
+    from medscope.slides.aggregate import UNLIKE_TRAINING
+
+    d = decide(np.zeros((0, 2)), n_unusual=4)
+    assert d.label is None and d.reason == UNLIKE_TRAINING
+    d = decide(np.array([[0.9, 0.1], [0.8, 0.2]]), n_unusual=2)  # half the tiles unusual
+    assert d.label == 0 and d.reason == UNLIKE_TRAINING
+    d = decide(np.array([[0.9, 0.1], [0.8, 0.2], [0.9, 0.1]]), n_unusual=1)
+    assert not d.refer  # a quarter: below max_unusual

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from medscope.errors import MedscopeError
 from medscope.slides.aggregate import NO_USABLE_FIELD, ReferRule
 from medscope.slides.diagnose import diagnose
-from medscope.slides.outputs import image_row, write_heatmap, write_tiles_csv
+from medscope.slides.outputs import image_row, tile_rows, write_heatmap, write_tiles_csv
 from medscope.slides.readers import PillowReader
 from tests.slides.conftest import (
     CLASSES,
@@ -32,7 +33,9 @@ def test_a_slide_is_tiled_on_tissue_and_called(slide_tif, tmp_path):
     assert result.probs.sum() == pytest.approx(1.0)
     kept = [t for t in result.tiles if t.kept]
     assert all(t.probs is not None for t in kept) and len(kept) == result.kept
-    assert result.to_dict(tiles=True)["tiles"][0].keys() >= {"x", "y", "kept", "probs"}
+    as_json = json.loads(json.dumps(result.to_dict(tiles=True)))  # the API's JSON as it is
+    assert as_json["tiles"][0].keys() >= {"x", "y", "kept", "reason", "unusual", "probs"}
+    assert as_json["prediction"] == "pink" and as_json["dropped"] == result.dropped
 
 
 def test_slide_without_tissue_is_referred_no_usable_field(tmp_path):
@@ -126,3 +129,72 @@ def test_heat_map_of_an_image_without_a_call(tmp_path):
     result = diagnose(path, colour_classify, 128, 32, classes=CLASSES, tissue="off")
     assert result.kept == 0 and result.dropped == {"empty": 16}
     assert write_heatmap(result, tmp_path / "heat.png").stat().st_size > 0
+
+
+def test_a_failing_model_stops_the_reader_thread(slide_tif):
+    import threading
+
+    def broken(batch):
+        raise RuntimeError("model on fire")
+
+    with pytest.raises(RuntimeError, match="on fire"):
+        diagnose(slide_tif, broken, 128, 32, batch_size=2)
+    assert not any(t.name == "medscope-tiles" for t in threading.enumerate())
+
+
+def test_a_reader_reused_across_calls_keeps_few_handles(slide_tif):
+    from medscope.slides.readers import open_reader
+
+    with open_reader(slide_tif) as reader:
+        for _ in range(3):
+            diagnose(reader, colour_classify, 128, 32, workers=2)
+        assert len(reader._idle) <= 3  # one per concurrent reader, not one per call
+
+
+def test_ome_tiff_through_tiffslide_with_reader_threads(tmp_path):
+    img = tissue_image(1024, 768, (256, 256, 768, 512))
+    path = write_pyramid(tmp_path / "s.ome.tif", img, ome=True)
+    result = diagnose(path, colour_classify, 128, 32, classes=CLASSES, workers=3)
+    assert result.reader == "tiffslide" and result.level == 2
+    assert result.kept == 8 and result.prediction == "pink" and result.failed == 0
+
+
+def _with_flags(flag):
+    """A classify that also returns the OOD check's flags: ``flag(batch) -> N booleans``."""
+    def classify(batch):
+        return colour_classify(batch), flag(batch)
+    return classify
+
+
+def test_tiles_unlike_the_training_images_are_left_out_and_refer(slide_tif, tmp_path):
+    from medscope.slides.aggregate import UNLIKE_TRAINING
+
+    everything = diagnose(slide_tif, _with_flags(lambda b: np.ones(len(b), bool)), 128, 32,
+                          classes=CLASSES)
+    assert everything.unusual == everything.kept == 24
+    assert everything.label is None and everything.reason == UNLIKE_TRAINING
+    first = iter(range(10_000))
+    some = diagnose(slide_tif, _with_flags(lambda b: np.array([next(first) < 3 for _ in b])),
+                    128, 32, classes=CLASSES)
+    assert some.unusual == 3 and some.prediction == "pink" and not some.refer
+    header, rows = tile_rows(some)
+    assert sum(int(r[header.index("unusual")]) for r in rows) == 3
+    assert write_heatmap(some, tmp_path / "h.png").is_file()
+
+
+def test_a_whole_image_unlike_the_training_images_gets_no_call(tmp_path):
+    Image.fromarray(tissue_image(300, 200, (0, 0, 300, 200))).save(tmp_path / "cells.png")
+    result = diagnose(tmp_path / "cells.png", _with_flags(lambda b: np.ones(len(b), bool)),
+                      500, 32, classes=CLASSES)
+    assert result.whole_image and result.label is None
+    assert result.reason == "unlike the training images"
+
+
+def test_a_tiled_single_level_micrograph_is_not_tissue_searched(tmp_path):
+    # grey specimen (no stain): the tissue finder would see nothing; the filter keeps it
+    img = tissue_image(512, 512, (0, 0, 512, 512))
+    img[:] = img.mean(2, keepdims=True).astype(np.uint8)
+    path = write_pyramid(tmp_path / "camera.tif", img, levels=1)
+    result = diagnose(path, colour_classify, 128, 32)
+    assert result.reader == "openslide" and result.tissue_fraction == 1.0
+    assert result.kept > 0

@@ -17,6 +17,7 @@ import numpy as np
 
 from medscope.errors import MedscopeError
 from medscope.evaluate.bootstrap import bootstrap_ci
+from medscope.evaluate.calibration import selective_at, threshold_for_accuracy
 from medscope.evaluate.metrics import classification_metrics
 from medscope.slides.aggregate import aggregate, check_aggregation
 
@@ -52,11 +53,13 @@ def aggregate_groups(probs: np.ndarray, labels: Sequence[int], groups: Sequence[
 def group_level_metrics(probs: np.ndarray, labels: Sequence[int], groups: Sequence[Any],
                         classes: Sequence[str], *, unit: str = "group",
                         aggregation: str = "mean", k: int | None = None,
-                        n_resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, Any]:
+                        n_resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                        refer_threshold: float | None = None) -> dict[str, Any]:
     """``metrics.json["group_level"]``: accuracy, balanced accuracy, macro-F1, per-class
     sensitivity and specificity of the aggregated groups, with bootstrap CIs over groups.
-    ``unit`` names the group (micrograph, slide, patient)."""
+    ``unit`` names the group (micrograph, slide, patient). With ``refer_threshold`` (fitted on
+    validation groups by ``fit_group_refer_threshold``), ``selective`` gives the share of
+    groups kept (aggregated confidence >= threshold) and the accuracy on them."""
     names, g_probs, g_labels = aggregate_groups(probs, labels, groups, aggregation, k)
     m = classification_metrics(g_labels, g_probs, classes)
     out: dict[str, Any] = {
@@ -71,7 +74,21 @@ def group_level_metrics(probs: np.ndarray, labels: Sequence[int], groups: Sequen
     }
     if aggregation == "topk":
         out["k"] = k
+    if refer_threshold is not None:
+        out["selective"] = {"threshold": float(refer_threshold),
+                            **selective_at(g_probs, g_labels, refer_threshold)}
     # one row per group: resampling rows is resampling groups
     out["ci"] = bootstrap_ci(g_labels, g_probs, classes, n_resamples=n_resamples, seed=seed,
                              level=level)
     return out
+
+
+def fit_group_refer_threshold(probs: np.ndarray, labels: Sequence[int], groups: Sequence[Any],
+                              target_accuracy: float, aggregation: str = "mean",
+                              k: int | None = None) -> float | None:
+    """The image-level ``min_confidence`` fitted on validation groups: the lowest aggregated
+    confidence whose kept groups reach ``target_accuracy`` (the rule
+    ``calibration.threshold_for_accuracy`` applies to single images); None when even the
+    most confident groups fall short."""
+    _, g_probs, g_labels = aggregate_groups(probs, labels, groups, aggregation, k)
+    return threshold_for_accuracy(g_probs, g_labels, target_accuracy)

@@ -17,10 +17,13 @@ Aggregations (each maps N x K tile probabilities to K image probabilities summin
 
 Refer rules, checked in this order; the first that holds is the reason given:
 1. ``no usable field``: no tile survived the artifact filter; the image gets no call at all.
-2. ``too few usable tiles``: fewer than ``min_tiles`` usable tiles; a call is made but referred.
-3. ``tiles disagree``: the share of tiles whose own most probable class is the image's call is
+2. ``unlike the training images``: at least ``max_unusual`` of the classified tiles were
+   flagged by the out-of-distribution check (``evaluate.ood``). Flagged tiles never enter
+   the aggregation; when every tile is flagged the image gets no call.
+3. ``too few usable tiles``: fewer than ``min_tiles`` usable tiles; a call is made but referred.
+4. ``tiles disagree``: the share of tiles whose own most probable class is the image's call is
    below ``min_agreement`` (a mixed or ambiguous image).
-4. ``low confidence``: the aggregated probability of the call is below ``min_confidence``.
+5. ``low confidence``: the aggregated probability of the call is below ``min_confidence``.
 Pure numpy, no state: a rule is a small frozen dataclass stored with a run if tuned.
 """
 
@@ -36,6 +39,7 @@ from medscope.errors import MedscopeError
 AGGREGATIONS = ("mean", "topk", "vote")
 
 NO_USABLE_FIELD = "no usable field"
+UNLIKE_TRAINING = "unlike the training images"
 TOO_FEW_TILES = "too few usable tiles"
 TILES_DISAGREE = "tiles disagree"
 LOW_CONFIDENCE = "low confidence"
@@ -48,6 +52,7 @@ class ReferRule:
     min_tiles: int = 2
     min_agreement: float = 0.5
     min_confidence: float = 0.5
+    max_unusual: float = 0.5  # share of classified tiles flagged out-of-distribution
 
 
 @dataclass(frozen=True)
@@ -119,26 +124,32 @@ def agreement(probs: np.ndarray, label: int) -> float:
 
 
 def decide(probs: np.ndarray, method: str = "mean", rule: ReferRule | None = None,
-           k: int | None = None, *, per_class: bool = False) -> Decision:
+           k: int | None = None, *, per_class: bool = False, n_unusual: int = 0) -> Decision:
     """The image's call from its usable tiles' probabilities (N x K, N may be 0), with the
-    refer decision and its reason."""
+    refer decision and its reason. ``n_unusual``: tiles classified but flagged
+    out-of-distribution (left out of ``probs``)."""
     rule = rule or ReferRule()
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or len(probs) == 0:
-        return Decision(None, None, None, True, NO_USABLE_FIELD, 0, None)
+    n = len(probs) if probs.ndim == 2 else 0
+    unusual = n_unusual / (n + n_unusual) if n + n_unusual else 0.0
+    if n == 0:
+        reason = UNLIKE_TRAINING if n_unusual else NO_USABLE_FIELD
+        return Decision(None, None, None, True, reason, 0, None)
     image = aggregate(probs, method, k, per_class=per_class)
     label = int(image.argmax())
     agree = agreement(probs, label)
-    reason = refer_reason(len(probs), agree, float(image[label]), rule)
-    return Decision(label, float(image[label]), image, reason is not None, reason,
-                    len(probs), agree)
+    reason = refer_reason(n, agree, float(image[label]), rule, unusual)
+    return Decision(label, float(image[label]), image, reason is not None, reason, n, agree)
 
 
-def refer_reason(n_tiles: int, agree: float, confidence: float,
-                 rule: ReferRule) -> str | None:
-    """The first refer rule that holds, or None (see the module docstring for the order)."""
+def refer_reason(n_tiles: int, agree: float, confidence: float, rule: ReferRule,
+                 unusual: float = 0.0) -> str | None:
+    """The first refer rule that holds, or None (see the module docstring for the order).
+    ``unusual``: share of the classified tiles flagged out-of-distribution."""
     if n_tiles == 0:
         return NO_USABLE_FIELD
+    if unusual > 0 and unusual >= rule.max_unusual:
+        return UNLIKE_TRAINING
     if n_tiles < rule.min_tiles:
         return TOO_FEW_TILES
     if agree < rule.min_agreement:

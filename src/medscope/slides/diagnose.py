@@ -2,21 +2,25 @@
 training scale -> artifact filter -> the model in batches -> aggregation -> refer rule; plus
 the per-tile CSV and a heat map of a class's probability per tile over the thumbnail.
 
-The model is a callable ``classify(batch) -> probabilities`` (``batch``: N x S x S x C uint8,
-the result N x K calibrated probabilities), so this module knows nothing of torch or ONNX.
+The model is a callable ``classify(batch)`` (``batch``: N x S x S x C uint8) returning N x K
+calibrated probabilities, or a pair ``(probabilities, unusual)`` where ``unusual`` (N
+booleans) is the out-of-distribution check of ``evaluate.ood`` on the same forward pass; so
+this module knows nothing of torch or ONNX. Unusual tiles are recorded, left out of the
+aggregation, and refer the image when they are many (``ReferRule.max_unusual``).
 
-Field finding (``tissue``): ``auto`` runs the tissue finder on whole-slide images (a reader
-other than Pillow, or any image with a pyramid) and not on micrographs, where, as in
-``medscope patches``, the artifact filter alone decides which tiles are usable; ``on`` and
-``off`` force it. An image smaller than one tile in either direction takes the whole-image
-path: it is filtered and classified as one tile (squashed to the model input, as the
-non-tiled predict does), and the result says so (``whole_image``).
+Field finding (``tissue``): ``auto`` runs the tissue finder on whole-slide images (an image
+with a pyramid, or one past 100 megapixels) and not on micrographs (a tiled single-level TIFF
+from a camera included), where, as in ``medscope patches``, the artifact filter alone decides
+which tiles are usable; ``on`` and ``off`` force it. An image smaller than one tile in either
+direction takes the whole-image path: it is filtered and classified as one tile (squashed to
+the model input, as the non-tiled predict does), and the result says so (``whole_image``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from medscope.slides.tissue import TissueMap, find_tissue, whole_field
 Classify = Callable[[np.ndarray], np.ndarray]
 DEGENERATE = "degenerate"
 TISSUE_MODES = ("auto", "on", "off")
+SLIDE_PIXELS = 100_000_000  # without a pyramid, an image past this is treated as a slide
 
 
 @dataclass
@@ -69,7 +74,8 @@ class SlideResult:
     tile_size: int  # level-0 pixels a side
     n_grid: int  # whole tiles in the image
     n_candidates: int  # tiles read (on tissue)
-    kept: int
+    kept: int  # tiles that passed the artifact filter and were classified
+    unusual: int  # of those, flagged out-of-distribution (not aggregated)
     dropped: dict[str, int]
     failed: int
     tiles: list[TileRecord] = field(default_factory=list)
@@ -80,7 +86,7 @@ class SlideResult:
             "path", "classes", "label", "prediction", "probability", "refer", "reason",
             "aggregation", "agreement", "whole_image", "tissue_found", "tissue_fraction",
             "width", "height", "reader", "mpp", "level", "downsample", "tile_size", "n_grid",
-            "n_candidates", "kept", "dropped", "failed")}
+            "n_candidates", "kept", "unusual", "dropped", "failed")}
         out["probs"] = None if self.probs is None else [float(p) for p in self.probs]
         if tiles:
             out["tiles"] = [_tile_dict(t) for t in self.tiles]
@@ -124,28 +130,38 @@ def diagnose(source: SlideReader | Path | str, classify: Classify, tile_size: in
                      min_coverage=min_coverage)
     background = background_colour(thumb, flt.dark_level)
     records: list[TileRecord] = []
-    for batch in iter_tile_batches(reader, grid, input_size, background=background, flt=flt,
-                                   channels=channels, batch_size=batch_size, workers=workers,
-                                   queue_size=queue_size):
-        if len(batch.pixels):
-            for record, p in zip(batch.kept, run_classify(classify, batch.pixels), strict=True):
-                record.probs = p
-        records += batch.records
+    stream = iter_tile_batches(reader, grid, input_size, background=background, flt=flt,
+                               channels=channels, batch_size=batch_size, workers=workers,
+                               queue_size=queue_size)
+    with closing(stream):  # a failing model stops the reader thread at once
+        for batch in stream:
+            if len(batch.pixels):
+                probs, unusual = run_classify(classify, batch.pixels)
+                for record, p, u in zip(batch.kept, probs, unusual, strict=True):
+                    record.probs, record.unusual = p, bool(u)
+            records += batch.records
     return _result(reader, records, grid, tmap, thumb, whole_image=False, **opts)
 
 
-def run_classify(classify: Classify, pixels: np.ndarray) -> np.ndarray:
-    """The model's N x K probabilities for N tiles, checked (a wrong shape is a bug in the
-    caller's wrapper, reported here rather than as a confusing error later)."""
-    probs = np.asarray(classify(pixels), dtype=np.float64)
+def run_classify(classify: Classify, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N x K probabilities, N unusual flags) for N tiles, checked: a wrong shape is a bug in
+    the caller's wrapper, reported here rather than as a confusing error later."""
+    out = classify(pixels)
+    probs, unusual = out if isinstance(out, tuple) else (out, None)
+    probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or len(probs) != len(pixels):
         raise ValueError(f"classify returned shape {probs.shape} for {len(pixels)} tiles; "
                          "expected N x K probabilities")
-    return probs
+    flags = np.zeros(len(probs), dtype=bool) if unusual is None else \
+        np.asarray(unusual, dtype=bool).reshape(-1)
+    if len(flags) != len(probs):
+        raise ValueError(f"classify returned {len(flags)} unusual flags for {len(probs)} tiles")
+    return probs, flags
 
 
 def _tissue_map(reader: SlideReader, thumb: np.ndarray, mode: str) -> TissueMap:
-    slide_like = reader.kind != "image" or len(reader.level_dimensions) > 1
+    width, height = reader.level_dimensions[0]
+    slide_like = len(reader.level_dimensions) > 1 or width * height > SLIDE_PIXELS
     if mode == "on" or (mode == "auto" and slide_like):
         return find_tissue(thumb, reader.level_dimensions[0])
     return whole_field(reader.level_dimensions[0])
@@ -162,8 +178,9 @@ def _whole_image(reader: SlideReader, classify: Classify, input_size: int, chann
         stats = patch_stats(image, background_colour(image, flt.dark_level), flt)
         record = TileRecord(0, 0, max(width, height), verdict(stats, flt), stats=stats)
         if record.kept:
-            pixels = to_model_input(image, input_size, channels)[None]
-            record.probs = run_classify(classify, pixels)[0]
+            probs, unusual = run_classify(classify, to_model_input(image, input_size,
+                                                                   channels)[None])
+            record.probs, record.unusual = probs[0], bool(unusual[0])
     grid = TileGrid(max(width, height), max(width, height), 0, 1.0, max(width, height),
                     ((0, 0),), 1)
     # one tile is all a whole image can have: "too few usable tiles" does not apply
@@ -176,8 +193,9 @@ def _result(reader: SlideReader, records: list[TileRecord], grid: TileGrid, tmap
             thumb: np.ndarray, *, whole_image: bool, classes, aggregation, topk,
             rule) -> SlideResult:
     kept = [r for r in records if r.kept and r.probs is not None]
-    probs = np.stack([r.probs for r in kept]) if kept else np.zeros((0, 0))
-    decision = decide(probs, aggregation, rule, topk)
+    usable = [r for r in kept if not r.unusual]
+    probs = np.stack([r.probs for r in usable]) if usable else np.zeros((0, 0))
+    decision = decide(probs, aggregation, rule, topk, n_unusual=len(kept) - len(usable))
     classes = list(classes) if classes is not None else None
     if classes is not None and decision.probs is not None and \
             len(classes) != len(decision.probs):
@@ -192,7 +210,7 @@ def _result(reader: SlideReader, records: list[TileRecord], grid: TileGrid, tmap
         tissue_found=tmap.found, tissue_fraction=tmap.fraction, width=width, height=height,
         reader=reader.kind, mpp=reader.mpp, level=grid.level, downsample=grid.downsample,
         tile_size=grid.tile_size, n_grid=grid.n_grid, n_candidates=len(records),
-        kept=len(kept), dropped=dict(sorted(dropped.items())),
+        kept=len(kept), unusual=len(kept) - len(usable), dropped=dict(sorted(dropped.items())),
         failed=sum(r.verdict == FAILED for r in records), tiles=records, thumbnail=thumb)
 
 
@@ -204,5 +222,5 @@ def _name(classes: list[str] | None, label: int | None) -> str | None:
 
 def _tile_dict(t: TileRecord) -> dict[str, Any]:
     return {"x": t.x, "y": t.y, "size": t.size, "kept": t.kept, "reason": t.verdict,
-            "detail": t.detail,
+            "detail": t.detail, "unusual": t.unusual,
             "probs": None if t.probs is None else [float(p) for p in t.probs]}

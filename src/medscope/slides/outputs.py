@@ -14,7 +14,7 @@ import numpy as np
 from medscope.run import atomic_write_csv
 from medscope.slides.diagnose import SlideResult
 
-TILE_COLUMNS = ["x", "y", "size", "kept", "reason", "detail", "dark_fraction",
+TILE_COLUMNS = ["x", "y", "size", "kept", "reason", "detail", "unusual", "dark_fraction",
                 "tissue_fraction", "neighbour_corr"]
 
 
@@ -34,6 +34,7 @@ def image_row(result: SlideResult) -> dict[str, Any]:
         "refer_to_expert": int(result.refer), "refer_reason": result.reason or "",
         "aggregation": result.aggregation, "whole_image": int(result.whole_image),
         "tiles_read": result.n_candidates, "tiles_kept": result.kept,
+        "tiles_unusual": result.unusual,
         "tiles_dropped": sum(result.dropped.values()), "tiles_failed": result.failed,
     }
     if result.probs is not None:
@@ -53,7 +54,8 @@ def tile_rows(result: SlideResult) -> tuple[list[str], list[list[Any]]]:
             f"{t.stats.dark_fraction:.4f}", f"{t.stats.tissue_fraction:.4f}",
             f"{t.stats.neighbour_corr:.4f}"]
         probs = [""] * len(names) if t.probs is None else [f"{p:.4f}" for p in t.probs]
-        rows.append([t.x, t.y, t.size, int(t.kept), t.verdict, t.detail, *stats, *probs])
+        rows.append([t.x, t.y, t.size, int(t.kept), t.verdict, t.detail, int(t.unusual),
+                     *stats, *probs])
     return header, rows
 
 
@@ -67,8 +69,8 @@ def write_tiles_csv(result: SlideResult, path: Path | str) -> Path:
 
 def heat_overlay(result: SlideResult, class_index: int | None) -> np.ndarray:
     """Thumbnail-sized map: the class probability where a tile was kept, NaN elsewhere;
-    -1 where a tile was read and dropped or failed (drawn grey), or everywhere read when
-    ``class_index`` is None (no tile was classified)."""
+    -1 where a tile was read and dropped, failed or flagged unusual (drawn grey), or
+    everywhere read when ``class_index`` is None (no tile was classified)."""
     thumb = result.thumbnail
     rows, cols = thumb.shape[:2]
     sx, sy = cols / result.width, rows / result.height
@@ -77,8 +79,8 @@ def heat_overlay(result: SlideResult, class_index: int | None) -> np.ndarray:
         x0, y0 = int(t.x * sx), int(t.y * sy)
         x1 = max(x0 + 1, int(round((t.x + t.size) * sx)))
         y1 = max(y0 + 1, int(round((t.y + t.size) * sy)))
-        heat[y0:y1, x0:x1] = -1.0 if t.probs is None or class_index is None \
-            else float(t.probs[class_index])
+        grey = t.probs is None or t.unusual or class_index is None  # not aggregated
+        heat[y0:y1, x0:x1] = -1.0 if grey else float(t.probs[class_index])
     return heat
 
 
@@ -127,4 +129,6 @@ def _title(result: SlideResult, shown: str | None) -> str:
     counts = f"{result.kept} tiles kept, {sum(result.dropped.values())} dropped"
     if result.failed:
         counts += f", {result.failed} failed"
+    if result.unusual:
+        counts += f", {result.unusual} unlike the training images"
     return f"{name}: {call}{refer}\n{counts}" + (f"; colour: P({shown})" if shown else "")

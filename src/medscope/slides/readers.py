@@ -9,10 +9,11 @@ Backends, and why:
   field and the only PyPI option that opens MIRAX (.mrxs) and reads NDPI/Ventana fully; in our
   measurement it also read 500 px regions of a JPEG-tiled TIFF twice as fast as tiffslide.
   One quirk shapes the code: after any decode error an OpenSlide handle stays in an error
-  state for good, so the reader reopens the slide and reports only that tile as failed.
+  state for good, so reads borrow handles from a small pool and a handle that failed is
+  closed: only that tile is reported as failed.
 - **tiffslide** (pure Python over tifffile + zarr) for what OpenSlide reads wrongly or not at
   all: OME-TIFF pyramids stored as SubIFDs (OpenSlide sees only their full-resolution level)
-  and tiled TIFFs whose layout OpenSlide does not recognise.
+  and tiled TIFFs whose layout OpenSlide does not recognise. Its reads are serialised.
 
 Before a TIFF-family file is handed to a backend, tifffile checks that every tile of every
 level lies inside the file: a truncated pyramid is then one line naming the file, not a decode
@@ -295,9 +296,10 @@ def _mpp(value) -> float | None:
 
 
 class OpenSlideReader(_Base):
-    """A whole-slide image through OpenSlide. Each thread reads through its own handle:
-    OpenSlide puts a handle in a permanent error state after one decode error, and with a
-    shared handle a good tile read at that moment by another thread would fail too."""
+    """A whole-slide image through OpenSlide. A read borrows a handle from a small pool (one
+    per concurrent reader, reused across calls): OpenSlide puts a handle in a permanent error
+    state after one decode error, and with one shared handle a good tile read at that moment
+    by another thread would fail too. A handle that saw an error is closed, not returned."""
 
     kind = "openslide"
 
@@ -306,16 +308,15 @@ class OpenSlideReader(_Base):
 
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._handles: list = []
-        # One decoded-tile cache for all the threads' handles: a model tile straddles several
-        # stored tiles, and its neighbours (read by other threads) need the same ones.
+        self._idle: list = []
+        # One decoded-tile cache for all the handles: a model tile straddles several stored
+        # tiles, and its neighbours (read by other threads) need the same ones.
         try:
             self._cache = openslide.OpenSlideCache(_CACHE_BYTES)
         except openslide.OpenSlideVersionError:  # a system OpenSlide older than 4.0
             self._cache = None
         try:
-            slide = self._handle()
+            slide = self._borrow()
         except openslide.OpenSlideUnsupportedFormatError:
             raise
         except openslide.OpenSlideError as exc:
@@ -324,40 +325,37 @@ class OpenSlideReader(_Base):
         self.level_dimensions = tuple(tuple(d) for d in slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in slide.level_downsamples)
         self.mpp = mpp or _mpp(slide.properties.get(openslide.PROPERTY_NAME_MPP_X))
+        self._idle.append(slide)
 
-    def _handle(self, fresh: bool = False):
-        """This thread's handle (a new one after an error)."""
+    def _borrow(self):
         import openslide
 
-        slide = getattr(self._local, "slide", None)
-        if slide is None or fresh:
-            slide = openslide.OpenSlide(str(self.path))
-            if self._cache is not None:
-                slide.set_cache(self._cache)
-            self._local.slide = slide
-            with self._lock:
-                self._handles.append(slide)
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        slide = openslide.OpenSlide(str(self.path))
+        if self._cache is not None:
+            slide.set_cache(self._cache)
         return slide
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         import openslide
 
-        slide = self._handle()
+        slide = self._borrow()
         try:
             region = slide.read_region((x, y), level, (width, height))
         except openslide.OpenSlideError as exc:
-            with self._lock:
-                self._handles.remove(slide)
-            slide.close()  # only this thread used it
-            self._handle(fresh=True)
+            slide.close()  # in OpenSlide's sticky error state; only this read used it
             raise TileReadError(str(exc).splitlines()[0]) from None
+        with self._lock:
+            self._idle.append(slide)
         if region.getextrema()[3] == (255, 255):  # all scanned: a plain conversion in C
             return np.asarray(region.convert("RGB"))
         return _rgba_to_rgb(np.asarray(region))
 
     def close(self) -> None:
         with self._lock:
-            handles, self._handles = self._handles, []
+            handles, self._idle = self._idle, []
         for slide in handles:
             slide.close()
 
@@ -380,10 +378,15 @@ class TiffSlideReader(_Base):
                                       for d in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         self.mpp = mpp or _mpp(self._slide.properties.get("tiffslide.mpp-x"))
+        # tiffslide does not document thread safety (it reads through zarr and a shared
+        # tifffile handle): reads are serialised, correctness before speed on this path
+        self._lock = threading.Lock()
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         try:
-            region = self._slide.read_region((x, y), level, (width, height), as_array=True)
+            with self._lock:
+                region = self._slide.read_region((x, y), level, (width, height),
+                                                 as_array=True)
         except Exception as exc:  # noqa: BLE001 - codec errors of any kind
             raise TileReadError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
         region = np.asarray(region)

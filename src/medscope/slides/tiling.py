@@ -59,7 +59,8 @@ class TileGrid:
 @dataclass
 class TileRecord:
     """One tile: where it is, the filter's verdict (``ok``, a drop reason, or ``failed``)
-    and, once classified, its probabilities."""
+    and, once classified, its probabilities and whether it looked unlike the training
+    images."""
 
     x: int
     y: int
@@ -68,6 +69,7 @@ class TileRecord:
     detail: str = ""
     stats: PatchStats | None = None
     probs: np.ndarray | None = None
+    unusual: bool = False  # flagged by the out-of-distribution check: not aggregated
 
     @property
     def kept(self) -> bool:
