@@ -49,6 +49,8 @@ class DataConfig(_Section):
         "auto", description="data kind (auto: detected from the path)")
     img_size: int = Field(224, ge=8, le=4096, description="training resolution (square)")
     in_chans: InChans = Field(3, description="1 = grayscale, 3 = RGB")
+    mpp: float | None = Field(None, gt=0, description="microns per pixel of the source images "
+                              "(recorded in the checkpoint, so large images are tiled at it)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     split_file: Path | None = Field(None, description="re-use this splits.csv instead of splitting")

@@ -48,6 +48,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--exclude": ("data.exclude", {"metavar": "FILE"}),
     "--duplicates": ("data.duplicates", {}),
     "--group-pattern": ("data.group_pattern", {"metavar": "REGEX"}),
+    "--mpp": ("data.mpp", {"metavar": "MICRONS"}),
     "--target-accuracy": ("train.target_accuracy", {}),
     "--checkpoint-every": ("train.checkpoint_every", {"metavar": "MINUTES"}),
     "--nan-policy": ("train.nan_policy", {}),
