@@ -78,7 +78,3 @@ def _message(exc: MedscopeError, args: argparse.Namespace) -> str:
 
     flag = getattr(args, "flags", {}).get(exc.name) if isinstance(exc, OptionError) else None
     return exc.message(flag) if flag else str(exc)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
