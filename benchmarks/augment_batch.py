@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import SHARED_DATA, Report, describe_machine, positive_int  # noqa: E402
 
-PRESETS = ("flips", "microscopy", "keras-classic", "randaugment")
-COMPILED = ("microscopy",)  # the preset with inductor kernels
+PRESETS = ("flips", "microscopy", "keras-classic", "randaugment", "stain")
+COMPILED = ("microscopy", "stain")  # the presets with inductor kernels
 
 
 def main(argv: list[str] | None = None) -> None:

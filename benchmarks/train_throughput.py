@@ -52,7 +52,7 @@ from machine import (  # noqa: E402
 
 from medscope.train.engine import flush_denormals  # noqa: E402
 
-PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment")
+PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment", "stain")
 # name: (precision, channels_last); fp32-cl is `medscope train`'s default on a CPU without BF16
 MODES = {"fp32": ("fp32", False), "fp32-cl": ("fp32", True), "bf16": ("bf16", True)}
 

@@ -62,8 +62,12 @@ class DataConfig(_Section):
         "train.seed (set it to vary initialisation on a fixed test set)")
     multilabel: bool | Literal["auto"] = Field(
         "auto", description="CSV labels: auto = multi-label when some label holds '|'")
-    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment"] = Field(
-        "flips", description="augmentation preset")
+    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment",
+                     "stain"] = Field("flips", description="augmentation preset")
+    stain_norm: Literal["none", "reinhard"] = Field(
+        "none", description="colour normalisation of every model input (after the training "
+        "augmentation, before Normalize): reinhard = each image's L*a*b* means and stds mapped "
+        "onto the training images'; kept in the checkpoint (medscope.data.stain)")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha; 0 = off")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha; 0 = off")
     balance: Literal["none", "weights", "sampler"] = Field(
@@ -91,6 +95,13 @@ class DataConfig(_Section):
     @classmethod
     def _pattern_compiles(cls, v: str | None) -> str | None:
         return v if v is None else check_group_pattern(v)
+
+    @field_validator("stain_norm")
+    @classmethod
+    def _stain_needs_rgb(cls, v: str, info) -> str:
+        if v != "none" and info.data.get("in_chans") != 3:
+            raise ValueError(f"{v} needs RGB images (data.in_chans 3)")
+        return v
 
     @field_validator("test_fraction")
     @classmethod

@@ -22,7 +22,7 @@ from medscope.core.runtime import Runtime, predict_logits, select_runtime, unwra
 from medscope.data.cache import DecodedImages, decode_images
 from medscope.data.dataset import PixelDataset
 from medscope.data.sources import Sample
-from medscope.data.transforms import Normalize
+from medscope.data.transforms import input_normalisation
 from medscope.errors import MedscopeError, first_line
 from medscope.run import RunDir
 
@@ -105,7 +105,8 @@ class Predictor(MetaClassifier):
         self._meta = info.to_json()
         self.runtime = runtime
         self.model = runtime.prepare(model).eval()
-        self.normalize = Normalize(info.mean, info.std).to(runtime.device)
+        self.normalize = input_normalisation(info.mean, info.std,
+                                             info.stain_norm).to(runtime.device)
 
     @classmethod
     def load(cls, source: Path | str, precision: str = "auto", device: str = "auto"

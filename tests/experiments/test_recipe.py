@@ -109,7 +109,7 @@ def test_every_shipped_recipe_is_valid():
     assert {"fungi-cnn-vs-resnet18", "defungi-10fold-transfer", "six-architectures",
             "resnet34-head-pool", "vgg16-frozen-transfer", "plain-vs-residual",
             "cross-domain-transfer", "lenet5-digits-style", "defungi-best",
-            "defungi-fast"} <= names
+            "defungi-fast", "defungi-new-slides"} <= names
     for path in shipped_recipes():
         recipe = load_recipe(path.stem)  # by name, as `medscope run NAME` finds it
         assert recipe.title and path.read_text().startswith("#")  # the header comment

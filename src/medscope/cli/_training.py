@@ -32,6 +32,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--ema": ("train.ema", {"metavar": "DECAY"}),
     "--progressive-from": ("train.progressive_from", {"metavar": "SIDE"}),
     "--augment": ("data.augment", {}),
+    "--stain-norm": ("data.stain_norm", {}),
     "--balance": ("data.balance", {}),
     "--early-stopping": ("train.early_stopping", {"metavar": "PATIENCE"}),
     "--seed": ("train.seed", {}),

@@ -58,6 +58,9 @@ class CheckpointMeta(BaseModel):
     scale: dict[str, Any] | None = None
     mean: list[float]
     std: list[float]
+    # Stain normalisation before ``Normalize`` (``data.stain_norm``): ``StainNormalize``'s JSON
+    # state (method, L*a*b* mean and std of the training images); None = none.
+    stain_norm: dict[str, Any] | None = None
     pretrained: str | None = None
     temperature: float = Field(1.0, gt=0)  # probabilities = softmax(logits / T)
     thresholds: list[float] | None = None  # multi-label decision thresholds, tuned on val

@@ -8,13 +8,15 @@ and what a plain PyTorch pipeline would run in its workers (``benchmarks/train_t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.transforms import v2
 
+from medscope.data.stain import StainNormalize, draw_stain_jitter, stain_colour
 from medscope.errors import MedscopeError
 
 
@@ -26,7 +28,15 @@ class RandomRot90(nn.Module):
         return torch.rot90(img, k, dims=(-2, -1)) if k else img
 
 
-PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment")
+class RandomStainJitter(nn.Module):
+    """The ``stain`` preset's colour step on one uint8 CHW image (HED jitter, brightness,
+    contrast, gamma), its parameters drawn from torch's global generator."""
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return stain_colour(img.unsqueeze(0), *draw_stain_jitter(1, None))[0]
+
+
+PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment", "stain")
 
 
 def augmentation(preset: str) -> nn.Module:
@@ -51,6 +61,15 @@ def augmentation(preset: str) -> nn.Module:
                            v2.RandomHorizontalFlip()])
     if preset == "randaugment":
         return v2.RandAugment()
+    if preset == "stain":
+        # The microscopy geometry and blur; the colour varies as stains and lamps do
+        # (medscope.data.stain).
+        return v2.Compose([
+            v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90(),
+            v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+            RandomStainJitter(),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.0))], p=0.2),
+        ])
     raise MedscopeError(f"unknown augmentation preset {preset!r} (one of {', '.join(PRESETS)})")
 
 
@@ -76,6 +95,16 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - self.mean) / self.std
+
+
+def input_normalisation(mean: Sequence[float], std: Sequence[float],
+                        stain_norm: Mapping[str, Any] | None = None) -> nn.Module:
+    """A checkpoint's preprocessing of 0-255 pixels (uint8 or float): its stain
+    normalisation when it records one (``stain_norm``: ``StainNormalize``'s state), then
+    ``Normalize(mean, std)``."""
+    if stain_norm is None:
+        return Normalize(mean, std)
+    return nn.Sequential(StainNormalize.from_state(stain_norm), Normalize(mean, std))
 
 
 def channel_stats(pixels, max_images: int = 2000, seed: int = 0

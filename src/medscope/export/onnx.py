@@ -11,13 +11,20 @@ its presence means the export is complete. Nothing is ever unpickled.
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the supported path
 since torch 2.9; the TorchScript exporter is deprecated.
 
+A checkpoint with stain normalisation (``stain_norm``, ``medscope.data.stain``) has it folded
+in too, before ``Normalize``: the graph still takes raw pixels, and ``model.json`` carries the
+state.
+
 ``int8``: the exported graph statically quantized by ``onnxruntime.quantization`` (QDQ, int8
 weights per channel, uint8 activations), its activation ranges calibrated on images of the
-run's own training split; same input contract, ``model.json`` says how it was quantized.
+run's own training split; same input contract, ``model.json`` says how it was quantized. The
+input normalisation's nodes stay float (``input_nodes``): the stain normalisation's colour
+maths (powers, cube roots, per-image statistics) would not survive 8-bit activations.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
@@ -91,10 +98,13 @@ def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".onnx")
     os.close(fd)
     quantized = f"{tmp}.int8.onnx"
+    keep_float: list[str] = []
     try:
         _export(graph, example, tmp, opset, dynamic, predictor.meta["model"])
         if calibration is not None:
-            quantize_int8(tmp, quantized, calibration, batch=8 if dynamic_batch else 1)
+            keep_float = input_nodes(tmp)
+            quantize_int8(tmp, quantized, calibration, batch=8 if dynamic_batch else 1,
+                          keep_float=keep_float)
             os.replace(quantized, tmp)
         os.replace(tmp, out / MODEL_FILE)
     finally:
@@ -105,7 +115,8 @@ def export_onnx(run_or_ckpt: Path | str, out_dir: Path | str | None = None, *,
         meta["onnx"]["quantization"] = {
             "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
             "weights": "int8, per channel", "activations": "uint8", "calibration": "MinMax",
-            "calibration_images": len(calibration), "calibration_split": "train"}
+            "calibration_images": len(calibration), "calibration_split": "train",
+            "float_nodes": f"the input normalisation ({len(keep_float)} nodes)"}
     atomic_write_json(out / META_FILE, meta)
     return out / MODEL_FILE
 
@@ -132,8 +143,29 @@ def calibration_pixels(run_dir: Path | str, predictor: Any, n: int) -> np.ndarra
     return np.asarray(decoded.pixels)
 
 
-def quantize_int8(src: str, dst: str, pixels: np.ndarray, batch: int) -> None:
-    """Static int8 quantization of ``src`` into ``dst``, ranges calibrated on ``pixels``."""
+def input_nodes(path: str) -> list[str]:
+    """The names of the exported graph's nodes that come from the input normalisation
+    (``_NormalisedModel.normalize``: stain normalisation and ``Normalize``), by the module
+    scopes the dynamo exporter records in each node's metadata."""
+    import onnx
+
+    names = []
+    for node in onnx.load(path).graph.node:
+        scopes = next((p.value for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), "[]")
+        try:
+            scope = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(scope, list) and len(scope) > 1 and scope[1] == "normalize":
+            names.append(node.name)
+    return names
+
+
+def quantize_int8(src: str, dst: str, pixels: np.ndarray, batch: int,
+                  keep_float: list[str] | None = None) -> None:
+    """Static int8 quantization of ``src`` into ``dst``, ranges calibrated on ``pixels``; the
+    nodes named in ``keep_float`` are left in float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -153,7 +185,8 @@ def quantize_int8(src: str, dst: str, pixels: np.ndarray, batch: int) -> None:
     try:
         quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=list(keep_float or ()))
     except Exception as exc:  # onnxruntime raises many types; the user needs the first line
         first = first_line(exc)
         raise MedscopeError(f"int8 quantization failed ({first})") from exc
@@ -184,7 +217,7 @@ def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> 
             "torch": torch.__version__, "dynamic_batch": dynamic_batch,
             "input": {"name": INPUT, "shape": [batch, chans, size, size], "dtype": "float32",
                       "layout": "NCHW", "range": [0, 255],
-                      "normalization": "in graph: (x / 255 - mean) / std"},
+                      "normalization": _normalisation_note(meta)},
             "output": {"name": OUTPUT, "shape": [batch, len(predictor.classes)],
                        "probabilities": ("sigmoid(logits) >= thresholds" if predictor.multilabel
                                          else "softmax(logits / temperature)")},
@@ -192,6 +225,14 @@ def export_meta(predictor: Any, stem: Path, opset: int, dynamic_batch: bool) -> 
         },
     })
     return meta
+
+
+def _normalisation_note(meta: dict[str, Any]) -> str:
+    stain = meta.get("stain_norm")
+    if not stain:
+        return "in graph: (x / 255 - mean) / std"
+    return (f"in graph: {stain['method']} stain normalisation (stain_norm), then "
+            "(x / 255 - mean) / std")
 
 
 def checkpoint_digest(stem: Path) -> str:

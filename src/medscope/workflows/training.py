@@ -19,7 +19,8 @@ from medscope.core.runtime import Runtime, seed_everything, tune_backends
 from medscope.data.balance import class_counts, distribution_line
 from medscope.data.prepare import SPLITS, PreparedData, given_splits_of, prepare_data
 from medscope.data.scale import training_scale
-from medscope.data.transforms import Normalize
+from medscope.data.stain import fit_stain_reference, stain_normalised_pixels
+from medscope.data.transforms import input_normalisation
 from medscope.errors import MedscopeError
 from medscope.models import create_model
 from medscope.models.profile import count_params
@@ -58,7 +59,8 @@ log = logging.getLogger("medscope")
 # What a resumed run may not change: its model, its images and its split.
 FIXED_ON_RESUME = ("model.", "data.path", "data.format", "data.img_size", "data.in_chans",
                    "data.multilabel", "data.split_seed", "data.val_fraction",
-                   "data.test_fraction", "data.split_file", "data.group_pattern", "data.resplit")
+                   "data.test_fraction", "data.split_file", "data.group_pattern", "data.resplit",
+                   "data.stain_norm")
 
 
 def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True,
@@ -152,15 +154,35 @@ def _built_model(config: RunConfig, data: PreparedData, runtime: Runtime
                  freeze.frozen, freeze.trainable,
                  f" (all trainable from epoch {config.train.unfreeze_at})"
                  if config.train.unfreeze_at else "")
-    mean, std = normalisation_for(config, model, data.pixels["train"])
+    mean, std, stain_norm = _input_normalisation_of(config, model, data.pixels["train"])
     meta = CheckpointMeta(model=config.model.name, model_kwargs=config.model.kwargs,
                           classes=classes, multilabel=data.source.multilabel,
                           img_size=config.data.img_size, in_chans=config.data.in_chans,
-                          mean=mean, std=std, pretrained=config.model.pretrained,
+                          mean=mean, std=std, stain_norm=stain_norm,
+                          pretrained=config.model.pretrained,
                           scale=_scale_of(data, config.data.mpp), versions=library_versions())
     log.info("model %s: %.2fM parameters; %s", config.model.name, count_params(model) / 1e6,
              runtime.describe())
     return runtime.prepare(model), meta
+
+
+def _input_normalisation_of(config: RunConfig, model: nn.Module, train_pixels: Any
+                            ) -> tuple[list[float], list[float], dict[str, Any] | None]:
+    """``(mean, std, stain_norm state or None)``: with ``data.stain_norm``, its reference fitted
+    on the training images, and ``Normalize``'s statistics (from scratch) measured on them
+    stain-normalised, as the model will see them."""
+    if config.data.stain_norm == "none":
+        return (*normalisation_for(config, model, train_pixels), None)
+    seed = config.train.seed
+    state = fit_stain_reference(train_pixels, config.data.stain_norm, seed=seed)
+    log.info("stain normalisation %s: training images' L*a*b* means %s, stds %s",
+             state["method"], _rounded(state["mean"]), _rounded(state["std"]))
+    normalised = stain_normalised_pixels(train_pixels, state, max_images=2000, seed=seed)
+    return (*normalisation_for(config, model, normalised), state)
+
+
+def _rounded(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
 
 
 def _scale_of(data: PreparedData, mpp: float | None) -> dict[str, Any] | None:
@@ -186,7 +208,8 @@ def _fit_inputs(config: RunConfig, data: PreparedData, model: nn.Module,
         model, train_loader(config, data, sampler, pin_memory=runtime.pin_memory),
         eval_loader(data, "val", config.train.batch_size, shard=val_shard,
                     pin_memory=runtime.pin_memory),
-        cfg=config.train, normalize=Normalize(meta.mean, meta.std), runtime=runtime,
+        cfg=config.train, normalize=input_normalisation(meta.mean, meta.std, meta.stain_norm),
+        runtime=runtime,
         loss_fn=loss_for(config, data.labels("train"), len(meta.classes), meta.multilabel),
         optimizer=optimizer, sampler_generator=sampler_generator, augment=augment, mix=mix,
         train_size=progressive_sizes(config), multilabel=meta.multilabel, dist=dist,
