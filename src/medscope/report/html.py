@@ -23,6 +23,8 @@ def render_report(run: RunDir) -> Path:
     page = render_page(
         "report.html", title=f"medscope run: {run.root.name}",
         summary=_summary_table(metrics, meta, history),
+        group_level=_group_level_section(metrics),
+        micrographs=_whole_micrographs(run.root / DIAGNOSIS),
         dataset=_dataset_table(splits, meta["classes"]) + _duplicates_note(run.duplicates),
         curves=_img(run.learning_curves, "learning curves"),
         confusion=_img(run.confusion_matrix, "confusion matrix"),
@@ -35,6 +37,105 @@ def render_report(run: RunDir) -> Path:
     )
     atomic_write_text(run.report, page)
     return run.report
+
+
+DIAGNOSIS = "diagnosis"  # RUN/diagnosis/: whole held-out micrographs diagnosed (the demo)
+MAX_HEATMAPS = 6
+
+
+def _group_level_section(metrics: dict[str, Any]) -> str:
+    """The figures per micrograph, slide or patient beside the per-image ones
+    (``metrics.json["group_level"]``), then the group-level sensitivity and specificity;
+    empty when the data names no groups."""
+    block = metrics.get("group_level")
+    if not block:
+        return ""
+    unit, ci, level = block["unit"], metrics.get("ci", {}), metrics.get("ci", {}).get("level",
+                                                                                    0.95)
+    g_ci, g_level = block.get("ci", {}), block.get("ci", {}).get("level", 0.95)
+    rows = [(name, _with_ci(metrics.get(key), ci.get(key), level),
+             _with_ci(block.get(key), g_ci.get(key), g_level))
+            for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                              ("f1_macro", "F1 macro"), ("roc_auc_macro", "ROC-AUC macro"))]
+    rows.append(("n", f"{metrics['n']} images", f"{block['n_groups']} {unit}s"))
+    head = (f"<h2>Per {html.escape(unit)}</h2>\n<p>A lab reports per {html.escape(unit)}: "
+            f"the probabilities of a {html.escape(unit)}'s images "
+            f"are aggregated ({html.escape(block['aggregation'])}, as the whole-image "
+            f"diagnosis does) into one call per {html.escape(unit)}; intervals resample whole "
+            f"{html.escape(unit)}s.</p>\n")
+    table = _table(("", "per image", f"per {unit}"), rows)
+    per_class = _table(("class", "sensitivity", "specificity", f"{unit}s"), [
+        (name, _with_ci(m.get("sensitivity"), g_ci.get("per_class", {}).get(name, {})
+                        .get("sensitivity"), g_level),
+         _with_ci(m.get("specificity"), g_ci.get("per_class", {}).get(name, {})
+                  .get("specificity"), g_level), m["support"])
+        for name, m in block["per_class"].items()])
+    return head + table + per_class + _group_selective(block.get("selective"), unit)
+
+
+def _group_selective(block: dict[str, Any] | None, unit: str) -> str:
+    """The group refer rule: the aggregated confidence below which a whole ``unit`` goes to an
+    expert, fitted on the validation groups."""
+    if not block:
+        return ""
+    where = ("validation " + unit + "s" if block.get("fitted_on") == "validation"
+             else f"these {unit}s, hence optimistic")
+    target = block.get("target_accuracy")
+    goal = f" for {target:.1%} accuracy" if target is not None else ""
+    if block.get("threshold") is None:
+        return (f"<p>Refer to an expert: no aggregated confidence reached the target{goal} on "
+                f"{html.escape(where)}; every {html.escape(unit)} needs an expert.</p>")
+    return (f"<p>Refer to an expert: a {html.escape(unit)} whose aggregated confidence is "
+            f"below {block['threshold']:.3f} (chosen{goal} on {html.escape(where)}); the "
+            f"model decides {block['coverage']:.1%} of these {html.escape(unit)}s with accuracy "
+            f"{_fmt(block.get('accuracy'))}.</p>")
+
+
+def _whole_micrographs(folder: Path) -> str:
+    """The demo's held-out micrographs diagnosed whole (``diagnosis/summary.json`` and its
+    ``*.heatmap.png``): the figure and up to ``MAX_HEATMAPS`` heat maps, mistakes and
+    referrals first, each with its verdict."""
+    summary_path = folder / "summary.json"
+    if not summary_path.is_file() or not any(folder.glob("*.heatmap.png")):
+        return ""
+    summary = read_json(summary_path)
+    unit = str(summary.get("unit", "micrograph"))
+    images = [i for i in summary.get("images", []) if _heatmap_path(folder, i) is not None]
+    images.sort(key=lambda i: (i.get("prediction") == i.get("label")
+                               and not _is_referred(i), str(i.get("file"))))
+    accuracy = summary.get("accuracy")
+    figures = "".join(_heatmap_figure(folder, i) for i in images[:MAX_HEATMAPS])
+    return (f"<h2>Whole {html.escape(unit)}s</h2>\n<p>{summary.get('n', len(images))} held-out "
+            f"{html.escape(unit)}s diagnosed whole (cut into tiles, the tiles' probabilities "
+            f"aggregated): accuracy {_fmt(accuracy)}. Heat maps: the called class's "
+            "probability per tile over the image; mistakes and referrals first.</p>\n"
+            f'<div class="heatmaps">{figures}</div>\n')
+
+
+def _is_referred(image: dict[str, Any]) -> bool:
+    return str(image.get("refer_to_expert", "")).lower() in ("yes", "true", "1")
+
+
+def _heatmap_path(folder: Path, image: dict[str, Any]) -> Path | None:
+    name = image.get("heatmap")
+    if not name:
+        return None
+    for path in (Path(name), folder / name, folder / Path(name).name):
+        if path.is_file() and path.resolve().is_relative_to(folder.resolve()):
+            return path
+    return None
+
+
+def _heatmap_figure(folder: Path, image: dict[str, Any]) -> str:
+    path = _heatmap_path(folder, image)
+    label, prediction = image.get("label"), image.get("prediction")
+    verdict = "right" if label == prediction else "wrong"
+    prob = image.get("probability")
+    refer = (f"; refer: {image.get('refer_reason') or 'yes'}" if _is_referred(image) else "")
+    caption = (f"{Path(str(image.get('file', ''))).name}: {label} → {prediction}"
+               f"{'' if prob is None else f' ({float(prob):.1%})'}, {verdict}{refer}")
+    return (f"<figure>{_img(path, caption)}<figcaption>{html.escape(caption)}"
+            "</figcaption></figure>")
 
 
 def _summary_table(metrics: dict[str, Any], meta: dict[str, Any],

@@ -21,6 +21,7 @@ from medscope.data.sources import DataSource
 from medscope.data.splits import kfold_indices, split_indices
 from medscope.errors import MedscopeError
 from medscope.evaluate.bootstrap import bootstrap_ci
+from medscope.evaluate.groups import group_level_metrics, group_unit, named_groups
 from medscope.evaluate.metrics import classification_metrics
 from medscope.predictor import Predictor
 from medscope.report.cv import render_cv_report
@@ -167,44 +168,66 @@ def _held_out_probs(run: RunDir, source: DataSource, samples: list, progress: bo
 
 
 def write_summary(out: Path, config: RunConfig, folds: int) -> Path:
-    """cv_summary.json / .csv / .md: a row per fold, then mean and sample std (ddof=1)."""
-    rows = []
+    """cv_summary.json / .csv / .md: a row per fold, then mean and sample std (ddof=1); when
+    the data names groups (micrographs, patients), the group-level figures as ``group_*``
+    columns and pooled over the out-of-fold groups."""
+    rows, unit = [], None
     for k in range(folds):
         m = read_json(out / f"fold_{k + 1}" / "metrics.json")
         rows.append({"fold": k + 1, "loss": m.get("log_loss"), "accuracy": m["accuracy"],
                      "f1_macro": m["f1_macro"], "roc_auc_macro": m.get("roc_auc_macro"),
-                     "n": m["n"]})
+                     "n": m["n"], **_group_columns(m.get("group_level"))})
+        unit = unit or m.get("group_level", {}).get("unit")
+    columns = [*SUMMARY_METRICS, *(c for c in GROUP_COLUMNS if any(c in r for r in rows))]
     mean, std = {}, {}
-    for key in SUMMARY_METRICS:
-        values = np.array([r[key] for r in rows if r[key] is not None], dtype=float)
+    for key in columns:
+        values = np.array([r[key] for r in rows if r.get(key) is not None], dtype=float)
         mean[key] = float(values.mean()) if len(values) else None
         std[key] = float(values.std(ddof=1)) if len(values) > 1 else None
-    pooled = pooled_oof_metrics(out / "oof_predictions.csv")
+    unit = unit or group_unit(config.data.path)
+    pooled = pooled_oof_metrics(out / "oof_predictions.csv", unit=unit)
     summary = {"model": config.model.name, "folds": folds, "rows": rows, "mean": mean,
                "std": std, "std_ddof": 1, "pooled": pooled, "data": str(config.data.path)}
+    if len(columns) > len(SUMMARY_METRICS):
+        summary["group_unit"] = unit
     atomic_write_json(out / "cv_summary.json", summary)
-    header = ["fold", *SUMMARY_METRICS, "n"]
-    table = [[r["fold"], *(_fmt(r[k]) for k in SUMMARY_METRICS), r["n"]] for r in rows]
-    table += [["Average", *(_fmt(mean[k]) for k in SUMMARY_METRICS), ""],
-              ["Standard deviation", *(_fmt(std[k]) for k in SUMMARY_METRICS), ""]]
+    header = ["fold", *columns, "n"]
+    table = [[r["fold"], *(_fmt(r.get(k)) for k in columns), r["n"]] for r in rows]
+    table += [["Average", *(_fmt(mean[k]) for k in columns), ""],
+              ["Standard deviation", *(_fmt(std[k]) for k in columns), ""]]
     atomic_write_csv(out / "cv_summary.csv", header, table)
     lines = [f"{config.model.name}, {folds}-fold cross-validation on {config.data.path}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
     lines += ["", "Standard deviation: sample standard deviation over the folds (ddof = 1)."]
-    if pooled:
-        lines += ["", pooled_sentence(pooled)]
+    if "group_accuracy" in columns:
+        lines += ["", f"group_*: per {unit}, the {unit}'s patch probabilities averaged "
+                  "(the slide path's aggregation)."]
+    sentences = _pooled_sentences(pooled)
+    lines += [line for sentence in sentences for line in ("", sentence)]
     atomic_write_text(out / "cv_summary.md", "\n".join(lines) + "\n")
-    render_cv_report(out, lines[0], header, table, folds,
-                     pooled=pooled_sentence(pooled) if pooled else "")
+    render_cv_report(out, lines[0], header, table, folds, pooled=" ".join(sentences))
     return out
 
 
-def pooled_oof_metrics(path: Path, n_resamples: int = 1000, seed: int = 0
-                       ) -> dict[str, Any] | None:
+GROUP_METRICS = ("accuracy", "balanced_accuracy", "f1_macro")
+GROUP_COLUMNS = tuple(f"group_{k}" for k in GROUP_METRICS)
+
+
+def _group_columns(block: dict[str, Any] | None) -> dict[str, Any]:
+    """A fold's ``metrics.json["group_level"]`` figures as ``group_*`` columns."""
+    if not block:
+        return {}
+    return {f"group_{k}": block.get(k) for k in GROUP_METRICS} | {"n_groups": block["n_groups"]}
+
+
+def pooled_oof_metrics(path: Path, n_resamples: int = 1000, seed: int = 0, *,
+                       unit: str = "group") -> dict[str, Any] | None:
     """Accuracy, macro-F1 and macro AUC over every image's out-of-fold prediction, with 95%
     bootstrap CIs resampling whole groups (copies, slides): the uncertainty of the CV estimate
-    itself, which the spread over folds understates with few folds. None for multi-label."""
+    itself, which the spread over folds understates with few folds. When the data names
+    groups, ``group_level``: the same per ``unit`` (groups of the out-of-fold patches, CIs over
+    groups). None for multi-label."""
     with open_run_csv(path) as fh:
         rows = list(csv.DictReader(fh))
     classes = [c[2:] for c in (rows[0] if rows else {}) if c.startswith("p_")]
@@ -216,9 +239,41 @@ def pooled_oof_metrics(path: Path, n_resamples: int = 1000, seed: int = 0
     groups = [r["group"] or r["path"] for r in rows]
     point = classification_metrics(labels, probs, classes)
     ci = bootstrap_ci(labels, probs, classes, groups=groups, n_resamples=n_resamples, seed=seed)
-    return {"n": len(rows), **{k: point.get(k) for k in SUMMARY_METRICS if k != "loss"},
-            "ci": {k: ci.get(k) for k in ("accuracy", "f1_macro", "roc_auc_macro")},
-            "ci_level": ci["level"], "n_resamples": n_resamples}
+    pooled = {"n": len(rows), **{k: point.get(k) for k in SUMMARY_METRICS if k != "loss"},
+              "ci": {k: ci.get(k) for k in ("accuracy", "f1_macro", "roc_auc_macro")},
+              "ci_level": ci["level"], "n_resamples": n_resamples}
+    named = named_groups([r["group"] or None for r in rows], [r["path"] for r in rows])
+    if named is not None:
+        try:
+            pooled["group_level"] = group_level_metrics(probs, labels, named, classes,
+                                                        unit=unit, n_resamples=n_resamples,
+                                                        seed=seed)
+        except MedscopeError as exc:
+            log.warning("no pooled metrics per %s: %s", unit, exc)
+    return pooled
+
+
+def _pooled_sentences(pooled: dict[str, Any] | None) -> list[str]:
+    if not pooled:
+        return []
+    group = pooled.get("group_level")
+    return [pooled_sentence(pooled), *([group_sentence(group)] if group else [])]
+
+
+def group_sentence(block: dict[str, Any]) -> str:
+    """The pooled out-of-fold figures per group, with their CIs over groups, in one line."""
+    ci, level = block["ci"], block["ci"]["level"]
+    parts = []
+    for key, name in (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+                      ("f1_macro", "macro-F1")):
+        value, interval = block.get(key), ci.get(key)
+        if value is not None:
+            parts.append(f"{name} {value:.4f}" + (f" ({level:.0%} CI {interval['low']:.4f}–"
+                                                  f"{interval['high']:.4f})" if interval else ""))
+    return (f"Pooled out-of-fold per {block['unit']}, {block['n_groups']} {block['unit']}s "
+            f"({block['n_patches']} images, probabilities aggregated by {block['aggregation']}):"
+            f" " + ", ".join(parts) + f"; bootstrap over {block['unit']}s, "
+            f"{ci['n_resamples']} resamples.")
 
 
 def pooled_sentence(pooled: dict[str, Any]) -> str:

@@ -19,12 +19,13 @@ from medscope.data.sources import Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.decisions import rules_for
+from medscope.evaluate.groups import group_level_for, group_unit, sample_groups
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics
 from medscope.predict import load_models
 from medscope.predictor import probs_per_model
 from medscope.run import METRICS, RunDir, read_json
-from medscope.workflows.evaluation import groups_of, write_evaluation
+from medscope.workflows.evaluation import data_path, groups_of, write_evaluation
 
 log = logging.getLogger("medscope")
 
@@ -55,14 +56,16 @@ def evaluate_ensemble(runs: Sequence[Path | str], out: Path | str, *,
         raise MedscopeError(f"{title}: no readable images to evaluate the ensemble on")
     probs, labels = each.mean(axis=0), labels_of(samples)
     target_accuracy = target_accuracy or models[0].info.target_accuracy or 0.99
-    selective = (NOT_FITTED if multilabel else
-                 _threshold_on_shared_validation(models, rundirs, target_accuracy, tta,
-                                                 progress))
+    val = None if multilabel else _shared_validation(models, rundirs, tta, progress)
+    selective = (NOT_FITTED if val is None
+                 else threshold_for_accuracy(val[1], labels_of(val[0]), target_accuracy))
     # Each member's probabilities are already calibrated by its own temperature; the average
     # gets none of its own, so "uncalibrated" ECE is the same as ECE here.
     metrics = evaluation_metrics(labels, probs, classes, multilabel=multilabel,
                                  groups=groups_of(samples), selective_threshold=selective,
                                  target_accuracy=target_accuracy)
+    _add_group_level(metrics, samples, probs, classes, rundirs[0], data_dir, target_accuracy,
+                     val)
     members = [_member(r, p, labels, classes, multilabel) for r, p in zip(rundirs, each,
                                                                           strict=True)]
     out = Path(out)
@@ -148,23 +151,36 @@ def _warn_if_group_patterns_differ(runs: Sequence[RunDir]) -> None:
                     "; ".join(f"{run}: {p!r}" for run, p in patterns.items()), first)
 
 
-def _threshold_on_shared_validation(models: Sequence[Any], runs: Sequence[RunDir],
-                                    target: float, tta: bool, progress: bool) -> Any:
-    """The ensemble's refer-to-expert threshold for ``target`` accuracy, fitted on the
-    validation split the runs share; NOT_FITTED (chosen on the evaluated images, and marked so)
-    when they do not share one."""
+def _shared_validation(models: Sequence[Any], runs: Sequence[RunDir], tta: bool,
+                       progress: bool) -> tuple[list[Sample], np.ndarray] | None:
+    """(the validation images the runs share, the ensemble's probabilities on them), which
+    fit the refer-to-expert thresholds (per image and per group); None when they share none:
+    the thresholds are then chosen on the evaluated images (and marked so)."""
     try:
         samples, _, _ = shared_split(runs, models[0].classes, "val")
     except MedscopeError as exc:
         log.warning("refer-to-expert threshold chosen on the evaluated images (optimistic): %s",
                     exc)
-        return NOT_FITTED
+        return None
     kept, _, each = probs_per_model(models, samples, tta=tta, progress=progress,
                                     desc="validation")
     if not len(kept):
-        return NOT_FITTED
-    return threshold_for_accuracy(each.mean(axis=0), labels_of([samples[i] for i in kept]),
-                                  target)
+        return None
+    return [samples[i] for i in kept], each.mean(axis=0)
+
+
+def _add_group_level(metrics: dict[str, Any], samples: list[Sample], probs: np.ndarray,
+                     classes: list[str], first: RunDir, data_dir: Path | None,
+                     target_accuracy: float, val: tuple[list[Sample], np.ndarray] | None
+                     ) -> None:
+    """``metrics["group_level"]`` as a single run's evaluation gives it (multi-class only)."""
+    if metrics.get("multilabel") or sample_groups(samples) is None:
+        return
+    unit = group_unit(data_dir if data_dir is not None else data_path(first))
+    block = group_level_for(samples, probs, classes, unit=unit,
+                            target_accuracy=target_accuracy, val=val)
+    if block is not None:
+        metrics["group_level"] = block
 
 
 def _member(run: RunDir, probs: np.ndarray, labels: np.ndarray, classes: list[str],

@@ -18,6 +18,7 @@ from medscope.data.sources import DataSource, Sample
 from medscope.errors import MedscopeError
 from medscope.evaluate.calibration import threshold_for_accuracy
 from medscope.evaluate.decisions import ReferRule, Rules, refer_flag, rules_for
+from medscope.evaluate.groups import group_level_for, group_unit, sample_groups
 from medscope.evaluate.ood import fit_ood
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
 from medscope.novelty import UNLIKE_TRAINING, ood_checks, unusual
@@ -74,6 +75,9 @@ def evaluate_run(run: RunDir | Path | str, data_dir: Path | None = None,
     metrics["tta"] = tta
     if flagged is not None:
         metrics["unlike_training_share"] = float(np.mean(flagged))
+    if not multilabel and sample_groups(samples) is not None:
+        _add_group_level(metrics, predictor, run, samples, probs, data_dir=data_dir, data=data,
+                         target_accuracy=target_accuracy, tta=tta, progress=progress)
     target = Path(out) if out else default_target(run, data_dir, tta)
     write_evaluation(target, metrics, source, samples, probs, selective=selective,
                      target_accuracy=target_accuracy, logits=None if multilabel else logits,
@@ -144,6 +148,44 @@ def groups_of(samples: Sequence[Sample]) -> list[str] | None:
     """The bootstrap's resampling units: images of one slide or patient (or copies of one image)
     are resampled together, so the CIs are not too narrow; None when no sample has a group."""
     return [s.group or str(s.path) for s in samples] if any(s.group for s in samples) else None
+
+
+def _add_group_level(metrics: dict[str, Any], predictor: Predictor, run: RunDir,
+                     samples: list[Sample], probs: np.ndarray, *, data_dir: Path | None,
+                     data: PreparedData | None, target_accuracy: float, tta: bool,
+                     progress: bool) -> None:
+    """``metrics["group_level"]``: the figures per micrograph, slide or patient (the unit named
+    by :func:`~medscope.evaluate.groups.group_unit` from the data's path), the group refer
+    threshold fitted on the run's validation groups (docs/reliability.md)."""
+    block = group_level_for(samples, probs, predictor.classes, unit=group_unit(
+        data_dir if data_dir is not None else data_path(run)), target_accuracy=target_accuracy,
+        val=_validation_scored(predictor, run, data, tta, progress))
+    if block is not None:
+        metrics["group_level"] = block
+
+
+def data_path(run: RunDir) -> Path | None:
+    """The training data the run's config names (None without a config)."""
+    from medscope.config import load_config
+
+    path = load_config(run.config).data.path if run.config.is_file() else None
+    return Path(path) if path else None
+
+
+def _validation_scored(predictor: Predictor, run: RunDir, data: PreparedData | None,
+                       tta: bool, progress: bool) -> tuple[list[Sample], np.ndarray] | None:
+    """(the run's validation images, their probabilities, scored as the evaluated images
+    are); None without any."""
+    if data is not None:
+        samples, pixels = data.samples["val"], data.pixels["val"]
+    else:
+        samples, _, _ = run_split(run, predictor.classes, "val")
+        decoded = predictor.decode(samples, progress=progress, desc="validation groups")
+        samples, pixels = [samples[i] for i in decoded.kept], decoded.pixels
+    if not samples:
+        return None
+    logits, _ = _scored(predictor, pixels, tta)
+    return samples, predictor.probs_from_logits(logits)
 
 
 def default_target(run: RunDir, data_dir: Path | None, tta: bool) -> Path:
