@@ -204,3 +204,16 @@ def test_cv_summary_without_groups_keeps_its_columns(tmp_path):
     summary = json.loads((out / "cv_summary.json").read_text())
     assert "group_unit" not in summary and "group_level" not in summary["pooled"]
     assert "group_accuracy" not in next(csv.reader((out / "cv_summary.csv").open()))
+
+
+def test_an_ensemble_evaluation_gives_the_group_level_too(trained_run, tmp_path):
+    from medscope.workflows.ensemble import evaluate_ensemble
+
+    first = _grouped_copy(trained_run, tmp_path)
+    second = tmp_path / "second"
+    shutil.copytree(first.root, second)
+    metrics = evaluate_ensemble([first.root, second], tmp_path / "ens", progress=False)
+    block = metrics["group_level"]
+    test, _, _ = run_split(first, Predictor.load(first.root).classes, "test")
+    assert block["n_groups"] == len({s.group for s in test}) and block["unit"] == "group"
+    assert block["selective"]["fitted_on"] == "validation"
