@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session")
+def scaled_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the tiny run whose checkpoint records 40 px training tiles (its images are
+    40 px): an image of 60 px or more a side is tiled under ``tiles=auto``."""
+    from medscope.core.checkpoint import read_meta, write_meta
+    from medscope.run import RunDir
+
+    root = shutil.copytree(trained_run.root, tmp_path_factory.mktemp("scaled") / "tiny-scaled")
+    best = RunDir(root).best
+    meta = read_meta(best)
+    write_meta(best, meta.model_copy(update={"scale": {"tile_px": 40, "stride_px": 40,
+                                                       "origin": "image sizes"}}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def served_scaled(scaled_run):
+    from medscope.serve import load_models
+
+    return load_models([scaled_run])
 
 
 @pytest.fixture(scope="session")
@@ -30,16 +54,17 @@ def make_client(served):
 
 
 @pytest.fixture(scope="session")
-def live_url(trained_run) -> Iterator[str]:
+def live_url(scaled_run) -> Iterator[str]:
     """The app under uvicorn in a background thread on a free loopback port; always stopped.
-    It serves the tiny run twice (ids ``tiny`` and ``tiny-2``) so that the page has a picker."""
+    It serves the tiny run (the copy that records its scale, so large images are tiled)
+    twice (ids ``tiny-scaled`` and ``tiny-scaled-2``) so that the page has a picker."""
     import uvicorn
 
     from medscope.serve import create_app, load_models
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    app = create_app(load_models([trained_run.root] * 2))
+    app = create_app(load_models([scaled_run] * 2))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -104,3 +104,67 @@ def test_page_describes_an_ensemble(browser, live_url, served):
     expect(facts).to_contain_text("Grad-CAM of simple_cnn")
     assert errors == []
     page.close()
+
+
+def test_page_shows_a_tiled_micrograph_with_its_overlay(browser, live_url, served_scaled,
+                                                        image_folder, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from tests.serve.test_tiled import mosaic
+
+    micrograph = tmp_path / "micrograph.png"
+    Image.fromarray(mosaic(image_folder, "gamma")).save(micrograph)  # 160 x 120: 12 tiles
+    classes = next(iter(served_scaled.values())).predictor.classes
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live_url + "/")
+    expect(page.locator("#model-info")).to_contain_text("tiled at 40 px")
+    page.set_input_files("#file", str(micrograph))
+
+    expect(page.locator("#tiled-view")).to_be_visible()
+    assert page.locator("#label").inner_text() in classes
+    expect(page.locator("#confidence")).to_contain_text("image-level probability")
+    facts = page.locator("#tile-facts")
+    expect(facts).to_contain_text("12 read")
+    expect(facts).to_contain_text("empty 3")  # the blank column (noisy stripes may add more)
+    overlay = page.locator("#slide-overlay")
+    expect(overlay).to_be_visible()
+    page.wait_for_function("document.getElementById('slide-overlay').complete")
+    assert overlay.evaluate("img => img.naturalWidth") == 160
+    decisive = page.locator("#decisive li img")
+    expect(decisive.first).to_be_visible()
+    assert 0 < decisive.count() <= 4
+    expect(page.locator("#marks .mark")).to_have_count(decisive.count())
+    # Zoom and pan: the buttons, the wheel and a drag all move the one stage transform.
+    stage = page.locator("#stage")
+    fitted = stage.evaluate("s => s.style.transform")
+    page.locator("#zoom-in").click()
+    zoomed = stage.evaluate("s => s.style.transform")
+    assert zoomed != fitted and "scale(1.5)" in zoomed
+    box = page.locator("#viewer").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2 + 10)
+    page.mouse.up()
+    assert stage.evaluate("s => s.style.transform") != zoomed
+    page.locator("#decisive button").first.click()  # zooms to the most decisive tile
+    assert "scale(1)" not in stage.evaluate("s => s.style.transform")
+    page.locator("#zoom-fit").click()
+    assert stage.evaluate("s => s.style.transform") == fitted
+    # Hovering a tile of the blank column tells why it was dropped.
+    image = stage.bounding_box()
+    page.mouse.move(image["x"] + image["width"] * 0.9, image["y"] + image["height"] / 2)
+    expect(page.locator("#tile-tip")).to_contain_text("dropped (empty")
+    shot = tmp_path / "serve_tiled.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    # tiles=off: the same upload squashed whole, today's answer.
+    with page.expect_response(lambda r: "tiles=off" in r.url):
+        page.locator("#tiles").select_option("off")
+    expect(page.locator("#tiled-view")).to_be_hidden()
+    expect(page.locator("#figure")).to_be_visible()
+    assert errors == []
+    page.close()

@@ -2,6 +2,11 @@
 ensembles (the folder ``medscope evaluate RUN RUN --out DIR`` wrote: its members' calibrated
 probabilities averaged, as there).
 
+A large upload (a whole micrograph) is tiled at the model's training scale by the rule of
+``medscope.diagnosis`` (``tiles=auto|on|off``) and answered with the image-level call, the
+tiles and a heat map (``medscope.serve.tiled``); slides too big to upload are read from the
+folder named at start (``slides_dir``, ``medscope.serve.slidedir``), and from nowhere else.
+
 Uploads are read into memory under a size cap before anything is parsed or decoded, decoded with
 the loaders' guards (``read_image_bytes``) and never written to disk under any name. Each model
 loads once; its inference runs under a per-model lock because Grad-CAM hooks the shared model.
@@ -28,11 +33,15 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from medscope.data.io import BadImageError, read_image_bytes
-from medscope.errors import MedscopeError
+from medscope.data.io import BadImageError, open_image_bytes, read_image_bytes
+from medscope.diagnosis import TILE_MODES, TilePlan, tile_plan, wants_tiles
+from medscope.errors import MedscopeError, first_line
 from medscope.evaluate.decisions import Rules, check_abstain_below, rules_for
 from medscope.predictor import Predictor, checkpoint_stem
 from medscope.run import RunDir, read_json
+from medscope.serve.slidedir import SlideDir, SlideRefused
+from medscope.serve.tiled import decisive_tiles, diagnose_reader, tiled_json, upload_wants_tiles
+from medscope.slides.readers import WSI_EXTENSIONS, PillowReader, SlideReader, open_reader
 
 log = logging.getLogger("medscope")
 
@@ -101,12 +110,73 @@ class ServedModel:
                 "classes": p.classes, "img_size": p.img_size, "in_chans": p.in_chans,
                 "multilabel": p.multilabel, "temperature": self.temperature,
                 "refer_below": self.refer_below, "refer_rule": self.refer_rule,
-                "heatmap": gradcam_available(), "metrics": self.metrics}
+                "heatmap": gradcam_available(), "metrics": self.metrics,
+                "tiling": self.tiling()}
         if self.members:
             info["members"] = [{"name": m.meta.get("model", "?"), "img_size": m.img_size,
                                 "temperature": float(getattr(m, "temperature", 1.0))}
                                for m in self.members]
         return info
+
+    def tiling(self) -> dict[str, Any] | None:
+        """The training scale large images are cut at (None: this model never tiles)."""
+        plan = self.plan("auto")
+        return None if plan is None else {"tile_px": plan.tile_px, "stride_px": plan.stride_px,
+                                          "mpp": plan.mpp}
+
+    def plan(self, tiles: str) -> TilePlan | None:
+        """How ``tiles`` cuts this model's large images (None: never tiled)."""
+        try:
+            return tile_plan(list(self.members or (self.predictor,)), tiles)
+        except MedscopeError as exc:  # "--tiles on: <reason>; give --tile-size ...": CLI words
+            reason = first_line(exc).split(": ", 1)[-1].split(";")[0]
+            raise ServeError(400, f"tiles={tiles}: {reason}") from None
+
+    def analyse_upload(self, data: bytes, tiles: str = "auto",
+                       with_heatmap: bool = True) -> dict[str, Any]:
+        """An upload: tiled when large (the rule of ``medscope.diagnosis``), else whole."""
+        plan = self.plan(tiles)
+        if plan is None or not upload_wants_tiles(data, plan, tiles):
+            return {**self.predict(data, with_heatmap), "tiled": False}
+        try:
+            image = open_image_bytes(data)
+        except BadImageError as exc:
+            raise ServeError(400, f"upload is not a usable image: {exc}") from None
+        return self.analyse_tiled(PillowReader("upload", image=image), plan, "upload",
+                                  with_heatmap)
+
+    def analyse_file(self, path: Path, name: str, tiles: str = "auto", with_heatmap: bool = True,
+                     max_whole_bytes: int = 2**26) -> dict[str, Any]:
+        """A file of the slides folder (``name``: as listed; the only path a client sees)."""
+        plan = self.plan(tiles)
+        if plan is None or not wants_tiles(path, plan, tiles):
+            if path.suffix.lower() in WSI_EXTENSIONS:
+                why = "tiles=off" if tiles == "off" else "this model records no training scale"
+                raise ServeError(400, f"{name}: a whole-slide image is analysed only in tiles "
+                                      f"({why})")
+            if path.stat().st_size > max_whole_bytes:
+                raise ServeError(413, f"{name}: too large to analyse whole; use tiles=on")
+            return {**self.predict(path.read_bytes(), with_heatmap), "tiled": False,
+                    "image": {"name": name}}
+        try:
+            with open_reader(path) as reader:
+                return self.analyse_tiled(reader, plan, name, with_heatmap)
+        except MedscopeError as exc:  # a corrupt or truncated slide: one line, no server path
+            raise ServeError(400, first_line(exc).replace(str(path), name)) from None
+
+    def analyse_tiled(self, reader: SlideReader, plan: TilePlan, name: str,
+                      with_images: bool = True) -> dict[str, Any]:
+        """One large image in tiles: the call, the tiles, the overlay, the decisive tiles."""
+        with self.lock:
+            result = diagnose_reader(self.members or (self.predictor,), reader, plan)
+        body = tiled_json(result, self.rules, name)
+        body["decisive"] = decisive_tiles(reader, result)
+        body["model"] = {"id": self.id, "name": self.name, "temperature": self.temperature}
+        if not with_images:  # heatmap=false: the figures only, a small answer for scripts
+            body.update(overlay_png_base64=None, thumbnail_jpeg_base64=None)
+            for tile in body["decisive"]:
+                tile["jpeg_base64"] = None
+        return body
 
     def predict(self, data: bytes, with_heatmap: bool = True) -> dict[str, Any]:
         p = self.predictor
@@ -219,7 +289,15 @@ def unique(name: str, taken) -> str:
     return next(c for c in candidates if c not in taken)
 
 
-async def read_upload(request: Request, max_file_bytes: int) -> bytes:
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image's bytes and the form's ``tiles`` field (None when not sent)."""
+
+    data: bytes
+    tiles: str | None = None
+
+
+async def read_upload(request: Request, max_file_bytes: int) -> Upload:
     """The ``file`` part of a multipart request, refused (413) past the cap before parsing."""
     ctype = request.headers.get("content-type", "").lower()
     if not ctype.startswith("multipart/form-data"):
@@ -227,17 +305,9 @@ async def read_upload(request: Request, max_file_bytes: int) -> bytes:
                               "with the image in a 'file' field")
     too_large = ServeError(413, f"upload larger than {max_file_bytes / 2**20:.3g} MB "
                                 "(--max-upload-mb)")
-    max_body = max_file_bytes + ENVELOPE_BYTES
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_body:
-            raise too_large
-    parser = MultiPartParser(request.headers, _once(bytes(body)), max_files=1, max_fields=8)
-    parser.spool_max_size = max_body + 1  # the part stays in memory: it fits by now
+    body = await _read_body(request, max_file_bytes + ENVELOPE_BYTES, too_large)
+    parser = MultiPartParser(request.headers, _once(body), max_files=1, max_fields=8)
+    parser.spool_max_size = len(body) + 1  # the part stays in memory: it fits by now
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -252,7 +322,29 @@ async def read_upload(request: Request, max_file_bytes: int) -> bytes:
     await upload.close()
     if len(data) > max_file_bytes:
         raise too_large
-    return data
+    tiles = form.get("tiles")
+    return Upload(data, tiles if isinstance(tiles, str) else None)
+
+
+async def _read_body(request: Request, max_body: int, too_large: ServeError) -> bytes:
+    """The request body, refused as soon as it (or its declared length) passes ``max_body``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_body:
+            raise too_large
+    return bytes(body)
+
+
+def tiles_option(query: str | None, form: str | None = None) -> str:
+    """The ``tiles`` option of a request (the query wins over the form), checked."""
+    tiles = query or form or "auto"
+    if tiles not in TILE_MODES:
+        raise ServeError(400, f"tiles {tiles!r}: choose from {', '.join(TILE_MODES)}")
+    return tiles
 
 
 async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
@@ -277,13 +369,16 @@ def token_checker(token: str | None):
 
 
 def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
-               token: str | None = None, cors_origins: Sequence[str] = ()) -> FastAPI:
+               token: str | None = None, cors_origins: Sequence[str] = (),
+               slides_dir: Path | str | None = None) -> FastAPI:
     """The FastAPI app: ``/`` page, ``/api/models``, ``/api/model``, ``/api/predict``,
-    ``/healthz``. CORS stays off unless origins are given."""
+    ``/healthz``; with ``slides_dir``, ``/api/slides`` and ``/api/slide`` over the images and
+    slides in that folder (and nowhere else). CORS stays off unless origins are given."""
     if not models:
         raise MedscopeError("serve: no model to serve")
     if max_upload_mb <= 0:
         raise MedscopeError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    slides = None if slides_dir is None else SlideDir.open(slides_dir)
     # No /docs: its page loads scripts from a CDN, and the served page must work offline.
     app = FastAPI(title="medscope", docs_url=None, redoc_url=None)
     if cors_origins:
@@ -294,6 +389,8 @@ def create_app(models: dict[str, ServedModel], *, max_upload_mb: float = 20.0,
     add_error_handlers(app)
     add_security_headers(app)
     add_routes(app, models, max_upload_mb=max_upload_mb, token=token)
+    add_slide_routes(app, models, slides, max_whole_bytes=int(max_upload_mb * 2**20),
+                     token=token)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.token_required = token is not None
     return app
@@ -334,11 +431,7 @@ def add_routes(app: FastAPI, models: dict[str, ServedModel], *, max_upload_mb: f
     auth = [Depends(token_checker(token))]
 
     def pick(model: str | None) -> ServedModel:
-        if model is None:
-            return models[default]
-        if model not in models:
-            raise ServeError(404, f"unknown model {model!r}; loaded: {', '.join(models)}")
-        return models[model]
+        return pick_model(models, model)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -347,7 +440,8 @@ def add_routes(app: FastAPI, models: dict[str, ServedModel], *, max_upload_mb: f
     @app.get("/api/config")
     def config() -> dict[str, Any]:
         """What the page needs before it may call anything else."""
-        return {"token_required": token is not None, "max_upload_mb": max_upload_mb}
+        return {"token_required": token is not None, "max_upload_mb": max_upload_mb,
+                "tiles": list(TILE_MODES), "slides": bool(getattr(app.state, "slides", None))}
 
     @app.get("/api/models", dependencies=auth)
     def list_models() -> dict[str, Any]:
@@ -360,15 +454,54 @@ def add_routes(app: FastAPI, models: dict[str, ServedModel], *, max_upload_mb: f
         return pick(model).info()
 
     @app.post("/api/predict", dependencies=auth)
-    async def predict(request: Request, model: str | None = None,
-                      heatmap: bool = True) -> dict[str, Any]:
+    async def predict(request: Request, model: str | None = None, heatmap: bool = True,
+                      tiles: str | None = None) -> dict[str, Any]:
         served = pick(model)
-        data = await read_upload(request, max_file_bytes)
-        return await run_in_threadpool(served.predict, data, heatmap)
+        tiles_option(tiles)  # a wrong option is refused before the upload is read
+        upload = await read_upload(request, max_file_bytes)
+        mode = tiles_option(tiles, upload.tiles)
+        return await run_in_threadpool(served.analyse_upload, upload.data, mode, heatmap)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
+
+
+def pick_model(models: dict[str, ServedModel], model: str | None) -> ServedModel:
+    """The model a request names (the first loaded when it names none), else 404."""
+    if model is None:
+        return next(iter(models.values()))
+    if model not in models:
+        raise ServeError(404, f"unknown model {model!r}; loaded: {', '.join(models)}")
+    return models[model]
+
+
+def add_slide_routes(app: FastAPI, models: dict[str, ServedModel], slides: SlideDir | None, *,
+                     max_whole_bytes: int, token: str | None) -> None:
+    """``/api/slides`` (the listing) and ``/api/slide?name=`` (one analysed): files of the
+    slides folder by their listed name; a name leading outside it is refused unread."""
+    app.state.slides = slides
+    auth = [Depends(token_checker(token))]
+
+    def folder() -> SlideDir:
+        if slides is None:
+            raise ServeError(404, "no slides folder: start the server with --slides DIR")
+        return slides
+
+    @app.get("/api/slides", dependencies=auth)
+    def list_slides() -> dict[str, Any]:
+        return folder().listing()
+
+    @app.post("/api/slide", dependencies=auth)
+    async def analyse_slide(name: str, model: str | None = None, heatmap: bool = True,
+                            tiles: str | None = None) -> dict[str, Any]:
+        served, mode = pick_model(models, model), tiles_option(tiles)
+        try:
+            path = folder().resolve(name)
+        except SlideRefused as exc:
+            raise ServeError(exc.status, exc.message) from None
+        return await run_in_threadpool(served.analyse_file, path, name, mode, heatmap,
+                                       max_whole_bytes)
 
 
 def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
