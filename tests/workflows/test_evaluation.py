@@ -54,11 +54,15 @@ def test_predictions_csv_has_a_row_per_evaluated_image(trained_run):
     # Referral as predict and serve decide it: the checkpoint's validated threshold, else none.
     stored = json.loads(trained_run.best.with_suffix(".json").read_text()).get(
         "selective_threshold")
+    # An image unlike the training images (the OOD check) is referred whatever its confidence.
+    unusual = [r["refer_reason"] == "unlike the training images" for r in rows]
     flags = [r["refer_to_expert"] for r in rows]
     if stored is None:
-        assert set(flags) == {""}
+        assert flags == ["yes" if u else "" for u in unusual]
     else:
-        assert flags == ["yes" if p < stored else "no" for p in probs.max(1)]
+        assert flags == ["yes" if u or p < stored else "no"
+                         for u, p in zip(unusual, probs.max(1), strict=True)]
+    assert metrics["unlike_training_share"] == pytest.approx(np.mean(unusual))
 
 
 def test_tta_evaluation_averages_the_views_logits_beside_the_runs_own_metrics(trained_run,
