@@ -162,6 +162,9 @@ def _add_group_level(metrics: dict[str, Any], predictor: Predictor, run: RunDir,
         val=_validation_scored(predictor, run, data, tta, progress))
     if block is not None:
         metrics["group_level"] = block
+        log.info("per %s: accuracy %.4f, balanced accuracy %.4f on %d %ss", block["unit"],
+                 block["accuracy"], block["balanced_accuracy"], block["n_groups"],
+                 block["unit"])
 
 
 def data_path(run: RunDir) -> Path | None:
