@@ -54,17 +54,31 @@ def make_client(served):
 
 
 @pytest.fixture(scope="session")
-def live_url(scaled_run) -> Iterator[str]:
+def live_slides(image_folder, tmp_path_factory) -> Path:
+    """The live server's slides folder: one 160 x 120 micrograph in a sub-folder."""
+    from PIL import Image
+
+    from tests.serve.test_tiled import mosaic
+
+    root = tmp_path_factory.mktemp("live-slides")
+    (root / "day1").mkdir()
+    Image.fromarray(mosaic(image_folder, "gamma")).save(root / "day1" / "micrograph.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def live_url(scaled_run, live_slides) -> Iterator[str]:
     """The app under uvicorn in a background thread on a free loopback port; always stopped.
     It serves the tiny run (the copy that records its scale, so large images are tiled)
-    twice (ids ``tiny-scaled`` and ``tiny-scaled-2``) so that the page has a picker."""
+    twice (ids ``tiny-scaled`` and ``tiny-scaled-2``) so that the page has a picker, and a
+    slides folder."""
     import uvicorn
 
     from medscope.serve import create_app, load_models
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    app = create_app(load_models([scaled_run] * 2))
+    app = create_app(load_models([scaled_run] * 2), slides_dir=live_slides)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

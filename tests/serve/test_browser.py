@@ -168,3 +168,27 @@ def test_page_shows_a_tiled_micrograph_with_its_overlay(browser, live_url, serve
     expect(page.locator("#figure")).to_be_visible()
     assert errors == []
     page.close()
+
+
+def test_page_analyses_a_slide_of_the_servers_folder(browser, live_url):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live_url + "/")
+    expect(page.locator("#slides-box")).to_be_visible()
+    options = page.locator("#slide-picker option")
+    expect(options).to_have_count(1)
+    assert options.first.get_attribute("value") == "day1/micrograph.png"
+    with page.expect_response(lambda r: "/api/slide?" in r.url and r.status == 200):
+        page.locator("#slide-go").click()
+    expect(page.locator("#tiled-view")).to_be_visible()
+    expect(page.locator("#image-caption")).to_contain_text("day1/micrograph.png")
+    expect(page.locator("#tile-facts")).to_contain_text("12 read")
+    # No local file: the image under the overlay is the server's thumbnail.
+    page.wait_for_function("document.getElementById('slide-image').naturalWidth > 0")
+    assert page.locator("#slide-image").evaluate("img => img.src").startswith("data:image/jpeg")
+    assert errors == []
+    page.close()

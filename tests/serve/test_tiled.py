@@ -236,3 +236,21 @@ def test_overlapping_tiles_show_their_mean_not_the_last_painted():
     # Without overlap it is predict's map.
     result.tiles = [tile(0, 0, 0.9), tile(20, 0, None, "empty")]
     np.testing.assert_array_equal(mean_heat(result, 0), heat_overlay(result, 0))
+
+
+@pytest.mark.parametrize(("pixels", "reason"), [
+    (np.zeros((40, 40, 3), np.uint8), "blank image"),  # a black frame, classified whole
+    (np.full((1, 1, 3), 200, np.uint8), "degenerate image"),  # a 1 x 1 pixel
+    (np.full((1, 2000, 3), 90, np.uint8), "degenerate image"),  # a strip: never tiled
+])
+def test_images_without_a_specimen_are_referred_saying_why(client, pixels, reason):
+    body = post(client, png(pixels)).json()
+    assert body["tiled"] is False and body["label"] == ""
+    assert body["refer_to_expert"] is True and body["refer_reason"] == reason
+
+
+def test_a_large_blank_frame_has_no_usable_field(client):
+    body = post(client, png(np.zeros((200, 200, 3), np.uint8))).json()
+    assert body["tiled"] is True and body["label"] is None and body["probabilities"] is None
+    assert body["refer_to_expert"] is True and body["refer_reason"] == "no usable field"
+    assert body["tiling"]["kept"] == 0 and body["decisive"] == []

@@ -37,10 +37,18 @@ from medscope.data.io import BadImageError, open_image_bytes, read_image_bytes
 from medscope.diagnosis import TILE_MODES, TilePlan, tile_plan, wants_tiles
 from medscope.errors import MedscopeError, first_line
 from medscope.evaluate.decisions import Rules, check_abstain_below, rules_for
-from medscope.predictor import Predictor, checkpoint_stem
+from medscope.novelty import BLANK, DEGENERATE, UNLIKE_TRAINING, ood_checks, unusual
+from medscope.predictor import Predictor, checkpoint_stem, model_outputs
 from medscope.run import RunDir, read_json
 from medscope.serve.slidedir import SlideDir, SlideRefused
-from medscope.serve.tiled import decisive_tiles, diagnose_reader, tiled_json, upload_wants_tiles
+from medscope.serve.tiled import (
+    decisive_tiles,
+    diagnose_reader,
+    tiled_json,
+    upload_problem,
+    upload_wants_tiles,
+)
+from medscope.slides.aggregate import LOW_CONFIDENCE
 from medscope.slides.readers import WSI_EXTENSIONS, PillowReader, SlideReader, open_reader
 
 log = logging.getLogger("medscope")
@@ -188,12 +196,18 @@ class ServedModel:
         except BadImageError as exc:
             raise ServeError(400, f"upload is not a usable image: {exc}") from None
         pixels = views[(p.img_size, p.in_chans)]
+        checks = ood_checks(members)  # the out-of-distribution check, as predict applies it
         with self.lock:
-            probs = np.mean([m.probs_from_pixels(views[(m.img_size, m.in_chans)][None])[0]
-                             for m in members], axis=0)
+            outs = [model_outputs(m, views[(m.img_size, m.in_chans)][None], 1,
+                                  features=c is not None)
+                    for m, c in zip(members, checks, strict=True)]
+            probs = np.mean([o[0][0] for o in outs], axis=0)
             top = int(probs.argmax())
             heat = heatmap_png(p, pixels, top) if with_heatmap else None
-        result = {**self.decide(probs),
+        flags = unusual(checks, [o[1] for o in outs])
+        reason = upload_problem(data) or (UNLIKE_TRAINING if flags is not None and flags[0]
+                                          else None)
+        result = {**self.decide(probs, reason),
                   "probabilities": {c: float(x) for c, x in zip(p.classes, probs, strict=True)},
                   "model": {"id": self.id, "name": self.name,
                             "temperature": self.temperature}}
@@ -201,13 +215,17 @@ class ServedModel:
             result["heatmap_png_base64"] = base64.b64encode(heat).decode("ascii")
         return result
 
-    def decide(self, probs: np.ndarray) -> dict[str, Any]:
-        """Label, confidence and referral of one image's probabilities; ``refer_to_expert`` is
-        None (JSON null) when referral is off."""
+    def decide(self, probs: np.ndarray, reason: str | None = None) -> dict[str, Any]:
+        """Label, confidence and referral of one image's probabilities, as ``medscope predict``
+        decides: ``reason`` (``medscope.novelty``: blank, degenerate, unlike the training
+        images) refers it whatever its confidence, and a blank or degenerate image gets no
+        label. ``refer_to_expert`` is None (JSON null) when referral is off and no reason."""
         refer = self.rules.refer_to_expert(probs[None])
-        return {"label": self.rules.labels(probs[None])[0],
+        low = refer is not None and bool(refer[0])
+        return {"label": "" if reason in (BLANK, DEGENERATE) else self.rules.labels(probs[None])[0],
                 "confidence": float(self.rules.confidence(probs[None])[0]),
-                "refer_to_expert": None if refer is None else bool(refer[0]),
+                "refer_to_expert": True if reason else (None if refer is None else low),
+                "refer_reason": reason or (LOW_CONFIDENCE if low else None),
                 "refer_below": self.refer_below}
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from medscope.diagnosis import TILE_FACTOR, TilePlan, diagnose_path, tiled_row
 from medscope.evaluate.decisions import Rules
+from medscope.novelty import BLANK, DEGENERATE, GLANCE, MAX_ASPECT, MIN_SIDE, is_blank
 from medscope.predictor import Classifier
 from medscope.slides.aggregate import ReferRule
 from medscope.slides.diagnose import SlideResult
@@ -39,6 +40,25 @@ def upload_side(data: bytes) -> int | None:
             return min(img.size)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def upload_problem(data: bytes) -> str | None:
+    """``medscope.novelty.file_problem`` for bytes in memory: a degenerate shape or a blank
+    frame, judged on the header's size and a small thumbnail; None when it may hold a
+    specimen (or Pillow cannot read it: DICOM, where decoding decides)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            img.draft("RGB", (GLANCE, GLANCE))
+            small = img.convert("RGB")
+            small.thumbnail((GLANCE, GLANCE))
+            pixels = np.asarray(small)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    if min(width, height) < MIN_SIDE or max(width, height) / max(min(width, height), 1) \
+            > MAX_ASPECT:
+        return DEGENERATE
+    return BLANK if is_blank(pixels) else None
 
 
 def upload_wants_tiles(data: bytes, plan: TilePlan | None, tiles: str) -> bool:

@@ -14,7 +14,9 @@ const REASONS = {
   "too few usable tiles": "Too few tiles passed the artifact filter to rely on the call.",
   "tiles disagree": "The tiles disagree: too few of them point to the called class.",
   "low confidence": "The image-level probability is below this model's threshold.",
-  "unlike the training images": "Many tiles look unlike anything the model was trained on; they are not counted.",
+  "unlike the training images": "It looks unlike anything the model was trained on: its call means little.",
+  "blank image": "The image is one flat colour: there is no specimen to classify.",
+  "degenerate image": "The image is too small or too thin to hold a specimen.",
 };
 
 async function api(path, options = {}) {
@@ -91,10 +93,13 @@ function showWhole(result) {
   $("label").textContent = result.label || "(no label above its threshold)";
   $("confidence").textContent = "confidence " + pct(result.confidence);
   // refer_to_expert is null when the model has no refer threshold: no banner then.
+  const reason = result.refer_reason || "low confidence";
   $("refer").hidden = result.refer_to_expert !== true;
-  $("refer-title").textContent = "Low confidence — refer to an expert.";
-  $("refer-detail").textContent = result.refer_to_expert !== true ? "" :
-    `Confidence ${pct(result.confidence)} is below this model's threshold of ${pct(result.refer_below)}.`;
+  $("refer-title").textContent = reason === "low confidence" ? "Low confidence — refer to an expert."
+    : `Refer to an expert: ${reason}.`;
+  $("refer-detail").textContent = result.refer_to_expert !== true ? "" : reason !== "low confidence"
+    ? REASONS[reason] || ""
+    : `Confidence ${pct(result.confidence)} is below this model's threshold of ${pct(result.refer_below)}.`;
   const heat = $("heatmap");
   if (result.heatmap_png_base64) {
     heat.src = "data:image/png;base64," + result.heatmap_png_base64;
@@ -141,8 +146,9 @@ function showTiled(result) {
   $("figure").hidden = true;
   $("tiled-view").hidden = false;
   $("label").textContent = result.label || "No call";
+  const used = t.kept - t.unusual;  // flagged tiles are classified but never aggregated
   $("confidence").textContent = result.label
-    ? `image-level probability ${pct(result.confidence)} · ${t.aggregation} of ${t.kept} tile${t.kept === 1 ? "" : "s"}`
+    ? `image-level probability ${pct(result.confidence)} · ${t.aggregation} of ${used} tile${used === 1 ? "" : "s"}`
     : "no tile could be classified";
   $("refer").hidden = !result.refer_to_expert;
   $("refer-title").textContent = `Refer to an expert: ${result.refer_reason || "see below"}.`;
@@ -155,7 +161,9 @@ function showTiled(result) {
 
 function referDetail(result) {
   const t = result.tiling;
-  const base = REASONS[result.refer_reason] || "";
+  const base = result.refer_reason === "unlike the training images"
+    ? `Most classified tiles look unlike the training images (${t.unusual} of ${t.kept}); they are not counted.`
+    : REASONS[result.refer_reason] || "";
   if (result.refer_reason === "tiles disagree" && t.agreement !== null)
     return `Only ${pct(t.agreement)} of the used tiles call ${result.label} (at least ${pct(t.refer_rule.min_agreement)} needed).`;
   if (result.refer_reason === "too few usable tiles")
@@ -174,10 +182,11 @@ function showTileFacts(result) {
   list.replaceChildren();
   list.hidden = false;
   fact(list, "Image", `${result.image.width} × ${result.image.height} px` + (t.whole_image ? " (smaller than one tile: analysed whole)" : ""));
-  fact(list, "Tiles", `${t.read} read · ${t.kept} used · ${t.dropped_total} dropped` + (t.failed ? ` · ${t.failed} failed to decode` : ""));
+  fact(list, "Tiles", `${t.read} read · ${t.kept - t.unusual} used · ${t.dropped_total} dropped`
+    + (t.unusual ? ` · ${t.unusual} unusual` : "") + (t.failed ? ` · ${t.failed} failed to decode` : ""));
   const dropped = Object.entries(t.dropped).map(([why, n]) => `${why} ${n}`).join(", ");
   fact(list, "Dropped", dropped || "none");
-  if (t.unusual) fact(list, "Unusual", `${t.unusual} classified tile${t.unusual === 1 ? "" : "s"} unlike the training images (not counted)`);
+  if (t.unusual) fact(list, "Unusual", `${t.unusual} tile${t.unusual === 1 ? "" : "s"} unlike the training images (not counted)`);
   fact(list, "Tile size", `${t.tile_size} px`);
   if (t.agreement !== null) fact(list, "Agreement", `${pct(t.agreement)} of used tiles call ${result.label}`);
 }
