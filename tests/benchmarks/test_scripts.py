@@ -125,6 +125,26 @@ def test_augment_batch_times_every_preset_and_checks_the_compiled_pixels(tmp_pat
         assert "measured eager only" in report
 
 
+def test_ood_refer_runs_without_real_data_and_refers_the_degenerate_images(tmp_path):
+    # A tiny demo model; the real-data parts (blood cells, DeFungi) skip, saying so.
+    import json
+
+    out = tmp_path / "ood_refer.json"
+    printed = run_script("ood_refer.py", "--quick", "--data", str(tmp_path / "no-data"),
+                         "--work", str(tmp_path / "work"), "--out", str(out))
+    assert "skipped:" in printed and "blood-cells-4" in printed
+    result = json.loads(out.read_text())
+    assert "skipped" in result["blood"] and "skipped" in result["demo"]["foreign"]
+    own = result["demo"]["own_test"]
+    assert own["n"] > 0 and 0.0 <= own["flagged_share"] <= own["referred_share"] <= 1.0
+    assert result["demo"]["model"]["ood"]["method"] == "mahalanobis"
+    edge = result["demo"]["edge"]
+    assert edge["blank 500x500 black"]["refer_reason"] == "blank image"
+    for name in ("1x1", "20000x1 strip"):
+        assert edge[name]["refer_to_expert"] == "yes"
+        assert edge[name]["refer_reason"] == "degenerate image", (name, edge[name])
+
+
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "machine.py")
 
 
