@@ -1,5 +1,6 @@
 """Every user mistake: one line on stderr naming the path or name, exit code 2, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -103,6 +104,19 @@ def test_demo_runs_the_whole_pipeline_and_refuses_to_overwrite(tmp_path, capsys)
     for name in ("report.html", "metrics.json", "splits.csv", "config.yaml"):
         assert (out / "run" / name).is_file(), name
     assert (out / ".medscope-demo").is_file()  # what lets --force replace it later
+    # It ends by diagnosing the test micrographs whole (tiled), not their patches.
+    assert "micrograph-level accuracy" in printed
+    summary = json.loads((out / "run" / "diagnosis" / "summary.json").read_text())
+    assert summary["unit"] == "micrograph" and 1 <= summary["n"] <= 20
+    assert 0.0 <= summary["accuracy"] <= 1.0 and 0 <= summary["referred"] <= summary["n"]
+    assert len(summary["images"]) == summary["n"]
+    diagnosis = out / "run" / "diagnosis"  # paths in summary.json are relative to it
+    for image in summary["images"]:
+        assert (diagnosis / image["file"]).is_file() and "/slides/" in image["file"]
+        assert image["label"] in {p.name for p in (out / "slides").iterdir() if p.is_dir()}
+        assert image["heatmap"] is None or (diagnosis / image["heatmap"]).is_file()
+    assert any(image["heatmap"] for image in summary["images"])  # 1000 px slides are tiled
+    assert "Whole micrographs" in (out / "run" / "report.html").read_text()
     code, err = _run(args, capsys)
     assert code == 2 and str(out) in err and "--force" in err
 
