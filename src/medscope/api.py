@@ -208,23 +208,28 @@ def export(run: Path | str, out: Path | str | None = None, *, opset: int | None 
 
 def create_app(runs: Sequence[Path | str], *, max_upload_mb: float = 20.0,
                token: str | None = None, abstain_below: float | None = None,
-               cors_origins: Sequence[str] = (), device: str = "auto") -> FastAPI:
-    """The FastAPI app serving ``runs`` (run directories or ensembles' folders)."""
+               cors_origins: Sequence[str] = (), device: str = "auto",
+               slides: Path | str | None = None) -> FastAPI:
+    """The FastAPI app serving ``runs`` (run directories or ensembles' folders); ``slides``: a
+    folder whose slides the page lists and analyses on request."""
     opts = ServeOptions.check(max_upload_mb=max_upload_mb, token=token,
-                              abstain_below=abstain_below, cors_origins=list(cors_origins))
+                              abstain_below=abstain_below, cors_origins=list(cors_origins),
+                              slides=slides)
     return _served(runs, opts, device)[0]
 
 
 def serve(runs: Sequence[Path | str], *, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = 20.0, token: str | None = None,
           abstain_below: float | None = None, cors_origins: Sequence[str] = (),
+          slides: Path | str | None = None,
           on_start: Callable[[list[str]], None] | None = None) -> None:
     """Serve ``runs`` as a JSON API and a web page until interrupted; ``on_start`` gets the
     served model ids once they are loaded, before the server starts."""
     import medscope.serve  # looked up at call time: tests stand in for the blocking server
 
     opts = ServeOptions.check(host=host, port=port, max_upload_mb=max_upload_mb, token=token,
-                              abstain_below=abstain_below, cors_origins=list(cors_origins))
+                              abstain_below=abstain_below, cors_origins=list(cors_origins),
+                              slides=slides)
     app, ids = _served(runs, opts, "auto")
     if on_start is not None:
         on_start(ids)
@@ -238,7 +243,7 @@ def _served(runs: Sequence[Path | str], opts: ServeOptions, device: str
 
     models = load_models(runs, abstain_below=opts.abstain_below, device=device)
     app = make_app(models, max_upload_mb=opts.max_upload_mb, token=opts.token,
-                   cors_origins=opts.cors_origins)
+                   cors_origins=opts.cors_origins, slides_dir=opts.slides)
     return app, list(models)
 
 

@@ -118,11 +118,13 @@ class ServeOptions(_Options):
     token: str | None = Field(None, description="require 'Authorization: Bearer TOKEN' "
                               "(default: $MEDSCOPE_TOKEN)")
     abstain_below: Probability | None = Field(
-        None, description="refer to an expert below this top probability (default: the "
-        "checkpoint's selective threshold, else 0.5)")
+        None, description="refer to an expert below this confidence (default: the "
+        "checkpoint's selective threshold, else no confidence referral)")
     cors_origins: list[str] = Field(
         default_factory=list, description="allow this web origin to call the API "
         "(repeatable; default none)")
+    slides: Path | None = Field(None, description="folder of slides too big to upload, listed "
+                                "on the page; only files inside it are ever opened")
 
 
 class SynthOptions(_Options):

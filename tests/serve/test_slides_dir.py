@@ -152,3 +152,16 @@ def test_listing_is_capped(served_scaled, tmp_path):
     listing = SlideDir.open(tmp_path).listing(limit=3)
     assert [s["name"] for s in listing["slides"]] == ["0.png", "1.png", "2.png"]
     assert listing["truncated"] is True
+
+
+def test_the_api_and_cli_name_the_slides_folder(scaled_run, layout, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from medscope import api
+    from medscope.cli import main
+
+    app = api.create_app([scaled_run], slides=layout[0])
+    names = [s["name"] for s in TestClient(app).get("/api/slides").json()["slides"]]
+    assert "micrograph.png" in names and all(not n.startswith("/") for n in names)
+    assert main(["serve", str(scaled_run), "--slides", str(tmp_path / "nowhere")]) == 2
+    assert "--slides" in capsys.readouterr().err

@@ -17,6 +17,7 @@ FLAGS: Flags = {
     "--token": ("token", {}),
     "--abstain-below": ("abstain_below", {"metavar": "P"}),
     "--cors-origin": ("cors_origins", {"action": "append", "default": [], "metavar": "URL"}),
+    "--slides": ("slides", {"metavar": "DIR"}),
 }
 
 
