@@ -5,7 +5,7 @@
 
     >>> from medscope.api import train, evaluate
     >>> from medscope.config import load_config
-    >>> run = train(load_config("recipes/demo.yaml", {"data.path": "patches"}))
+    >>> run = train(load_config("demo", {"data.path": "patches"}))
 """
 
 from __future__ import annotations
