@@ -57,3 +57,41 @@ def test_installed_wheel_finds_its_recipes_outside_the_source_tree(wheel, tmp_pa
                          capture_output=True, text=True, timeout=120).stdout.splitlines()
     assert all(line.startswith(str(target)) for line in out), out
     assert all(Path(line).is_file() for line in out[1:])
+
+
+def test_every_imported_third_party_package_is_declared():
+    """An import that works only because another package pulled its distribution in breaks
+    when that package stops doing so (scipy and huggingface_hub did)."""
+    import ast
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_dist_name(d) for d in project["dependencies"]}
+    optional = {_dist_name(d) for deps in project["optional-dependencies"].values()
+                for d in deps}
+    modules = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    providers = packages_distributions()
+    third_party = {m for m in modules
+                   if m not in sys.stdlib_module_names and m != "medscope"}
+    assert {"numpy", "scipy", "huggingface_hub", "pydicom"} <= third_party
+    undeclared = {}
+    for module in sorted(third_party):
+        dists = {re.sub(r"[-_.]+", "-", d).lower() for d in providers.get(module, [module])}
+        if not dists & (declared | optional):
+            undeclared[module] = sorted(dists)
+    assert not undeclared
+
+
+def _dist_name(requirement: str) -> str:
+    import re
+
+    name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower()
