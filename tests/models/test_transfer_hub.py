@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from medscope.errors import MedscopeError
 from medscope.models import create_model
+from medscope.models.transfer import check_weights_source
 from tests.conftest import make_image_folder
 
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
@@ -104,6 +105,17 @@ def test_offline_without_the_weights_in_the_cache_is_one_line(offline_cache, tmp
     add_to_cache(offline_cache, "timm/resnet18.a1_in1k", {"config.json": b"{}"})
     with pytest.raises(MedscopeError, match="not in the Hugging Face cache"):
         create_model("resnet18", 2, pretrained="timm/resnet18.a1_in1k")
+
+
+def test_the_preflight_check_refuses_an_uncached_repo_offline(offline_cache, tmp_path):
+    """check_weights_source runs before the data is prepared: the refusal comes at once."""
+    with pytest.raises(MedscopeError, match="not in the Hugging Face cache"):
+        check_weights_source("timm/resnet18.a1_in1k")
+    files, _ = resnet18_files(tmp_path)
+    add_to_cache(offline_cache, "timm/resnet18.a1_in1k", files)
+    for source in ("timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k", "resnet18.a1_in1k",
+                   "imagenet"):  # imagenet: its repo depends on the model, checked at loading
+        assert check_weights_source(source) is None
 
 
 @pytest.mark.slow  # a CLI process: import, train one epoch, evaluate

@@ -202,7 +202,8 @@ def _apply_timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
 
 def check_weights_source(source: str) -> Path | None:
     """The local weights file ``source`` names, None for a hub id; an error when it names a
-    file that is not there. Cheap: nothing is read or downloaded."""
+    file that is not there, or (offline) a hub repo the Hugging Face cache does not hold, so
+    that a training fails before its data is prepared. Cheap: nothing is read or downloaded."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -210,6 +211,11 @@ def check_weights_source(source: str) -> Path | None:
                    or os.sep in source.rstrip(os.sep) and source.count("/") > 1)
     if looks_local and not source.startswith("hf-hub:"):
         raise MedscopeError(f"weights file not found: {source}")
+    if _hub_offline() and source not in _DEFAULT_SOURCES:
+        repo, _ = _hub_repo(source, None)
+        cache = hub_cache_dir()
+        if not (cache / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir():
+            raise MedscopeError(_not_cached(source, cache, "HF_HUB_OFFLINE is set"))
     return None
 
 
@@ -224,6 +230,7 @@ HUB_WEIGHTS = "pytorch_model.bin"
 # What a hub config.json may set for training (the rest: architecture, classifier, first_conv
 # describe timm's model, and medscope's own model keeps its own).
 _ADOPTED = ("mean", "std", "input_size", "interpolation", "crop_pct", "hf_hub_filename")
+_DEFAULT_SOURCES = ("imagenet", "default", "timm")  # the model's own default hub weights
 
 
 def _hub_weights(source: str, model: nn.Module) -> Path:
@@ -236,7 +243,7 @@ def _hub_weights(source: str, model: nn.Module) -> Path:
     hub_cfg = _hub_config(repo, revision, source)
     filename = hub_cfg.get("hf_hub_filename") or (
         (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_filename")
-        if source in ("imagenet", "default", "timm") else None)
+        if source in _DEFAULT_SOURCES else None)
     path = _hub_file(repo, revision, _weight_candidates(filename), source)
     if hub_cfg:
         adopted = {k: hub_cfg[k] for k in _ADOPTED if k in hub_cfg}
@@ -250,7 +257,7 @@ def _hub_repo(source: str, model: nn.Module) -> tuple[str, str | None]:
     """(repo id, revision or None) of a hub source; ``org/repo@rev`` names a revision."""
     if source.startswith(("hf-hub:", "hf_hub:")):
         repo = source.split(":", 1)[1]
-    elif source in ("imagenet", "default", "timm"):
+    elif source in _DEFAULT_SOURCES:
         repo = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
         if not repo:
             raise MedscopeError(f"{_architecture(model)} has no default pretrained weights; "
@@ -303,9 +310,7 @@ def _hub_file(repo: str, revision: str | None, candidates: list[str], source: st
     why = ("HF_HUB_OFFLINE is set" if _hub_offline()
            else None if _online("huggingface.co") else "huggingface.co cannot be reached")
     if why:
-        raise MedscopeError(
-            f"weights {source!r} are not in the Hugging Face cache {cache} and {why}; download "
-            "them once online, or pass a local file: --pretrained path/to/weights.safetensors")
+        raise MedscopeError(_not_cached(source, cache, why))
     return _download(repo, revision, candidates, source, cache, required)
 
 
@@ -327,6 +332,11 @@ def _download(repo: str, revision: str | None, candidates: list[str], source: st
         raise MedscopeError(f"weights {source!r}: the hub repo {repo} holds none of "
                             f"{', '.join(candidates)}")
     return None
+
+
+def _not_cached(source: str, cache: Path, why: str) -> str:
+    return (f"weights {source!r} are not in the Hugging Face cache {cache} and {why}; download "
+            "them once online, or pass a local file: --pretrained path/to/weights.safetensors")
 
 
 def hub_cache_dir() -> Path:
