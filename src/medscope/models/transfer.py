@@ -253,7 +253,7 @@ def _hub_weights(source: str, model: nn.Module) -> Path:
     return path
 
 
-def _hub_repo(source: str, model: nn.Module) -> tuple[str, str | None]:
+def _hub_repo(source: str, model: nn.Module | None) -> tuple[str, str | None]:
     """(repo id, revision or None) of a hub source; ``org/repo@rev`` names a revision."""
     if source.startswith(("hf-hub:", "hf_hub:")):
         repo = source.split(":", 1)[1]
