@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test test-fast lint clean
+.PHONY: install browser demo test test-fast lint wheel-smoke clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -29,6 +29,11 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	mkdir -p .tmp
 	TMPDIR=$(CURDIR)/.tmp $(BIN)/python -m pytest -q --basetemp=$(CURDIR)/.tmp/pytest
+
+# The wheel installed (not editable) into a fresh venv, run from outside the repository:
+# `medscope demo --epochs 1`, `medscope run six-architectures --quick`, `medscope serve`.
+wheel-smoke: $(STAMP)
+	DEPS_VENV=$(CURDIR)/$(VENV) .ci/wheel-smoke
 
 # Everyday work: every test not marked slow (under 3 minutes on 2 cores). `make test` and CI
 # run the whole suite.
