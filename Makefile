@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint wheel-smoke clean
+.PHONY: install browser demo test lint wheel-smoke lowest-direct clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -34,6 +34,12 @@ test: $(STAMP) browser
 # `medscope demo --epochs 1`, `medscope run six-architectures --quick`, `medscope serve`.
 wheel-smoke: $(STAMP)
 	DEPS_VENV=$(CURDIR)/$(VENV) .ci/wheel-smoke
+
+# The dependency floors: every direct dependency at the lowest version pyproject.toml allows
+# (uv's --resolution lowest-direct; torch borrowed from .venv), then a smoke subset of the tests.
+# Needs a package index and uv (`.venv/bin/pip install uv`); about 6 min on 2 cores.
+lowest-direct: $(STAMP)
+	DEPS_VENV=$(CURDIR)/$(VENV) .ci/lowest-direct
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
