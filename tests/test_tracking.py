@@ -41,7 +41,8 @@ def _track(tracker, root):
     tracker.end()
 
 
-def test_make_tracker_parses_specs():
+def test_make_tracker_parses_specs(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert isinstance(make_tracker(None), NullTracker)
     assert isinstance(make_tracker("none"), NullTracker)
     assert make_tracker("mlflow").uri == DEFAULT_MLFLOW_URI

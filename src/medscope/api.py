@@ -7,7 +7,7 @@ the same checks and one-line ``MedscopeError`` messages, naming the parameter.
 
     >>> from medscope.api import train, evaluate
     >>> from medscope.config import load_config
-    >>> run = train(load_config("recipes/demo.yaml", {"data.path": "patches"}))
+    >>> run = train(load_config("demo", {"data.path": "patches"}))
 
 Training, evaluation and prediction are imported at module level (their modules are what
 ``import medscope.api`` is for); the rest lazily, so that importing the API stays light.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -195,11 +196,19 @@ class RunConfig(_Section):
         return None if self.data.multilabel == "auto" else self.data.multilabel
 
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+def _shipped_recipes_dir() -> Path:
+    # Package data, so that an installed wheel finds the recipes as an editable install does.
+    # Wheels are installed unpacked (never imported from a zip), so the resource folder is a
+    # real directory; a Path, because runs record and re-read the recipe file they came from.
+    return Path(str(resources.files("medscope") / "recipes"))
+
+
+RECIPES = _shipped_recipes_dir()
 
 
 def resolve_recipe(path: Path | str) -> Path:
-    """A YAML file as given, or the name of a recipe shipped in ``recipes/`` (``demo``)."""
+    """A YAML file as given, or the name of a recipe shipped in ``medscope/recipes/``
+    (``demo``)."""
     path = Path(path)
     if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path

@@ -10,11 +10,18 @@ The training loop calls, in order::
     tracker.log_epoch(epoch, history_row)   # each epoch; numeric values, step = epoch
     tracker.log_final(metrics, [run.report, run.metrics])
     tracker.end()                           # or tracker.end("FAILED") on an exception
+
+MLflow is configured as its users configure it elsewhere: ``MLFLOW_TRACKING_URI`` and
+``MLFLOW_EXPERIMENT_NAME`` are honoured (``--track mlflow:URI`` wins over the former); without
+them runs go to ``sqlite:///runs/mlflow.db``, experiment ``medscope``. Artefacts: the report,
+metrics.json and the best checkpoint pair (``checkpoints/best.safetensors`` + ``best.json``,
+which ``medscope predict`` and ``serve`` load) -- never a pickled model.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from abc import ABC, abstractmethod
@@ -23,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medscope.errors import MedscopeError, first_line
-from medscope.run import atomic_write_json, read_json
+from medscope.run import RunDir, atomic_write_json, read_json
 
 log = logging.getLogger("medscope")
 
@@ -85,22 +92,25 @@ class _Quiet:
 
 
 class MLflowTracker(Tracker):
-    """Params, per-epoch and final metrics, report and metrics.json to an MLflow store:
-    a local SQLite file by default (works offline), or any tracking server by URI."""
+    """Params, per-epoch and final metrics, report, metrics.json and the best checkpoint pair
+    to an MLflow store: ``uri``, else $MLFLOW_TRACKING_URI, else a local SQLite file (works
+    offline); the experiment is ``experiment``, else $MLFLOW_EXPERIMENT_NAME, else medscope."""
 
-    def __init__(self, uri: str = DEFAULT_MLFLOW_URI) -> None:
+    def __init__(self, uri: str | None = None, experiment: str | None = None) -> None:
         try:
             from mlflow import MlflowClient
         except ImportError:
             raise MedscopeError(f"--track mlflow needs MLflow: {INSTALL_HINT}") from None
-        self.uri = uri
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
+        self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        self.run_root: Path | None = None
         self._client_class = MlflowClient
         self.client = None
         self.run_id: str | None = None
         self._safely = _Quiet("MLflow")
 
     def start(self, run_root: Path, params: Mapping[str, Any]) -> None:
-        run_root = Path(run_root)
+        run_root = self.run_root = Path(run_root)
         try:
             self.client = self._client_class(tracking_uri=self._prepared_uri())
             self.run_id = self._resumed_run_id(run_root) or self._new_run(run_root, params)
@@ -122,6 +132,14 @@ class MLflowTracker(Tracker):
         for path in map(Path, artifacts):
             if path.is_file():
                 self._safely(lambda p=path: self.client.log_artifact(self.run_id, str(p)))
+        if self.run_root is not None:
+            # The model as medscope saves it: weights (safetensors) and their JSON metadata,
+            # loadable with `medscope predict` from the downloaded folder; nothing pickled.
+            best = RunDir(self.run_root).best
+            for path in (best.with_suffix(".safetensors"), best.with_suffix(".json")):
+                if path.is_file():
+                    self._safely(lambda p=path: self.client.log_artifact(
+                        self.run_id, str(p), "checkpoints"))
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is not None:
@@ -134,14 +152,14 @@ class MLflowTracker(Tracker):
         return self.uri
 
     def _experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
+        experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
         db = _sqlite_path(self.uri)
         # MLflow's default artifact root is ./mlruns in whatever folder training started
         # from; beside the database file keeps a local store in one place.
         location = (db.parent.resolve() / "mlflow-artifacts").as_uri() if db else None
-        return self.client.create_experiment(EXPERIMENT, artifact_location=location)
+        return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def _new_run(self, run_root: Path, params: Mapping[str, Any]) -> str:
         from mlflow.entities import Param
@@ -210,12 +228,13 @@ class TensorBoardTracker(Tracker):
 
 
 def make_tracker(spec: str | None) -> Tracker:
-    """``None``/``"none"``, ``"mlflow"``, ``"mlflow:URI"`` or ``"tensorboard"``."""
+    """``None``/``"none"``, ``"mlflow"`` ($MLFLOW_TRACKING_URI or the local default),
+    ``"mlflow:URI"`` or ``"tensorboard"``."""
     name, _, uri = (spec or "none").strip().partition(":")
     if name == "none" and not uri:
         return NullTracker()
     if name == "mlflow":
-        return MLflowTracker(uri or DEFAULT_MLFLOW_URI)
+        return MLflowTracker(uri or None)
     if name == "tensorboard" and not uri:
         return TensorBoardTracker()
     raise MedscopeError(f"--track {spec!r}: expected none, mlflow, mlflow:URI or tensorboard")

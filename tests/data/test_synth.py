@@ -37,5 +37,5 @@ def test_not_separable_by_colour_means():
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     accuracy = cross_val_score(model, np.array(feats), labels, cv=5).mean()
     print(f"linear model on colour statistics: {accuracy:.3f}")
-    # README (figures table) states 0.32 for exactly this set-up; chance is 0.20.
+    # docs/measured.md (figures table) states 0.32 for exactly this set-up; chance is 0.20.
     assert accuracy == pytest.approx(0.32, abs=0.03)

@@ -1,12 +1,13 @@
-"""Every recipe in recipes/ passes ``medscope run RECIPE --quick`` (the CI smoke test): a
-finished run (or CV) directory per experiment and the comparison files. Parametrised over the
-files, so a new recipe is covered without touching this test."""
+"""Every recipe in src/medscope/recipes/ passes ``medscope run RECIPE --quick`` (the CI smoke
+test): a finished run (or CV) directory per experiment and the comparison files. Parametrised
+over the files, so a new recipe is covered without touching this test."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,7 @@ def test_quick_run_of_every_shipped_recipe(path, tmp_path):
 def test_default_data_paths_exist_from_the_project_root(monkeypatch):
     """Every recipe's default data (relative: to the current directory) is found when run
     from the project root, as docs/recipes.md says."""
-    root = RECIPES[0].parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)
     for path in RECIPES:
         recipe = load_recipe(path)

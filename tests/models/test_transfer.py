@@ -80,11 +80,13 @@ def test_other_mismatches_are_errors_listing_keys(tmp_path):
         create_model("plain18", 3, pretrained=str(path))
 
 
-def test_hub_id_offline_fails_fast_naming_the_local_alternative(monkeypatch):
+def test_hub_id_offline_fails_fast_naming_the_local_alternative(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))  # not the user's own cache
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     for source in ("timm/resnet18.a1_in1k", "hf-hub:timm/resnet18.a1_in1k", "resnet18.a1_in1k",
                    "imagenet"):
-        with pytest.raises(MedscopeError, match=r"cannot download weights .*offline.*"
+        with pytest.raises(MedscopeError, match=r"not in the Hugging Face cache .*"
                                                 r"--pretrained path/to/weights\.safetensors"):
             create_model("resnet18", 2, pretrained=source)
 

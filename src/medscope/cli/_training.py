@@ -62,7 +62,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from medscope.config import describe_field
 
     p.add_argument("--config", type=Path,
-                   help="YAML recipe: a file or the name of one in recipes/ (e.g. demo)")
+                   help="YAML recipe: a file or the name of a shipped one (e.g. demo)")
     for flag, (key, extra) in TRAIN_OPTIONS.items():
         doc = describe_field(key)
         kwargs: dict[str, Any] = {"dest": dest(key), "default": None}

@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
                     "synth -> patches -> train -> evaluate -> report, end to end")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--config", type=Path, default=Path("demo"),
-                   help="training recipe (default recipes/demo.yaml)")
+                   help="training recipe: a YAML file or a shipped recipe name (default demo)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--img-size", type=int, default=None, help="override the recipe's size")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")

@@ -11,7 +11,8 @@ from medscope.cli._common import add_command
 
 def add_parser(subparsers: Any) -> None:
     p = add_command(subparsers, "run",
-                    "run a recipe (recipes/*.yaml): its experiments, then a comparison")
+                    "run a recipe (a YAML file, or the name of a shipped one): its experiments, "
+                    "then a comparison")
     p.add_argument("recipe", type=Path,
                    help="recipe file, or the name of a shipped one (e.g. six-architectures)")
     p.add_argument("--data", action="append", default=[], metavar="[EXPERIMENT=]PATH",

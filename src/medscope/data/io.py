@@ -1,4 +1,20 @@
-"""Reading one image file into a uint8 array of the size and channels a model wants."""
+"""Reading one image file into a uint8 array of the size and channels a model wants.
+
+DICOM pixel data is decoded by pydicom's pixel-data plugins. Compressed transfer syntaxes need
+codecs that pydicom does not bundle; medscope depends on pylibjpeg with its three plugins:
+pylibjpeg-libjpeg (JPEG baseline, extended 12-bit, lossless process 14, JPEG-LS lossless and
+near-lossless), pylibjpeg-openjpeg (JPEG 2000) and pylibjpeg-rle (RLE, faster than pydicom's
+own). Why these rather than python-gdcm: of the DICOM files pydicom ships, they decode every
+valid one, while GDCM through pydicom refuses 12-bit JPEG Extended (JPGExtended.dcm); and they
+are small binary wheels for Linux, macOS and Windows that pydicom finds on its own. Note that
+pylibjpeg-libjpeg is GPLv3 (the others MIT); whoever redistributes medscope with it should know.
+An installed python-gdcm is still used by pydicom when a pylibjpeg plugin fails.
+
+Files without the DICOM file meta header (no 'DICM' preamble, as some older systems write
+them) are read too, and a missing transfer syntax is taken from the dataset's own encoding when
+the pixel data is uncompressed (it then determines the syntax); compressed pixel data without a
+transfer syntax cannot be decoded and is refused.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +25,6 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from medscope.errors import first_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
@@ -86,21 +100,16 @@ def read_dicom(path: Path | BinaryIO) -> Image.Image:
     slope/intercept) -> the window the file asks for (VOI LUT or centre/width), MONOCHROME1
     inverted so that bright always means dense."""
     try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pragma: no cover - pydicom is a dependency
         raise BadImageError("DICOM support needs pydicom (pip install pydicom)") from None
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise BadImageError(f"not a readable DICOM ({first_line(exc)})") from None
+    ds = _read_dataset(path)
     if "PixelData" not in ds:
         raise BadImageError("DICOM without pixel data")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - codec/compression errors of any kind
-        raise BadImageError(f"DICOM pixel data not decodable ({exc})") from None
+        raise BadImageError(f"DICOM pixel data not decodable ({_one_line(exc)})") from None
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
         arr = arr[0]
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
@@ -112,6 +121,57 @@ def read_dicom(path: Path | BinaryIO) -> Image.Image:
     if photometric == "MONOCHROME1":
         out = 255 - out
     return Image.fromarray(out, mode="L")
+
+
+def _read_dataset(path: Path | BinaryIO):
+    """The dataset of a DICOM file, also of one without file meta (read as pydicom's
+    ``force=True`` does, accepted only if it holds an image or names its SOP class)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return _with_transfer_syntax(pydicom.dcmread(path))
+    except InvalidDicomError as exc:
+        refusal = BadImageError(f"not a readable DICOM ({_one_line(exc)})")
+    except (OSError, ValueError, EOFError) as exc:
+        raise BadImageError(f"not a readable DICOM ({_one_line(exc)})") from None
+    if hasattr(path, "seek"):
+        path.seek(0)
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:  # noqa: BLE001 - not a headerless dataset either: the first reason
+        raise refusal from None
+    if "PixelData" not in ds and "SOPClassUID" not in ds:
+        raise refusal
+    return _with_transfer_syntax(ds)
+
+
+def _with_transfer_syntax(ds):
+    """Give native (uncompressed) pixel data a missing transfer syntax: the dataset's own
+    encoding (implicit/explicit VR, endianness) then determines it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return ds
+    if "PixelData" not in ds or ds["PixelData"].is_undefined_length:
+        return ds  # no image, or compressed fragments of unknown syntax: refused when decoded
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return ds
+    syntax = (ImplicitVRLittleEndian if implicit
+              else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    return ds
+
+
+def _one_line(exc: BaseException) -> str:
+    # pydicom lists each plugin's failure on its own line; a reason must stay one line.
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _has_window(ds) -> bool:

@@ -15,9 +15,11 @@ Signatures:
 
 - ``load_pretrained(model, source, in_chans=3) -> LoadReport``: ``source`` is a local file
   (``.safetensors``, or a ``.pth/.pt/.bin`` state dict read with ``weights_only=True``) or a hub
-  id (``timm/resnet18.a1_in1k``, ``hf-hub:org/repo``, ``resnet18.a1_in1k``, or ``imagenet`` for
-  the model's default timm weights). Hub ids need the internet; offline they fail with a
-  MedscopeError naming the local-file alternative.
+  id (``timm/resnet18.a1_in1k``, ``hf-hub:org/repo[@revision]``, ``resnet18.a1_in1k``, or
+  ``imagenet`` for the model's default timm weights). Hub ids are served from the Hugging Face
+  cache when it holds them (also with ``HF_HUB_OFFLINE=1``), else downloaded into it; the
+  repo's ``config.json`` sets the file name and the mean/std the trainer normalises with.
+  Offline and not cached, they fail with a MedscopeError naming the local-file alternative.
 - ``apply_freeze(model, spec) -> FreezeReport``; ``unfreeze(model) -> None``.
 - ``set_frozen_bn_eval(model) -> int`` (number of BatchNorm layers put in eval mode).
 - ``param_groups(model, lr, head_lr_mult=1.0, weight_decay=None) -> list[dict]`` ("backbone"
@@ -32,6 +34,7 @@ frozen modules to keep in sync, and ``unfreeze`` is trivially complete.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import socket
@@ -199,7 +202,8 @@ def _apply_timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
 
 def check_weights_source(source: str) -> Path | None:
     """The local weights file ``source`` names, None for a hub id; an error when it names a
-    file that is not there. Cheap: nothing is read or downloaded."""
+    file that is not there, or (offline) a hub repo the Hugging Face cache does not hold, so
+    that a training fails before its data is prepared. Cheap: nothing is read or downloaded."""
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -207,45 +211,153 @@ def check_weights_source(source: str) -> Path | None:
                    or os.sep in source.rstrip(os.sep) and source.count("/") > 1)
     if looks_local and not source.startswith("hf-hub:"):
         raise MedscopeError(f"weights file not found: {source}")
+    if _hub_offline() and source not in _DEFAULT_SOURCES:
+        repo, _ = _hub_repo(source, None)
+        cache = hub_cache_dir()
+        if not (cache / f"models--{repo.replace('/', '--')}" / "snapshots").is_dir():
+            raise MedscopeError(_not_cached(source, cache, "HF_HUB_OFFLINE is set"))
     return None
 
 
 def _resolve_source(source: str, model: nn.Module) -> Path:
-    return check_weights_source(source) or _download(_hub_repo(source, model), source)
+    return check_weights_source(source) or _hub_weights(source, model)
 
 
-def _hub_repo(source: str, model: nn.Module) -> str:
+# --------------------------------------------------------------------------- hub weights
+
+HUB_SAFE_WEIGHTS = "model.safetensors"
+HUB_WEIGHTS = "pytorch_model.bin"
+# What a hub config.json may set for training (the rest: architecture, classifier, first_conv
+# describe timm's model, and medscope's own model keeps its own).
+_ADOPTED = ("mean", "std", "input_size", "interpolation", "crop_pct", "hf_hub_filename")
+_DEFAULT_SOURCES = ("imagenet", "default", "timm")  # the model's own default hub weights
+
+
+def _hub_weights(source: str, model: nn.Module) -> Path:
+    """The weights file of a hub id, as timm's ``load_pretrained`` finds it: the repo's
+    ``config.json`` (its ``pretrained_cfg``) names the file (``hf_hub_filename``) and the
+    input statistics, which replace the model's defaults in ``model.pretrained_cfg`` (the
+    trainer normalises with them). Files already in the Hugging Face cache are used without
+    asking the hub, so cached weights work offline (``HF_HUB_OFFLINE=1``)."""
+    repo, revision = _hub_repo(source, model)
+    hub_cfg = _hub_config(repo, revision, source)
+    filename = hub_cfg.get("hf_hub_filename") or (
+        (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_filename")
+        if source in _DEFAULT_SOURCES else None)
+    path = _hub_file(repo, revision, _weight_candidates(filename), source)
+    if hub_cfg:
+        adopted = {k: hub_cfg[k] for k in _ADOPTED if k in hub_cfg}
+        model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **adopted}
+        log.info("pretrained config of %s: mean %s, std %s, input size %s", source,
+                 adopted.get("mean"), adopted.get("std"), adopted.get("input_size"))
+    return path
+
+
+def _hub_repo(source: str, model: nn.Module | None) -> tuple[str, str | None]:
+    """(repo id, revision or None) of a hub source; ``org/repo@rev`` names a revision."""
     if source.startswith(("hf-hub:", "hf_hub:")):
-        return source.split(":", 1)[1]
-    if source in ("imagenet", "default", "timm"):
+        repo = source.split(":", 1)[1]
+    elif source in _DEFAULT_SOURCES:
         repo = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
         if not repo:
             raise MedscopeError(f"{_architecture(model)} has no default pretrained weights; "
                                 "pass a local file: --pretrained path/to/weights.safetensors")
-        return repo
-    if "/" in source:
-        return source  # org/repo
-    return f"timm/{source}"  # a timm tag such as resnet18.a1_in1k
+    elif "/" in source:
+        repo = source  # org/repo
+    else:
+        repo = f"timm/{source}"  # a timm tag such as resnet18.a1_in1k
+    name, _, revision = repo.partition("@")
+    return name, revision or None
 
 
-def _download(repo: str, source: str) -> Path:
-    message = (f"cannot download weights {source!r} (offline?); download them once and pass the "
-               "local file: --pretrained path/to/weights.safetensors")
-    # Without this check huggingface_hub retries for ~25 s before giving up.
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not _online("huggingface.co"):
-        raise MedscopeError(message)
+def _weight_candidates(filename: str | None) -> list[str]:
+    # As timm's _get_safe_alternatives: a .safetensors twin before any pickle-format file.
+    if not filename or filename == HUB_WEIGHTS:
+        return [HUB_SAFE_WEIGHTS, HUB_WEIGHTS]
+    if filename.endswith(".bin"):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def _hub_config(repo: str, revision: str | None, source: str) -> dict[str, Any]:
+    """The repo's pretrained config (timm's config.json: ``pretrained_cfg``, or one flat
+    dict in older repos); {} when the repo has none or it is not at hand offline."""
     try:
-        from huggingface_hub import hf_hub_download
+        path = _hub_file(repo, revision, ["config.json"], source, required=False)
+    except MedscopeError:  # offline and not cached: the weights decide whether that is fatal
+        return {}
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MedscopeError(f"{path}: not a readable hub config.json ({exc})") from None
+    cfg = raw.get("pretrained_cfg", raw) if isinstance(raw, dict) else None
+    return cfg if isinstance(cfg, dict) else {}
 
+
+def _hub_file(repo: str, revision: str | None, candidates: list[str], source: str,
+              required: bool = True) -> Path | None:
+    """The first of ``candidates`` in the repo: from the cache if it holds it, else
+    downloaded. Offline (HF_HUB_OFFLINE or no route to the hub) a missing file is an error."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = hub_cache_dir()
+    for name in candidates:
+        cached = try_to_load_from_cache(repo, name, cache_dir=str(cache), revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+    why = ("HF_HUB_OFFLINE is set" if _hub_offline()
+           else None if _online("huggingface.co") else "huggingface.co cannot be reached")
+    if why:
+        raise MedscopeError(_not_cached(source, cache, why))
+    return _download(repo, revision, candidates, source, cache, required)
+
+
+def _download(repo: str, revision: str | None, candidates: list[str], source: str,
+              cache: Path, required: bool) -> Path | None:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError
+
+    for name in candidates:
         try:
-            return Path(hf_hub_download(repo, "model.safetensors"))
-        except Exception:  # noqa: BLE001 - older repos only have the pickle-free .bin
-            return Path(hf_hub_download(repo, "pytorch_model.bin"))
-    except Exception as e:
-        raise MedscopeError(f"{message} [{type(e).__name__}]") from e
+            return Path(hf_hub_download(repo, name, revision=revision, cache_dir=str(cache)))
+        except EntryNotFoundError:
+            continue
+        except Exception as e:  # noqa: BLE001 - unknown repo, no access, network: one line
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise MedscopeError(f"cannot download weights {source!r} from the Hugging Face "
+                                f"hub ({type(e).__name__}: {first})") from e
+    if required:
+        raise MedscopeError(f"weights {source!r}: the hub repo {repo} holds none of "
+                            f"{', '.join(candidates)}")
+    return None
+
+
+def _not_cached(source: str, cache: Path, why: str) -> str:
+    return (f"weights {source!r} are not in the Hugging Face cache {cache} and {why}; download "
+            "them once online, or pass a local file: --pretrained path/to/weights.safetensors")
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at each call (huggingface_hub
+    reads it once, at import): HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    env = os.environ
+    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache",
+                                              "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub's own reading of the flag (constants._is_true).
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _online(host: str) -> bool:
+    # Without this check huggingface_hub retries for ~25 s before giving up.
     if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
         return True  # name resolution happens at the proxy
     try:
