@@ -51,6 +51,7 @@ def test_layer_contract_kept():
     assert "1 kept, 0 broken" in done.stdout
 
 
+@pytest.mark.slow
 def test_importing_medscope_leaves_matplotlib_alone():
     code = ("import sys, medscope.api, medscope.report.plots, medscope.report.compare, "
             "medscope.report.curves, medscope.report.recipe; "

@@ -90,6 +90,7 @@ def test_config_error_is_one_line(tmp_path, capsys):
     assert code == 2 and "r.yaml" in err and "epochz" in err
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_and_refuses_to_overwrite(tmp_path, capsys):
     # The real demo, shrunk: 4 slides per class, 1 epoch at 32 px.
     out = tmp_path / "demo"

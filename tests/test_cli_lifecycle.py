@@ -64,6 +64,7 @@ raise SystemExit(main({_train(data, out, "--epochs", str(epochs))!r}))
     assert proc.returncode == -9, proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_needs_only_the_run_dir_after_kill_9(data, tmp_path, capsys):
     out = tmp_path / "run"
     _kill_after_epoch_one(data, out, epochs=3)
@@ -74,6 +75,7 @@ def test_resume_needs_only_the_run_dir_after_kill_9(data, tmp_path, capsys):
     assert read_json(out / "checkpoints" / "last.json")["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_resume_keeps_saved_config_and_says_what_changed(data, tmp_path, capsys):
     out = tmp_path / "run"
     _kill_after_epoch_one(data, out, epochs=2)
@@ -87,6 +89,7 @@ def test_resume_keeps_saved_config_and_says_what_changed(data, tmp_path, capsys)
     assert "lr: 0.0003" in (out / "config.yaml").read_text()  # the saved lr, not re-defaulted
 
 
+@pytest.mark.slow
 def test_resume_refuses_to_change_the_model_or_images(data, tmp_path, capsys):
     out = tmp_path / "run"
     _kill_after_epoch_one(data, out, epochs=2)
@@ -130,6 +133,7 @@ def test_channel_stats_sample_the_whole_class_ordered_set():
     assert channel_stats(pixels, max_images=2000, seed=0) == channel_stats(pixels, 2000, 0)
 
 
+@pytest.mark.slow
 def test_training_normalisation_comes_from_every_class(tmp_path, capsys, monkeypatch):
     import medscope.data.transforms as transforms
 
@@ -262,6 +266,7 @@ def test_checkpoint_json_with_missing_keys_is_one_line(trained_run, image_folder
 # ---------------------------------------------------------------- bug 8: evaluation runtime
 
 
+@pytest.mark.slow
 def test_post_training_evaluation_uses_precision_and_device(data, tmp_path, capsys,
                                                            monkeypatch):
     from medscope.predictor import Predictor
@@ -287,6 +292,7 @@ def test_post_training_evaluation_uses_precision_and_device(data, tmp_path, caps
 # ---------------------------------------------------------------- bug 9: seeds
 
 
+@pytest.mark.slow
 def test_split_seed_keeps_the_test_set_while_the_seed_changes(data, tmp_path, capsys):
     runs = {}
     for name, extra in (("s1", ["--seed", "1", "--split-seed", "0"]),
@@ -399,6 +405,7 @@ def test_report_dataset_table_counts_multilabel_rows():
 # ---------------------------------------------------------------- bug 12: no import side effects
 
 
+@pytest.mark.slow
 def test_inference_imports_carry_no_training_side_effects():
     code = ("import sys, medscope.predict, medscope.api; "
             "print('medscope.train.engine' in sys.modules and "

@@ -82,6 +82,7 @@ def test_dihedral_views_are_the_eight_symmetries():
     assert all(v.flags.c_contiguous and v.shape == img.shape for v in views)
 
 
+@pytest.mark.slow
 def test_onnx_backend_exports_once_and_agrees_with_torch(run_copy, image_folder, tmp_path):
     folder = image_folder / "beta"
     ref = _probs(predict_files(run_copy, [folder], progress=False, precision="fp32"))
@@ -168,6 +169,7 @@ def test_ensemble_mistakes_are_one_line(trained_run, image_folder, tmp_path, cap
 
 
 @pytest.mark.parametrize("exported_before", [False, True])
+@pytest.mark.slow
 def test_both_backends_apply_the_checkpoint_temperature(run_copy, image_folder, exported_before):
     from medscope.data.io import read_image
     from medscope.predictor import Predictor

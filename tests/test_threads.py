@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from medscope.threads import prefer_passive_wait
 
 
@@ -45,11 +47,13 @@ def spin_count(code: str, **extra_env: str) -> str:
 SERVE = "from medscope import cli; cli.main(['serve', '/nonexistent-run'])"
 
 
+@pytest.mark.slow
 def test_serve_reaches_libgomp_before_torch_loads():
     assert spin_count(SERVE) == "0"
     assert spin_count(SERVE, GOMP_SPINCOUNT="12345") == "12345"  # the user's choice wins
 
 
+@pytest.mark.slow
 def test_other_commands_keep_the_default_spin():
     # passive waiting cost a quiet training run ~8 % (benchmarks/results/omp_wait.txt)
     assert spin_count("from medscope import cli; cli.main(['models'])") \

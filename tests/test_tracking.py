@@ -57,6 +57,7 @@ def test_flatten_gives_dotted_keys():
     assert flatten(PARAMS)["model.name"] == "simple_cnn"
 
 
+@pytest.mark.slow
 def test_mlflow_sqlite_store_holds_params_and_metrics(tmp_path):
     from mlflow import MlflowClient
 

@@ -5,10 +5,10 @@ not degenerate), each with the reason a clinician reads.
 
 Confidence is high on images unlike any training image (a fungi model calls blood cells
 "budding yeast, 95 %"), so the refer rule asks a second question: is this image like the
-training images? The check measures the classifier's input features (Mahalanobis distance,
-threshold flagging about 5 % of validation images); an ONNX export has no features to measure,
-so its predictions carry no such flag. An ensemble calls an image unusual when most of its
-members with a check do.
+training images? The check measures the per-channel mean and standard deviation of the
+model's last feature map (Mahalanobis distance, threshold flagging about 5 % of validation
+images); an ONNX export has no features to measure, so its predictions carry no such flag. An
+ensemble calls an image unusual when most of its members with a check do.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from medscope.evaluate.ood import check_ood_state, ood_flags
 from medscope.predictor import Classifier, Predictor
 from medscope.slides.aggregate import UNLIKE_TRAINING
 
-__all__ = ["BLANK", "DEGENERATE", "UNLIKE_TRAINING", "file_problem", "image_problem",
-           "ood_checks", "unusual"]
+__all__ = ["BLANK", "DEGENERATE", "OOD_FEATURES", "UNLIKE_TRAINING", "file_problem",
+           "image_problem", "ood_checks", "unusual"]
 
+OOD_FEATURES = "feature-map channel mean and std"  # what the stored check was fitted on
 DEGENERATE = "degenerate image"
 BLANK = "blank image"
 GLANCE = 64  # side of the thumbnail a file's blankness is judged on
@@ -36,9 +37,11 @@ MAX_ASPECT = 20.0
 
 
 def ood_checks(models: Sequence[Classifier]) -> list[dict[str, Any] | None]:
-    """Each model's fitted check (None where it has none or cannot be measured)."""
-    return [check_ood_state(m.meta["ood"]) if isinstance(m, Predictor) and m.meta.get("ood")
-            else None for m in models]
+    """Each model's fitted check (None where it has none, or one fitted on other features
+    than ``Predictor.features_from_pixels`` gives, or an ONNX model that cannot be measured)."""
+    return [check_ood_state(m.meta["ood"])
+            if isinstance(m, Predictor) and (m.meta.get("ood") or {}).get("features")
+            == OOD_FEATURES else None for m in models]
 
 
 def unusual(checks: Sequence[dict[str, Any] | None],

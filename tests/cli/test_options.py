@@ -127,6 +127,7 @@ def test_every_command_has_help(command, capsys):
     assert done.value.code == 0 and f"usage: medscope {name}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_cli_imports_no_torch():
     code = ("import sys, medscope.cli; medscope.cli.build_parser(); "
             "print(sorted(m for m in ('torch', 'numpy', 'medscope.api') if m in sys.modules))")

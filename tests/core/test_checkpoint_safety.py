@@ -41,6 +41,7 @@ def _model(value: float) -> nn.Module:
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.slow
 def test_resumed_fused_optimizer_on_channels_last_weights_steps_as_before(tmp_path, name):
     """The file holds optimizer state contiguous; a channels_last conv's moments must come
     back in its layout, or the fused kernels pair the wrong elements."""

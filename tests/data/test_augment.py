@@ -80,6 +80,7 @@ def test_orientation_folded_into_the_affine_is_exact():
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflection"])
+@pytest.mark.slow
 def test_affine_matches_torchvision_pixel_for_pixel(padding):
     g = _gen(1)
     img = _patterned(24, 40)
@@ -160,6 +161,7 @@ def _summaries(out: torch.Tensor, src: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("preset", ["microscopy", "keras-classic", "stain"])
+@pytest.mark.slow
 def test_geometric_and_colour_statistics_match_per_image(preset):
     src = _patterned(400, 32, seed=5)
     with one_torch_thread():  # the per-image reference fills with black: compare like that
@@ -172,6 +174,7 @@ def test_geometric_and_colour_statistics_match_per_image(preset):
         _close(values, _summaries(per_image, src)[name], name)
 
 
+@pytest.mark.slow
 def test_microscopy_fill_is_reflection_and_zeros_remains_available():
     src = _patterned(64, 32, seed=6)
     reflected = BatchAugment("microscopy")(src, _gen(2))
@@ -181,6 +184,7 @@ def test_microscopy_fill_is_reflection_and_zeros_remains_available():
     assert (border(reflected) == 0).float().mean() < 0.01
 
 
+@pytest.mark.slow
 def test_randaugment_statistics_match_per_image():
     src = _patterned(600, 32, seed=7)
     with one_torch_thread():
@@ -210,6 +214,7 @@ def compile_everything(monkeypatch):
         cache.cache_clear()
 
 
+@pytest.mark.slow
 def test_compiled_microscopy_is_the_eager_one_bit_for_bit(compile_everything, monkeypatch):
     if not A._inductor_works():
         pytest.skip("torch.compile does not work here (no C++ compiler?)")
@@ -225,6 +230,7 @@ def test_compiled_microscopy_is_the_eager_one_bit_for_bit(compile_everything, mo
             assert torch.equal(c, e), fill
 
 
+@pytest.mark.slow
 def test_compiled_stain_colour_is_the_eager_one_within_a_rounding(compile_everything,
                                                                   monkeypatch):
     if not A._inductor_works():
@@ -280,6 +286,7 @@ def test_a_failing_compiler_leaves_the_eager_ops(compile_everything, monkeypatch
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.slow
 def test_batched_presets_keep_shape_dtype_and_are_seeded(preset):
     src = _patterned(10, 16)
     aug = BatchAugment(preset)

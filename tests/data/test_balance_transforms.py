@@ -29,6 +29,7 @@ def test_sampler_draws_classes_about_equally():
     assert len(drawn) == 700 and 0.4 < drawn.mean() < 0.6
 
 
+@pytest.mark.slow
 def test_sample_weights_multilabel_use_rarest_label():
     y = np.array([[1, 0], [1, 1], [1, 0], [0, 0]])
     w = sample_weights(y, 2)

@@ -35,6 +35,7 @@ def _ramp():
     return np.tile(np.arange(0, 2000, 125, dtype=np.int16), (16, 1))  # 0 .. 1875
 
 
+@pytest.mark.slow
 def test_dicom_window_is_applied(tmp_path):
     # Stored 0..1875, slope 1, intercept -1000 -> -1000..875 HU; window 0 +- 200.
     path = _dicom(tmp_path / "ct.dcm", _ramp(), RescaleSlope=1, RescaleIntercept=-1000,

@@ -49,6 +49,7 @@ def _check_csv(path) -> None:
 
 @SETTINGS
 @given(headers, st.lists(st.lists(cells, max_size=6), max_size=6))
+@pytest.mark.slow
 def test_any_label_table_scans_or_is_one_line_error(folder, header, rows):
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -102,6 +103,7 @@ def _seed_images() -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_mutated_real_images_as_upload_decode_or_fail_cleanly():
     """1,500 mutations (byte flips, cuts, insertions) of real PNG/JPEG/TIFF/BMP/GIF files,
     seeded: the decoder's own parsers meet malformed headers and chunks, not only noise."""

@@ -44,6 +44,7 @@ def test_thresholds_are_the_users():
     assert verdict(_stats(_background()), PatchFilter(min_tissue=0.0)) == "ok"
 
 
+@pytest.mark.slow
 def test_manifest_matches_files(tmp_path):
     src = tmp_path / "slides"
     for label, cls in enumerate(["hyphae", "yeast"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from medscope.data.patches import extract_patches
@@ -19,6 +20,7 @@ def _micrographs(root, n=2, side=400):
             Image.fromarray(pixels).save(root / cls / f"m{i}.png")
 
 
+@pytest.mark.slow
 def test_scale_from_patches_manifest(tmp_path):
     _micrographs(tmp_path / "src")
     extract_patches(tmp_path / "src", tmp_path / "patches", 200, stride=100, progress=False,

@@ -203,6 +203,7 @@ def test_agrees_with_torchstain_reinhard_where_installed():
 # ---------------------------------------------------------------- ONNX
 
 
+@pytest.mark.slow
 def test_onnx_graph_of_normalisation_and_a_conv_matches_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -8,6 +8,7 @@ from sklearn.preprocessing import StandardScaler
 from medscope.data.synth import CLASSES, make_dataset, make_slide
 
 
+@pytest.mark.slow
 def test_same_seed_same_slide_other_seed_other_slide():
     a = make_slide(0, np.random.default_rng([7, 0, 0]))
     b = make_slide(0, np.random.default_rng([7, 0, 0]))
@@ -17,6 +18,7 @@ def test_same_seed_same_slide_other_seed_other_slide():
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_dataset_has_five_class_folders(tmp_path):
     out = make_dataset(tmp_path / "s", per_class=1, seed=1, progress=False)
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())

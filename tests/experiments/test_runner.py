@@ -55,6 +55,7 @@ def _mtimes(out: Path) -> dict[str, int]:
             for p in out.glob("*/checkpoints/*.safetensors")}
 
 
+@pytest.mark.slow
 def test_reference_seeds_weights_and_rerun_retrains_nothing(tmp_path):
     assert _run(tmp_path) == 0
     out = tmp_path / "out"
@@ -78,6 +79,7 @@ def test_reference_seeds_weights_and_rerun_retrains_nothing(tmp_path):
         assert (out / "comparison" / name).is_file()
 
 
+@pytest.mark.slow
 def test_interrupted_recipe_continues_where_it_stopped(tmp_path, monkeypatch):
     real_write = engine.RunWriter.__call__
 
@@ -103,6 +105,7 @@ def test_interrupted_recipe_continues_where_it_stopped(tmp_path, monkeypatch):
     assert statuses == ["finished earlier (skipped)", "resumed"]
 
 
+@pytest.mark.slow
 def test_only_runs_the_named_experiment_and_what_it_starts_from(tmp_path):
     assert _run(tmp_path, "--only", "second") == 0
     out = tmp_path / "out"
@@ -114,6 +117,7 @@ def test_only_runs_the_named_experiment_and_what_it_starts_from(tmp_path):
     assert [r["name"] for r in rows] == ["third"]
 
 
+@pytest.mark.slow
 def test_tta_recipe_evaluates_each_run_once_and_tabulates_both(tmp_path):
     recipe = tmp_path / "tta.yaml"
     recipe.write_text(textwrap.dedent("""
@@ -160,6 +164,7 @@ ENSEMBLE = """
     """
 
 
+@pytest.mark.slow
 def test_ensemble_recipe_scores_the_experiments_averaged_once(tmp_path):
     recipe = tmp_path / "ens.yaml"
     recipe.write_text(textwrap.dedent(ENSEMBLE))
@@ -183,6 +188,7 @@ def test_ensemble_recipe_scores_the_experiments_averaged_once(tmp_path):
     assert (out / "ensemble" / "metrics.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_ensemble_of_runs_on_different_splits_is_reported_not_fatal(tmp_path):
     recipe = tmp_path / "ens.yaml"
     recipe.write_text(textwrap.dedent(ENSEMBLE).replace("tta: true\n", "")

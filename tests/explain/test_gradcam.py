@@ -24,6 +24,7 @@ def _top_left_mass(heat: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "occlusion"])
+@pytest.mark.slow
 def test_heat_concentrates_on_the_corner_blob(blob_predictor, method):
     images = blob_images(8, True, seed=7)
     probs = blob_predictor.model(blob_predictor.normalize(

@@ -73,6 +73,7 @@ def test_temperature_from_model_json_softens_probabilities(exported, tmp_path):
     assert hot.probs_from_pixels(pixels).max() < raw.max()
 
 
+@pytest.mark.slow
 def test_cli_static_batch_export_runs_one_by_one(trained_run, tmp_path, capsys):
     out = tmp_path / "static"
     rc = main(["export", str(trained_run.root), "--format", "onnx", "--static-batch",

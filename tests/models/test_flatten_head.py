@@ -20,6 +20,7 @@ def test_vgg16_flatten_head_has_keras_parameter_count_and_trains_only_the_dense(
     assert report.trainable == 2 and report.frozen == 26
 
 
+@pytest.mark.slow
 def test_flatten_head_follows_the_input_size_and_refuses_other_families():
     model = create_model("vgg11", 3, img_size=64, flatten_head=True).eval()
     assert model.head.fc.in_features == 512 * 2 * 2

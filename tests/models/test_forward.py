@@ -18,6 +18,7 @@ def _params():
 
 @pytest.mark.parametrize("name", list(_params()))
 @pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.slow
 def test_forward_backward_at_min_size(name, in_chans):
     torch.manual_seed(0)
     size = min_size(name)

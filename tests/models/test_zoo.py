@@ -1,8 +1,11 @@
 """The table behind `medscope models`."""
 
+import pytest
+
 from medscope.models import CLASSIC_TIMM, zoo_table
 
 
+@pytest.mark.slow
 def test_zoo_table_lists_own_and_classic_timm_models():
     rows = {r["name"]: r for r in zoo_table(224)}
     own = {"simple_cnn", "lenet5", "alexnet", "plain18", "plain34", "vit_seed"}
@@ -13,6 +16,7 @@ def test_zoo_table_lists_own_and_classic_timm_models():
     assert abs(rows["resnet50"]["gmacs"] - 4.11) < 0.12
 
 
+@pytest.mark.slow
 def test_zoo_table_pattern_and_too_small_sizes():
     rows = {r["name"]: r for r in zoo_table(64, "*incep*")}
     assert "inception_v3" in rows and "inception_v4" in rows  # any timm name with a pattern

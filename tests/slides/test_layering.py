@@ -6,11 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 FORBIDDEN = ("torch", "matplotlib.pyplot", "medscope.predict", "medscope.train",
              "medscope.serve", "medscope.cli", "medscope.api", "medscope.report",
              "medscope.explain")
 
 
+@pytest.mark.slow
 def test_slides_and_new_evaluate_modules_import_nothing_above_them():
     code = ("import sys; import medscope.slides.diagnose, medscope.slides.outputs, "
             "medscope.evaluate.groups, medscope.evaluate.ood; "

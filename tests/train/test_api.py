@@ -106,6 +106,7 @@ def test_callbacks_see_each_saved_epoch_with_the_weights_that_were_saved(image_f
         torch.testing.assert_close(seen[-1][3][key], value)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(image_folder, tmp_path, monkeypatch):
     full = train(tiny_config(image_folder, tmp_path / "full", **{"train.epochs": 3}),
                  progress=False)
@@ -161,6 +162,7 @@ def test_training_calibrates_and_evaluation_reports_cis(trained_run):
         assert (trained_run.root / png).is_file()
 
 
+@pytest.mark.slow
 def test_track_mlflow_mirrors_a_cli_run(image_folder, tmp_path):
     pytest.importorskip("mlflow")
     from medscope.cli import main

@@ -150,6 +150,7 @@ def _evaluate_shard(rank: int, world: int, port: int, run_root: str, tmp: str) -
         ctx.destroy()
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_gives_the_single_process_confusion_matrix(trained_run,
                                                                           tmp_path):
     predictor = Predictor.load(trained_run.root, precision="fp32", device="cpu")
@@ -180,6 +181,7 @@ def _torchrun(*args: str, command: str = "train") -> subprocess.CompletedProcess
                           env=env, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.slow
 def test_torchrun_cv_writes_each_fold_and_the_summary_once(image_folder, tmp_path):
     out = tmp_path / "cv"
     done = _torchrun("--data", str(image_folder), "--img-size", "32", "--epochs", "1",
@@ -213,6 +215,7 @@ def colours_120(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_resume_and_write_one_run(colours_120, tmp_path):
     settings = ["--img-size", "32", "--model", "simple_cnn", "--batch-size", "8", "--lr",
                 "1e-3", "--device", "cpu", "--precision", "fp32"]

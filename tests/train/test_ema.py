@@ -71,6 +71,7 @@ def test_best_checkpoint_holds_the_average_and_last_the_raw_weights(image_folder
     assert not any(k.startswith(EMA_PREFIX) for k in best)
 
 
+@pytest.mark.slow
 def test_resumed_ema_run_is_the_uninterrupted_one(image_folder, tmp_path, monkeypatch):
     extra = {"train.ema": 0.9, "train.epochs": 3, "train.scheduler": "onecycle",
              "train.precision": "fp32"}
@@ -88,6 +89,7 @@ def test_resumed_ema_run_is_the_uninterrupted_one(image_folder, tmp_path, monkey
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
+@pytest.mark.slow
 def test_cli_takes_ema_and_scheduler(image_folder, tmp_path):
     from medscope.cli import main
 

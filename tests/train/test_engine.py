@@ -52,6 +52,7 @@ def test_cpu_optimizers_are_fused_and_step_as_the_per_tensor_loop(name):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same maths, other rounding
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical_after_training(image_folder, tmp_path):
     cfg = tiny_config(image_folder, tmp_path / "frozen", **{"train.freeze": "backbone"})
     run = train(cfg, progress=False)
@@ -64,6 +65,7 @@ def test_frozen_backbone_is_bit_identical_after_training(image_folder, tmp_path)
     assert not torch.equal(trained["head.4.weight"], initial["head.4.weight"])
 
 
+@pytest.mark.slow
 def test_unfreeze_at_trains_the_backbone_later(image_folder, tmp_path):
     torch.manual_seed(0)
     initial = create_model("simple_cnn", 3, img_size=32).state_dict()
@@ -92,6 +94,7 @@ def _sgd_weights(image_folder, out, **extra):
     return initial, model_state(load_checkpoint(run.last)[0])["features.0.weight"]
 
 
+@pytest.mark.slow
 def test_clip_grad_bounds_every_step(image_folder, tmp_path):
     # SGD moves a weight by at most lr x (clipped norm) x (1 + momentum terms) per step, so a tiny
     # clip keeps the weights within a hair of their start; without it they move visibly.
@@ -143,6 +146,7 @@ def test_a_tie_of_the_monitored_score_goes_to_the_lower_validation_loss():
                          higher_is_better=True)
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_the_best_f1_then_the_lowest_loss(image_folder, tmp_path):
     import csv
 

@@ -72,6 +72,7 @@ def test_refused_for_a_fixed_size_head_or_a_start_not_below_full(image_folder, t
     assert not (tmp_path / "cli").exists()
 
 
+@pytest.mark.slow
 def test_a_progressive_run_finishes_and_evaluates(image_folder, tmp_path):
     run = train(tiny_config(image_folder, tmp_path / "prog", **{
         "model.name": "resnet18", "data.img_size": 48, "train.epochs": 2,

@@ -105,6 +105,7 @@ def test_summary_mean_and_std_are_numpys_over_fold_rows(cv_dir):
     assert "Standard deviation" in page and "<style>" in page
 
 
+@pytest.mark.slow
 def test_interrupted_cv_continues_without_retraining_finished_folds(tmp_path, monkeypatch):
     import medscope.workflows.training as trainer
 

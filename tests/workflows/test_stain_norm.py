@@ -75,6 +75,7 @@ def test_predict_gives_the_probabilities_of_the_predictor_applying_it(stain_run,
     assert np.abs(bare.probs_from_pixels(_pixels(images)) - want).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_onnx_export_folds_it_in_and_matches_pytorch(stain_run, images, tmp_path):
     path = export_onnx(stain_run.root, tmp_path / "onnx")
     meta = json.loads(path.with_name("model.json").read_text())

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
+from pydantic.fields import PydanticUndefined
 
 log = logging.getLogger("medscope")
 

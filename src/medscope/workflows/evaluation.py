@@ -21,7 +21,7 @@ from medscope.evaluate.decisions import ReferRule, Rules, refer_flag, rules_for
 from medscope.evaluate.groups import group_level_for, group_unit, sample_groups
 from medscope.evaluate.ood import fit_ood
 from medscope.evaluate.summary import NOT_FITTED, evaluation_metrics, fit_on_validation
-from medscope.novelty import UNLIKE_TRAINING, ood_checks, unusual
+from medscope.novelty import OOD_FEATURES, UNLIKE_TRAINING, ood_checks, unusual
 from medscope.predictor import Predictor, tta_logits
 from medscope.report.curves import write_evaluation_plots
 from medscope.report.html import render_report
@@ -288,9 +288,9 @@ OOD_TRAIN_IMAGES = 2000  # training images whose features fit the OOD check: ple
 def fit_ood_check(predictor: Predictor, data: PreparedData, *, temperature: float = 1.0,
                   seed: int = 0) -> dict[str, Any] | None:
     """The "unlike the training images" check stored in the checkpoint (``evaluate.ood``):
-    Mahalanobis distance on the classifier's input features of up to ``OOD_TRAIN_IMAGES``
-    training images, its threshold flagging 5 % of validation images; the energy score of
-    the logits for a model without a Linear classifier. None without enough images."""
+    Mahalanobis distance on the feature-map statistics (``Predictor.features_from_pixels``)
+    of up to ``OOD_TRAIN_IMAGES`` training images, its threshold flagging 5 % of validation
+    images. None without enough images or a feature map."""
     train, val = data.pixels["train"], data.pixels["val"]
     if len(train) < 3 or len(val) < 3:
         return None
@@ -299,7 +299,7 @@ def fit_ood_check(predictor: Predictor, data: PreparedData, *, temperature: floa
     train_features, _ = predictor.features_from_pixels(np.asarray(train[pick]))
     val_features, val_logits = predictor.features_from_pixels(np.asarray(val))
     if train_features is None or val_features is None:
-        return fit_ood(method="energy", val_logits=val_logits, temperature=temperature)
+        return None  # no feature map to measure: predict could not apply the check either
     labels = None if predictor.multilabel else np.asarray(data.labels("train"))[pick]
-    return fit_ood(train_features=train_features, train_labels=labels,
-                   val_features=val_features)
+    return {**fit_ood(train_features=train_features, train_labels=labels,
+                      val_features=val_features), "features": OOD_FEATURES}
