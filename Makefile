@@ -3,11 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-<<<<<<< HEAD
-.PHONY: install browser demo test test-fast lint wheel-smoke clean
-=======
-.PHONY: install browser demo test lint wheel-smoke lowest-direct clean
->>>>>>> issue44
+.PHONY: install browser demo test test-fast lint wheel-smoke lowest-direct clean
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -39,7 +35,12 @@ test: $(STAMP) browser
 wheel-smoke: $(STAMP)
 	DEPS_VENV=$(CURDIR)/$(VENV) .ci/wheel-smoke
 
-<<<<<<< HEAD
+# The dependency floors: every direct dependency at the lowest version pyproject.toml allows
+# (uv's --resolution lowest-direct; torch borrowed from .venv), then a smoke subset of the tests.
+# Needs a package index and uv (`.venv/bin/pip install uv`); about 6 min on 2 cores.
+lowest-direct: $(STAMP)
+	DEPS_VENV=$(CURDIR)/$(VENV) .ci/lowest-direct
+
 # Everyday work: every test not marked slow (under 3 minutes on 2 cores). `make test` and CI
 # run the whole suite.
 test-fast: $(STAMP)
@@ -47,14 +48,6 @@ test-fast: $(STAMP)
 	TMPDIR=$(CURDIR)/.tmp $(BIN)/python -m pytest -q -m "not slow" --basetemp=$(CURDIR)/.tmp/pytest-fast
 
 # ruff, and the layer contract of docs/architecture.md (import-linter, declared in pyproject.toml).
-=======
-# The dependency floors: every direct dependency at the lowest version pyproject.toml allows
-# (uv's --resolution lowest-direct; torch borrowed from .venv), then a smoke subset of the tests.
-# Needs a package index and uv (`.venv/bin/pip install uv`); about 6 min on 2 cores.
-lowest-direct: $(STAMP)
-	DEPS_VENV=$(CURDIR)/$(VENV) .ci/lowest-direct
-
->>>>>>> issue44
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports pyproject.toml
