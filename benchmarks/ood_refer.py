@@ -94,7 +94,6 @@ def demo_part(args: argparse.Namespace, work: Path) -> dict:
         foreign = pick_images(blood, args.foreign, args.seed)
         part["foreign"] = report(f"demo model, {args.foreign} blood-cell images", run, foreign)
         part["foreign"]["source"] = str(blood)
-        part["variant_conv_stats"] = conv_stats_variant(run, own, foreign)
     else:
         part["foreign"] = skipped(blood)
     part["edge"] = edge_cases(run, work / "edge")
@@ -114,7 +113,6 @@ def blood_part(args: argparse.Namespace, work: Path) -> dict:
         part["foreign"] = report(f"blood-cell model, {args.foreign} DeFungi images", run,
                                  foreign)
         part["foreign"]["source"] = str(fungi)
-        part["variant_conv_stats"] = conv_stats_variant(run, own, foreign)
     else:
         part["foreign"] = skipped(fungi)
     part["edge"] = edge_cases(run, work / "edge")
@@ -241,57 +239,6 @@ def edge_cases(run: Path, folder: Path) -> dict:
         print(f"  {name}: refer {row.get('refer_to_expert')!r}, reason "
               f"{row.get('refer_reason') or row.get('error')!r}")
     return out
-
-
-def conv_stats_variant(run: Path, own: list[Path], foreign: list[Path]) -> dict:
-    """The check on other features, for comparison (not what predict uses): the per-channel
-    mean and standard deviation over space of the last convolutional feature map (the input
-    of ``model.head``) instead of the classifier's input (after the final ReLU, mostly zeros
-    in a small CNN). Fitted as ``fit_ood_check`` fits the stored one: class-conditional
-    Mahalanobis (32 dims) on up to 2,000 training images, threshold flagging 5 % of the
-    validation images; applied to the images whole, as they are not tiled."""
-    import torch
-
-    from medscope.data.prepare import run_split
-    from medscope.data.sources import Sample
-    from medscope.evaluate.ood import fit_ood, ood_flags
-    from medscope.predictor import Predictor
-    from medscope.run import RunDir
-
-    predictor = Predictor.load(run)
-    head = getattr(predictor.model, "head", None)
-    if not isinstance(head, torch.nn.Module):
-        return {"skipped": "the model has no `head` module to read the feature map from"}
-    captured: list[torch.Tensor] = []
-
-    def grab(_module, inputs):
-        x = inputs[0].detach().float()
-        captured.append(torch.cat([x.mean((2, 3)), x.std((2, 3))], 1).cpu())
-
-    def features(samples) -> tuple[np.ndarray, np.ndarray]:
-        captured.clear()
-        decoded = predictor.decode(samples, progress=False)
-        predictor.features_from_pixels(np.asarray(decoded.pixels))
-        labels = np.array([samples[i].label for i in decoded.kept])
-        return torch.cat(captured).numpy(), labels
-
-    handle = head.register_forward_pre_hook(grab)
-    try:
-        classes = list(predictor.classes)
-        train, _, _ = run_split(RunDir(run), classes, "train")
-        pick = np.random.default_rng(0).choice(len(train), min(len(train), 2000), replace=False)
-        train_x, train_y = features([train[i] for i in np.sort(pick)])
-        val_x, _ = features(run_split(RunDir(run), classes, "val")[0])
-        state = fit_ood(train_features=train_x, train_labels=train_y, val_features=val_x)
-        shares = {name: float(np.mean(ood_flags(state, features=features(
-            [Sample(f, -1) for f in files])[0]))) for name, files in
-            (("own_flagged_share", own), ("foreign_flagged_share", foreign))}
-    finally:
-        handle.remove()
-    print(f"  variant (conv feature-map channel mean+std): own {shares['own_flagged_share']:.1%}"
-          f" flagged, foreign {shares['foreign_flagged_share']:.1%}")
-    return {"features": "last conv feature map, per-channel mean and std over space",
-            "dims": state["dims"], **{k: round(v, 4) for k, v in shares.items()}}
 
 
 if __name__ == "__main__":
