@@ -214,8 +214,7 @@ def test_truncated_large_upload_is_one_line(client, micrograph):
 def test_overlapping_tiles_show_their_mean_not_the_last_painted():
     from types import SimpleNamespace
 
-    from medscope.serve.tiled import mean_heat
-    from medscope.slides.outputs import heat_overlay
+    from medscope.slides.outputs import heat_overlay, mean_heat
     from medscope.slides.tiling import TileRecord
 
     def tile(x, y, p=None, verdict="ok"):

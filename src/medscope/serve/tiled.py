@@ -22,6 +22,7 @@ from medscope.novelty import BLANK, DEGENERATE, GLANCE, MAX_ASPECT, MIN_SIDE, is
 from medscope.predictor import Classifier
 from medscope.slides.aggregate import ReferRule
 from medscope.slides.diagnose import SlideResult
+from medscope.slides.outputs import mean_heat
 from medscope.slides.readers import SlideReader, TileReadError
 
 DECISIVE = 4  # tiles shown beside the heat map
@@ -129,34 +130,6 @@ def tile_json(tile) -> dict[str, Any]:
     return {"x": tile.x, "y": tile.y, "size": tile.size, "verdict": tile.verdict,
             "detail": tile.detail, "unusual": bool(tile.unusual),
             "probs": None if tile.probs is None else [round(float(p), 4) for p in tile.probs]}
-
-
-def mean_heat(result: SlideResult, class_index: int | None) -> np.ndarray:
-    """Thumbnail-sized map of ``class_index``'s probability, each pixel the mean over the
-    aggregated tiles covering it (tiles overlap when the stride is smaller than the tile:
-    painting the last tile over the others would show one arbitrary tile's value); -2 where
-    the only classified tiles were flagged unlike the training images; -1 where tiles were
-    read but none classified; NaN where nothing was read. ``heat_overlay``'s map when tiles
-    do not overlap and none is flagged."""
-    rows, cols = result.thumbnail.shape[:2]
-    sx, sy = cols / result.width, rows / result.height
-    total, kept = np.zeros((rows, cols)), np.zeros((rows, cols))
-    read, flagged = np.zeros((rows, cols), bool), np.zeros((rows, cols), bool)
-    for t in result.tiles:
-        x0, y0 = int(t.x * sx), int(t.y * sy)
-        x1 = max(x0 + 1, int(round((t.x + t.size) * sx)))
-        y1 = max(y0 + 1, int(round((t.y + t.size) * sy)))
-        read[y0:y1, x0:x1] = True
-        if t.probs is not None and t.unusual:
-            flagged[y0:y1, x0:x1] = True
-        elif t.probs is not None and class_index is not None:
-            total[y0:y1, x0:x1] += float(t.probs[class_index])
-            kept[y0:y1, x0:x1] += 1
-    heat = np.full((rows, cols), np.nan)
-    heat[read] = -1.0
-    heat[flagged] = -2.0
-    np.divide(total, kept, out=heat, where=kept > 0)
-    return heat
 
 
 def overlay_png(result: SlideResult) -> bytes | None:

@@ -68,19 +68,40 @@ def write_tiles_csv(result: SlideResult, path: Path | str) -> Path:
 
 
 def heat_overlay(result: SlideResult, class_index: int | None) -> np.ndarray:
-    """Thumbnail-sized map: the class probability where a tile was kept, NaN elsewhere;
-    -1 where a tile was read and dropped, failed or flagged unusual (drawn grey), or
-    everywhere read when ``class_index`` is None (no tile was classified)."""
-    thumb = result.thumbnail
-    rows, cols = thumb.shape[:2]
+    """Thumbnail-sized map: the class probability where a classified tile covers the pixel
+    (the mean over the tiles covering it: tiles overlap when the stride is smaller than the
+    tile), -1 where tiles were read but none aggregated (dropped, failed or unlike the
+    training images: drawn grey), NaN where nothing was read."""
+    heat = mean_heat(result, class_index)
+    heat[heat == -2.0] = -1.0
+    return heat
+
+
+def mean_heat(result: SlideResult, class_index: int | None) -> np.ndarray:
+    """Thumbnail-sized map of ``class_index``'s probability, each pixel the mean over the
+    aggregated tiles covering it (tiles overlap when the stride is smaller than the tile:
+    painting the last tile over the others would show one arbitrary tile's value); -2 where
+    the only classified tiles were flagged unlike the training images; -1 where tiles were
+    read but none classified; NaN where nothing was read. ``heat_overlay``'s map when tiles
+    do not overlap and none is flagged."""
+    rows, cols = result.thumbnail.shape[:2]
     sx, sy = cols / result.width, rows / result.height
-    heat = np.full((rows, cols), np.nan)
+    total, kept = np.zeros((rows, cols)), np.zeros((rows, cols))
+    read, flagged = np.zeros((rows, cols), bool), np.zeros((rows, cols), bool)
     for t in result.tiles:
         x0, y0 = int(t.x * sx), int(t.y * sy)
         x1 = max(x0 + 1, int(round((t.x + t.size) * sx)))
         y1 = max(y0 + 1, int(round((t.y + t.size) * sy)))
-        grey = t.probs is None or t.unusual or class_index is None  # not aggregated
-        heat[y0:y1, x0:x1] = -1.0 if grey else float(t.probs[class_index])
+        read[y0:y1, x0:x1] = True
+        if t.probs is not None and t.unusual:
+            flagged[y0:y1, x0:x1] = True
+        elif t.probs is not None and class_index is not None:
+            total[y0:y1, x0:x1] += float(t.probs[class_index])
+            kept[y0:y1, x0:x1] += 1
+    heat = np.full((rows, cols), np.nan)
+    heat[read] = -1.0
+    heat[flagged] = -2.0
+    np.divide(total, kept, out=heat, where=kept > 0)
     return heat
 
 
