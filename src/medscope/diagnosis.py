@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -79,17 +79,19 @@ def tile_plan(models: list[Classifier], tiles: str, tile_size: int | None = None
     return TilePlan(int(size), int(stride or size), scale.get("mpp"))
 
 
-def wants_tiles(path: Path, plan: TilePlan | None, tiles: str) -> bool:
-    """Whether ``path`` is tiled under ``plan`` (the rule of the module docstring)."""
+def wants_tiles(source: Path | BinaryIO, plan: TilePlan | None, tiles: str) -> bool:
+    """Whether ``source`` (a path, or an upload's bytes as a file object, never a whole-slide
+    file) is tiled under ``plan`` (the rule of the module docstring)."""
     if plan is None:
         return False
-    if tiles == "on" or Path(path).suffix.lower() in WSI_EXTENSIONS:
+    is_wsi = isinstance(source, str | Path) and Path(source).suffix.lower() in WSI_EXTENSIONS
+    if tiles == "on" or is_wsi:
         return True
-    side = _smaller_side(Path(path))
+    side = _smaller_side(source)
     return side is not None and side >= TILE_FACTOR * plan.tile_px
 
 
-def _smaller_side(path: Path) -> int | None:
+def _smaller_side(path: Path | BinaryIO) -> int | None:
     try:
         with Image.open(path) as img:  # the header only
             return min(img.size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -62,10 +62,15 @@ def image_problem(pixels: np.ndarray) -> str | None:
     whole images that are legitimately dark, such as chest X-rays. ``pixels``: H x W x C uint8
     as decoded, before any resize."""
     height, width = pixels.shape[:2]
-    if min(height, width) < MIN_SIDE or max(height, width) / max(min(height, width), 1) \
-            > MAX_ASPECT:
+    if is_degenerate(width, height):
         return DEGENERATE
     return BLANK if is_blank(pixels) else None
+
+
+def is_degenerate(width: int, height: int) -> bool:
+    """Too thin to hold a specimen: under ``MIN_SIDE`` or more than ``MAX_ASPECT`` to one."""
+    return min(height, width) < MIN_SIDE or max(height, width) / max(min(height, width), 1) \
+        > MAX_ASPECT
 
 
 def is_blank(pixels: np.ndarray) -> bool:
@@ -73,9 +78,10 @@ def is_blank(pixels: np.ndarray) -> bool:
     return pixels.size == 0 or float(np.asarray(pixels, np.float32).std()) < BLANK_STD
 
 
-def file_problem(path: Path) -> str | None:
-    """``image_problem`` of an image file, from its header and a small thumbnail (a JPEG is
-    decoded at reduced scale), None where Pillow cannot read it (DICOM: decoding decides)."""
+def file_problem(path: Path | BinaryIO) -> str | None:
+    """``image_problem`` of an image file (a path, or an upload's bytes as a file object),
+    from its header and a small thumbnail (a JPEG is decoded at reduced scale), None where
+    Pillow cannot read it (DICOM: decoding decides)."""
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -85,7 +91,6 @@ def file_problem(path: Path) -> str | None:
             pixels = np.asarray(small)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    if min(height, width) < MIN_SIDE or max(height, width) / max(min(height, width), 1) \
-            > MAX_ASPECT:
+    if is_degenerate(width, height):
         return DEGENERATE
     return BLANK if is_blank(pixels) else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import io
 import logging
 import threading
 from collections.abc import AsyncGenerator, Sequence
@@ -37,7 +38,14 @@ from medscope.data.io import BadImageError, open_image_bytes, read_image_bytes
 from medscope.diagnosis import TILE_MODES, TilePlan, tile_plan, wants_tiles
 from medscope.errors import MedscopeError, first_line
 from medscope.evaluate.decisions import Rules, check_abstain_below, rules_for
-from medscope.novelty import BLANK, DEGENERATE, UNLIKE_TRAINING, ood_checks, unusual
+from medscope.novelty import (
+    BLANK,
+    DEGENERATE,
+    UNLIKE_TRAINING,
+    file_problem,
+    ood_checks,
+    unusual,
+)
 from medscope.predictor import Predictor, checkpoint_stem, model_outputs
 from medscope.run import RunDir, read_json
 from medscope.serve.slidedir import SlideDir, SlideRefused
@@ -45,8 +53,6 @@ from medscope.serve.tiled import (
     decisive_tiles,
     diagnose_reader,
     tiled_json,
-    upload_problem,
-    upload_wants_tiles,
 )
 from medscope.slides.aggregate import LOW_CONFIDENCE
 from medscope.slides.readers import WSI_EXTENSIONS, PillowReader, SlideReader, open_reader
@@ -144,7 +150,7 @@ class ServedModel:
                        with_heatmap: bool = True) -> dict[str, Any]:
         """An upload: tiled when large (the rule of ``medscope.diagnosis``), else whole."""
         plan = self.plan(tiles)
-        if plan is None or not upload_wants_tiles(data, plan, tiles):
+        if plan is None or not wants_tiles(io.BytesIO(data), plan, tiles):
             return {**self.predict(data, with_heatmap), "tiled": False}
         try:
             image = open_image_bytes(data)
@@ -205,8 +211,8 @@ class ServedModel:
             top = int(probs.argmax())
             heat = heatmap_png(p, pixels, top) if with_heatmap else None
         flags = unusual(checks, [o[1] for o in outs])
-        reason = upload_problem(data) or (UNLIKE_TRAINING if flags is not None and flags[0]
-                                          else None)
+        odd = flags is not None and bool(flags[0])
+        reason = file_problem(io.BytesIO(data)) or (UNLIKE_TRAINING if odd else None)
         result = {**self.decide(probs, reason),
                   "probabilities": {c: float(x) for c, x in zip(p.classes, probs, strict=True)},
                   "model": {"id": self.id, "name": self.name,

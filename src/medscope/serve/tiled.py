@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medscope.diagnosis import TILE_FACTOR, TilePlan, diagnose_path, tiled_row
+from medscope.diagnosis import TilePlan, diagnose_path, tiled_row
 from medscope.evaluate.decisions import Rules
-from medscope.novelty import BLANK, DEGENERATE, GLANCE, MAX_ASPECT, MIN_SIDE, is_blank
 from medscope.predictor import Classifier
 from medscope.slides.aggregate import ReferRule
 from medscope.slides.diagnose import SlideResult
@@ -31,46 +30,6 @@ THUMBNAIL_PX = 1024  # the image the heat map is drawn over when the page has no
 BATCH_SIZE = 64
 DROPPED_RGBA = (128, 128, 128, 255)  # tiles read and dropped (or failed): grey, as predict's PNG
 UNUSUAL_RGBA = (214, 39, 40, 255)  # classified but unlike the training images: not aggregated
-
-
-def upload_side(data: bytes) -> int | None:
-    """The smaller side of an uploaded image from its header (nothing decoded); None when
-    Pillow cannot tell (DICOM, damage: decoding reports it), as ``wants_tiles`` does."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return min(img.size)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-
-
-def upload_problem(data: bytes) -> str | None:
-    """``medscope.novelty.file_problem`` for bytes in memory: a degenerate shape or a blank
-    frame, judged on the header's size and a small thumbnail; None when it may hold a
-    specimen (or Pillow cannot read it: DICOM, where decoding decides)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            img.draft("RGB", (GLANCE, GLANCE))
-            small = img.convert("RGB")
-            small.thumbnail((GLANCE, GLANCE))
-            pixels = np.asarray(small)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    if min(width, height) < MIN_SIDE or max(width, height) / max(min(width, height), 1) \
-            > MAX_ASPECT:
-        return DEGENERATE
-    return BLANK if is_blank(pixels) else None
-
-
-def upload_wants_tiles(data: bytes, plan: TilePlan | None, tiles: str) -> bool:
-    """``medscope.diagnosis.wants_tiles`` for bytes in memory: the same rule on the size the
-    image's header states (an upload is never a whole-slide file)."""
-    if plan is None:
-        return False
-    if tiles == "on":
-        return True
-    side = upload_side(data)
-    return side is not None and side >= TILE_FACTOR * plan.tile_px
 
 
 def diagnose_reader(models: Sequence[Classifier], reader: SlideReader, plan: TilePlan, *,
