@@ -87,7 +87,7 @@ class PredictOptions(_Options):
     tta: bool = Field(False, description="average over the 8 flips/rotations of each image")
     top_k: int = Field(3, ge=1, description="classes in the top_k column")
     abstain_below: Probability | None = Field(
-        None, description="refer_to_expert when the top probability is below P (default: the "
+        None, description="refer_to_expert when the confidence is below P (default: the "
         "checkpoint's selective threshold if any; 0 = off)")
     batch_size: int = Field(64, ge=1, description="images per forward pass")
     backend: Literal["torch", "onnx", "onnx-int8"] = Field(

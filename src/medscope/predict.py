@@ -5,6 +5,7 @@ write one CSV row per image. One model's inference lives in ``medscope.predictor
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,21 +97,21 @@ def predict_files(
     rules = rules_for([m.meta for m in models], abstain_below)
     paths = collect_images(inputs)
     plan = tile_plan(models, tiles, tile_size)
-    tiled = [p for p in paths if wants_tiles(p, plan, tiles)]
+    names = _tile_output_names(paths, [p for p in paths if wants_tiles(p, plan, tiles)])
     bar = _progress_bar(len(paths), progress)
-    by_path = _whole_image_rows(models, [p for p in paths if p not in set(tiled)], rules,
+    by_path = _whole_image_rows(models, [p for p in paths if p not in names], rules,
                                 top_k, tta, batch_size, bar)
-    for path in tiled:
+    for path, name in names.items():
         result = diagnose_path(models, path, plan, tta=tta, batch_size=batch_size,
                                aggregation=aggregation)
         by_path[path] = tiled_row(result, rules, top_k)
         if tiles_dir is not None:
-            write_tile_outputs(result, Path(tiles_dir), _output_name(path, paths))
+            write_tile_outputs(result, Path(tiles_dir), name)
         bar.update(1)
     bar.close()
     rows = [by_path[p] for p in paths]
     if out_csv is not None:
-        _write_rows(out_csv, rows, models[0].classes, tiled=bool(tiled))
+        _write_rows(out_csv, rows, models[0].classes, tiled=bool(names))
     return rows
 
 
@@ -153,11 +154,13 @@ def _whole_image_rows(models: list[Classifier], paths: list[Path], rules: Rules,
     return rows
 
 
-def _output_name(path: Path, paths: list[Path]) -> str:
-    """A file name for ``path``'s tile outputs, unique among ``paths`` (its stem, prefixed
-    by its index when two inputs share a stem)."""
-    stems = [p.stem for p in paths]
-    return path.stem if stems.count(path.stem) == 1 else f"{paths.index(path):05d}-{path.stem}"
+def _tile_output_names(paths: list[Path], tiled: list[Path]) -> dict[Path, str]:
+    """The tiled inputs, in input order, with a file name for their tile outputs: the stem,
+    prefixed by the input's index where two tiled inputs share it (each class folder of a
+    dataset may hold a ``slide_0000``)."""
+    counts = Counter(p.stem for p in tiled)
+    index = {p: i for i, p in enumerate(paths)}
+    return {p: p.stem if counts[p.stem] == 1 else f"{index[p]:05d}-{p.stem}" for p in tiled}
 
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
