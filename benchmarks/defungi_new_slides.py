@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import time
@@ -42,6 +43,7 @@ GOALS = {"patch_accuracy_mean": 0.85, "group_accuracy_mean": 0.95, "budget_s_per
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     command = "python benchmarks/defungi_new_slides.py " + shlex.join(argv or sys.argv[1:])
     machine = describe_machine()
     print(f"# {RECIPE}: 5-fold CV grouped by micrograph\n{machine}")
