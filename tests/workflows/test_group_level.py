@@ -184,7 +184,8 @@ def test_cv_summary_has_group_columns_and_pooled_groups(tmp_path):
     assert "Pooled out-of-fold per micrograph, 4 micrographs" in (
         out / "cv_summary.md").read_text()
     page = (out / "cv_report.html").read_text()
-    assert "group_accuracy" in page and "per micrograph" in page
+    assert "<th>per micrograph: balanced accuracy</th>" in page
+    assert page.count("Pooled out-of-fold") == 2  # patches and micrographs, a paragraph each
 
 
 def test_cv_summary_without_groups_keeps_its_columns(tmp_path):

@@ -13,17 +13,27 @@ from medscope.run import atomic_write_text
 
 
 def render_cv_report(out: Path, title: str, header: Sequence[str],
-                     table: Sequence[Sequence[object]], folds: int, pooled: str = "") -> Path:
-    """Write ``out/cv_report.html``; returns its path."""
+                     table: Sequence[Sequence[object]], folds: int,
+                     pooled: Sequence[str] = (), unit: str | None = None) -> Path:
+    """Write ``out/cv_report.html``; returns its path. ``pooled``: sentences, a paragraph each;
+    ``unit``: what a group is (micrograph, patient), named in the ``group_*`` headers."""
     page = render_page(
         "cv.html", title=title,
-        table=_table(header, table),
-        pooled=f"<p>{html.escape(pooled)}</p>" if pooled else "",
+        table=f'<div class="wide">{_table([_heading(h, unit) for h in header], table)}</div>',
+        pooled="\n".join(f"<p>{html.escape(s)}</p>" for s in pooled),
         links="\n".join(_fold_link(out, k) for k in range(1, folds + 1)),
     )
     path = Path(out) / "cv_report.html"
     atomic_write_text(path, page)
     return path
+
+
+def _heading(column: str, unit: str | None) -> str:
+    """``group_f1_macro`` -> ``per micrograph: f1 macro``: the CSV keeps its column names, the
+    page says which unit; underscores become spaces so long headers can wrap."""
+    if column.startswith("group_"):
+        column = f"per {unit or 'group'}: {column[len('group_'):]}"
+    return column.replace("_", " ")
 
 
 def _fold_link(out: Path, k: int) -> str:

@@ -206,7 +206,7 @@ def write_summary(out: Path, config: RunConfig, folds: int) -> Path:
     sentences = _pooled_sentences(pooled)
     lines += [line for sentence in sentences for line in ("", sentence)]
     atomic_write_text(out / "cv_summary.md", "\n".join(lines) + "\n")
-    render_cv_report(out, lines[0], header, table, folds, pooled=" ".join(sentences))
+    render_cv_report(out, lines[0], header, table, folds, pooled=sentences, unit=unit)
     return out
 
 
