@@ -18,6 +18,7 @@ from tests.conftest import tiny_config
 
 # Columns that only a CV directory or an ensemble has (a single run has no spread over folds).
 CV_ONLY = {"accuracy_std", "folds", "members"}
+WITH_GROUPS_ONLY = {"group_unit", "group_accuracy", "group_accuracy_std"}
 
 
 def _add_lead_keys(metrics_path, seed: int) -> dict:
@@ -71,7 +72,7 @@ def test_two_runs_fill_every_column(two_runs):
     assert [r["model"] for r in rows] == ["simple_cnn", "lenet5"]
     for row in rows:
         assert list(row) == COLUMNS
-        empty = [c for c in COLUMNS if row[c] is None and c not in CV_ONLY]
+        empty = [c for c in COLUMNS if row[c] is None and c not in CV_ONLY | WITH_GROUPS_ONLY]
         assert not empty, f"{row['name']}: empty {empty}"
         assert row["latency_ms"] > 0 and row["throughput_img_s"] > 0
         assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
@@ -157,6 +158,21 @@ def test_cv_dir_is_mean_and_std_over_folds(two_runs, tmp_path, with_summary_stat
         sum(training_seconds(cv / f"fold_{k}" / "history.csv") for k in (1, 2)))
 
 
+def test_cv_dir_with_groups_shows_accuracy_per_group(two_runs, tmp_path):
+    from medscope.report.compare import header_for, markdown_table
+
+    cv, _ = _cv_dir(two_runs, tmp_path / "cv")
+    summary = json.loads((cv / "cv_summary.json").read_text())
+    summary["mean"]["group_accuracy"], summary["std"]["group_accuracy"] = 0.8, 0.05
+    summary["group_unit"] = "micrograph"
+    (cv / "cv_summary.json").write_text(json.dumps(summary))
+    rows = compare_runs([cv, two_runs[0]], latency_repeats=1)
+    assert rows[0]["group_accuracy"] == 0.8 and rows[0]["group_unit"] == "micrograph"
+    assert header_for(rows)[-1] == "accuracy per group"
+    assert "0.8000 ± 0.0500 per micrograph |" in markdown_table(rows)
+    assert header_for(rows[1:])[-1] == "ECE"  # no run with groups: no empty column
+
+
 def test_not_a_run_is_named_before_measuring(trained_run, tmp_path, monkeypatch):
     import medscope.workflows.compare as compare
 
@@ -184,7 +200,7 @@ def test_cli_writes_three_files_and_prints_the_table(two_runs, tmp_path, capsys)
     with (out / "comparison.csv").open(newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [r["model"] for r in table] == ["simple_cnn", "lenet5"]
-    assert all(table[0][c] != "" for c in COLUMNS if c not in CV_ONLY)
+    assert all(table[0][c] != "" for c in COLUMNS if c not in CV_ONLY | WITH_GROUPS_ONLY)
     assert (out / "comparison.md").read_text().startswith("| run | model |")
     page = (out / "comparison.html").read_text()
     assert "data:image/png;base64," in page and "lenet5" in page and "$" not in page

@@ -22,7 +22,7 @@ COLUMNS = [
     "name", "kind", "model", "img_size", "params", "gmacs", "checkpoint_mb", "precision",
     "threads", "latency_ms", "throughput_img_s", "train_seconds", "n", "folds", "members",
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high", "f1_macro",
-    "roc_auc_macro", "ece", "path",
+    "roc_auc_macro", "ece", "group_unit", "group_accuracy", "group_accuracy_std", "path",
 ]
 THROUGHPUT_BATCH = 32
 
@@ -39,7 +39,7 @@ def render_comparison(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Write the comparison page to ``path``; returns it."""
     page = render_page(
         "compare.html", title=f"medscope comparison of {len(rows)} run(s)",
-        table=_table(MD_HEADER, [display_cells(r) for r in rows]),
+        table=f'<div class="wide">{_table(header_for(rows), cells_for(rows))}</div>',
         measured=html.escape(measured_on(rows)),
         plots=_png_img(accuracy_scatter(rows), "accuracy vs latency and vs parameters"),
     )
@@ -113,7 +113,33 @@ def display_cells(row: dict[str, Any]) -> list[str]:
     return [name, row["model"], f"{row['params']:,}", _f(row["gmacs"], 4),
             _f(row["checkpoint_mb"], 2), _f(row["latency_ms"], 2),
             _f(row["throughput_img_s"], 0), _f(row["train_seconds"], 1), acc, ci,
-            _f(row["f1_macro"], 4), _f(row["roc_auc_macro"], 4), _f(row["ece"], 4)]
+            _f(row["f1_macro"], 4), _f(row["roc_auc_macro"], 4), _f(row["ece"], 4),
+            _group_cell(row)]
+
+
+def _group_cell(row: dict[str, Any]) -> str:
+    """Accuracy per micrograph / slide / patient (the group's patch probabilities averaged),
+    with its unit, since the runs compared may group differently."""
+    if row.get("group_accuracy") is None:
+        return ""
+    cell = f"{row['group_accuracy']:.4f}"
+    if row.get("group_accuracy_std") is not None:
+        cell += f" ± {row['group_accuracy_std']:.4f}"
+    return f"{cell} per {row.get('group_unit') or 'group'}"
+
+
+def header_for(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """MD_HEADER, with the per-group column only when some row has group-level figures."""
+    return MD_HEADER + (["accuracy per group"] if _any_group(rows) else [])
+
+
+def cells_for(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    width = len(header_for(rows))
+    return [display_cells(r)[:width] for r in rows]
+
+
+def _any_group(rows: Sequence[dict[str, Any]]) -> bool:
+    return any(r.get("group_accuracy") is not None for r in rows)
 
 
 def measured_on(rows: Sequence[dict[str, Any]]) -> str:
@@ -128,10 +154,11 @@ def measured_on(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(MD_HEADER) + " |",
-             "|" + "|".join(["---"] * 2 + ["---:"] * (len(MD_HEADER) - 2)) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in display_cells(r)) + " |"
-              for r in rows]
+    header = header_for(rows)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+              for cells in cells_for(rows)]
     return "\n".join(lines) + "\n\n" + measured_on(rows)
 
 

@@ -147,6 +147,8 @@ def _metrics_quality(metrics: dict[str, Any]) -> dict[str, Any]:
         "accuracy_ci_high": ci.get("high"), "f1_macro": metrics.get("f1_macro"),
         "roc_auc_macro": metrics.get("roc_auc_macro"),
         "ece": (metrics.get("calibration") or {}).get("ece"),
+        "group_accuracy": (metrics.get("group_level") or {}).get("accuracy"),
+        "group_unit": (metrics.get("group_level") or {}).get("unit"),
     }
 
 
@@ -164,6 +166,8 @@ def _cv_quality(root: Path) -> dict[str, Any]:
         "accuracy": mean.get("accuracy"), "accuracy_std": std.get("accuracy"),
         "f1_macro": mean.get("f1_macro"), "roc_auc_macro": mean.get("roc_auc_macro"),
         "ece": float(np.mean(eces)) if eces and None not in eces else None,
+        "group_accuracy": mean.get("group_accuracy"),
+        "group_accuracy_std": std.get("group_accuracy"), "group_unit": summary.get("group_unit"),
     }
 
 
