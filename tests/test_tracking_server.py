@@ -37,6 +37,25 @@ def test_environment_sets_uri_and_experiment_unless_the_spec_names_a_uri(monkeyp
     assert make_tracker("mlflow:sqlite:///x.db").uri == "sqlite:///x.db"
 
 
+def test_experiment_id_from_the_environment_when_no_name(monkeypatch, tmp_path):
+    from medscope.errors import MedscopeError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    made = mlflow.MlflowClient(tracking_uri=uri).create_experiment("by-id")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", made)
+    tracker = make_tracker(f"mlflow:{uri}")
+    tracker.start(tmp_path / "run", {"a": 1})
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    assert run.info.experiment_id == made
+    tracker.end()
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "987654")
+    with pytest.raises(MedscopeError, match="MLFLOW_EXPERIMENT_ID=987654: no such experiment"):
+        make_tracker(f"mlflow:{uri}").start(tmp_path / "run2", {})
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "by-name")  # a name wins, as in MLflow
+    assert make_tracker(f"mlflow:{uri}").experiment_id is None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,8 +12,9 @@ The training loop calls, in order::
     tracker.end()                           # or tracker.end("FAILED") on an exception
 
 MLflow is configured as its users configure it elsewhere: ``MLFLOW_TRACKING_URI`` and
-``MLFLOW_EXPERIMENT_NAME`` are honoured (``--track mlflow:URI`` wins over the former); without
-them runs go to ``sqlite:///runs/mlflow.db``, experiment ``medscope``. Artefacts: the report,
+``MLFLOW_EXPERIMENT_NAME`` (else ``MLFLOW_EXPERIMENT_ID``, which must exist) are honoured
+(``--track mlflow:URI`` wins over the first); without them runs go to
+``sqlite:///runs/mlflow.db``, experiment ``medscope``. Artefacts: the report,
 metrics.json and the best checkpoint pair (``checkpoints/best.safetensors`` + ``best.json``,
 which ``medscope predict`` and ``serve`` load) -- never a pickled model.
 """
@@ -103,6 +104,9 @@ class MLflowTracker(Tracker):
             raise MedscopeError(f"--track mlflow needs MLflow: {INSTALL_HINT}") from None
         self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_MLFLOW_URI
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+        # As MLflow's own fluent API: a name (given or in the environment) before an id.
+        self.experiment_id = (None if experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                              else os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
         self.run_root: Path | None = None
         self._client_class = MlflowClient
         self.client = None
@@ -152,6 +156,8 @@ class MLflowTracker(Tracker):
         return self.uri
 
     def _experiment_id(self) -> str:
+        if self.experiment_id is not None:
+            return self._existing_experiment_id(self.experiment_id)
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
             return experiment.experiment_id
@@ -160,6 +166,13 @@ class MLflowTracker(Tracker):
         # from; beside the database file keeps a local store in one place.
         location = (db.parent.resolve() / "mlflow-artifacts").as_uri() if db else None
         return self.client.create_experiment(self.experiment, artifact_location=location)
+
+    def _existing_experiment_id(self, experiment_id: str) -> str:
+        try:
+            return self.client.get_experiment(experiment_id).experiment_id
+        except Exception:  # noqa: BLE001 - MLflow raises its own error kinds per backend
+            raise MedscopeError(f"MLFLOW_EXPERIMENT_ID={experiment_id}: no such experiment at "
+                                f"{self.uri}") from None
 
     def _new_run(self, run_root: Path, params: Mapping[str, Any]) -> str:
         from mlflow.entities import Param
