@@ -34,17 +34,19 @@ from medscope.novelty import BLANK, DEGENERATE, UNLIKE_TRAINING, file_problem, o
 from medscope.predictor import Classifier, Predictor, checkpoint_stem, outputs_per_model
 from medscope.run import CvDir, atomic_write_csv, read_json
 from medscope.slides.aggregate import LOW_CONFIDENCE
+from medscope.slides.readers import WSI_EXTENSIONS
 from medscope.train.distributed import DistContext, init_distributed
 
 log = logging.getLogger(__name__)
 
 
 def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files as given, folders searched recursively for images; sorted, no duplicates."""
+    """Files as given, folders searched recursively for images and whole-slide files; sorted,
+    no duplicates."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found += sorted(p for p in item.rglob("*") if p.is_file() and _is_input(p))
         elif item.is_file():
             found.append(item)
         else:
@@ -52,6 +54,11 @@ def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
     if not found:
         raise MedscopeError(f"no images found in {', '.join(map(str, inputs))}")
     return list(dict.fromkeys(found))
+
+
+def _is_input(path: Path) -> bool:
+    return is_image_file(path) or (path.suffix.lower() in WSI_EXTENSIONS
+                                   and not path.name.startswith("."))
 
 
 PREDICT_CHUNK = 512  # images decoded at a time: memory stays bounded on big folders
