@@ -18,12 +18,14 @@ from medscope.data.io import is_image_file
 from medscope.data.sources import Sample
 from medscope.diagnosis import (
     TILE_COLUMNS,
+    TileExplainer,
     TilePlan,
     check_tiles,
     diagnose_path,
     tile_plan,
     tiled_row,
     wants_tiles,
+    write_tile_explanations,
     write_tile_outputs,
 )
 from medscope.errors import MedscopeError
@@ -82,6 +84,8 @@ def predict_files(
     tile_size: int | None = None,
     aggregation: str = "mean",
     tiles_dir: Path | None = None,
+    explain_tiles: int = 0,
+    tile_explainer: TileExplainer | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image, in input order: file, predicted class, its probability, the top-k
     classes, ``refer_to_expert``, every class probability, and ``error`` for unreadable files
@@ -99,15 +103,13 @@ def predict_files(
     training images). Probabilities are calibrated by each model's temperature.
     ``tiles``/``tile_size``/``aggregation``: large images are tiled at the training scale
     (``medscope.diagnosis``); their rows add ``tiled``, tile counts and ``refer_reason``, and
-    ``tiles_dir`` gets each one's per-tile CSV and heat map.
-
-    Under ``torchrun`` the inputs are shared out over the processes (``work_rounds``; one GPU
-    each, or CPU processes with gloo): each diagnoses its share and writes its tiled images'
-    outputs (names decided for the whole job first, so they are those of one process), the
-    rows are gathered after each round, and rank 0 writes ``out_csv`` as one process would.
-    Every rank returns all the rows; a user error on any rank is raised on every rank.
-    """
+    ``tiles_dir`` gets each one's per-tile CSV and heat map, and with ``explain_tiles`` N the
+    ``tile_explainer``'s overlays (``explain.tile_overlay``) of its N most decisive tiles.
+    Under ``torchrun`` the inputs are shared out (``work_rounds``), and rank 0 writes
+    ``out_csv`` as one process would; a user error on any rank is raised on every rank."""
     _check_options(backend, abstain_below, tiles, aggregation, batch_size)
+    _check_explain(explain_tiles, tile_explainer, tiles_dir, backend,
+                   several=ensemble or not isinstance(source, str | Path) and len(source) > 1)
     ctx = init_distributed(device)  # under torchrun: this rank's share; rank 0 writes
     ctx.limit_cpu_threads()
     models = _load_on_ranks(ctx, source, backend=backend, precision=precision,
@@ -118,7 +120,7 @@ def predict_files(
     names = _tile_output_names(paths, [p for p in paths if wants_tiles(p, plan, tiles)])
     job = _Job(models, rules, max(1, min(int(top_k), len(models[0].classes))), tta,
                batch_size, plan, aggregation, None if tiles_dir is None else Path(tiles_dir),
-               names)
+               names, explain_tiles, tile_explainer)
     rows = _run_job(ctx, job, paths, progress)
     if out_csv is not None and ctx.is_main:
         _write_rows(out_csv, rows, models[0].classes, tiled=bool(names))
@@ -153,6 +155,8 @@ class _Job:
     aggregation: str
     tiles_dir: Path | None
     names: dict[Path, str]  # the tiled inputs and their outputs' names, decided for the job
+    explain_tiles: int = 0
+    tile_explainer: TileExplainer | None = None
 
 
 Unit = tuple[Path, ...] | Path  # images classified whole together, or one tiled image
@@ -191,7 +195,12 @@ def _run_unit(job: _Job, unit: Unit) -> dict[Path, dict[str, Any]]:
     result = diagnose_path(job.models, unit, job.plan, tta=job.tta, batch_size=job.batch_size,
                            aggregation=job.aggregation)
     if job.tiles_dir is not None:
-        write_tile_outputs(result, job.tiles_dir, job.names[unit])
+        name, overlays = job.names[unit], None
+        if job.explain_tiles and job.tile_explainer is not None:
+            job.tiles_dir.mkdir(parents=True, exist_ok=True)
+            overlays = write_tile_explanations(result, job.models[0], job.tile_explainer,
+                                               job.explain_tiles, job.tiles_dir, name)
+        write_tile_outputs(result, job.tiles_dir, name, overlays)
     return {unit: tiled_row(result, job.rules, job.top_k)}
 
 
@@ -227,6 +236,24 @@ def _check_options(backend: str, abstain_below: float | None, tiles: str, aggreg
     check_tiles(tiles, aggregation)
     if batch_size < 1:
         raise MedscopeError(f"batch size {batch_size}: must be at least 1")
+
+
+def _check_explain(n: int, explainer: TileExplainer | None, tiles_dir: Path | None,
+                   backend: str, several: bool) -> None:
+    if n < 0:
+        raise MedscopeError(f"--explain-tiles {n}: must be at least 0")
+    if not n:
+        return
+    if tiles_dir is None:
+        raise MedscopeError("--explain-tiles: the overlays go with the tile outputs; give "
+                            "--tiles-dir DIR")
+    if backend != "torch":
+        raise MedscopeError(f"--explain-tiles: Grad-CAM needs the torch model, not --backend "
+                            f"{backend}")
+    if several:
+        raise MedscopeError("--explain-tiles: Grad-CAM explains one model, not an ensemble")
+    if explainer is None:
+        raise ValueError("explain_tiles needs a tile_explainer (medscope.explain.tile_overlay)")
 
 
 def _write_rows(out_csv: Path, rows: list[dict[str, Any]], classes: list[str], *,

@@ -23,6 +23,7 @@ FLAGS: Flags = {
     "--tile-size": ("tile_size", {"metavar": "PX"}),
     "--aggregation": ("aggregation", {}),
     "--tiles-dir": ("tiles_dir", {"metavar": "DIR"}),
+    "--explain-tiles": ("explain_tiles", {"metavar": "N"}),
 }
 
 
