@@ -86,17 +86,19 @@ def _is_number(text: str) -> bool:
 def test_two_gloo_processes_write_what_one_process_writes(scaled_run, archive,  # noqa: F811
                                                           tmp_path):
     done = _torchrun(str(scaled_run), str(archive), "--out", str(tmp_path / "A.csv"),
-                     "--tiles-dir", str(tmp_path / "A"), *SETTINGS)
+                     "--tiles-dir", str(tmp_path / "A"), "--explain-tiles", "1", *SETTINGS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote 13 predictions") == 1  # rank 0 reports for the job
     assert main(["predict", "-q", str(scaled_run), str(archive), "--out",
-                 str(tmp_path / "B.csv"), "--tiles-dir", str(tmp_path / "B"), *SETTINGS]) == 0
+                 str(tmp_path / "B.csv"), "--tiles-dir", str(tmp_path / "B"),
+                 "--explain-tiles", "1", *SETTINGS]) == 0
     one, two = _rows(tmp_path / "B.csv"), _rows(tmp_path / "A.csv")
     assert sum(r["tiled"] == "yes" for r in one) == 3 and sum(bool(r["error"]) for r in one) == 1
     _same_rows(two, one)
     names = sorted(p.name for p in (tmp_path / "B").iterdir())
     assert sorted(p.name for p in (tmp_path / "A").iterdir()) == names
     assert len([n for n in names if n.endswith(".tiles.csv")]) == 3
+    assert len([n for n in names if n.endswith(".gradcam.png")]) == 3  # written by their rank
     assert {n.split(".")[0] for n in names} == {"00000-big", "00001-big", "wide"}
     for name in names:
         if name.endswith(".csv"):
