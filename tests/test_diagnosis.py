@@ -104,3 +104,50 @@ def test_tile_size_overrides_the_recorded_scale(scaled_run):
     assert tile_plan(models, "auto") == TilePlan(40, 40, None)
     assert tile_plan(models, "auto", tile_size=64) == TilePlan(64, 64, None)
     assert tile_plan(models, "off") is None
+
+
+def _wide(image_folder, cls, path):
+    """Six of the class's 40 px images, 3 x 2: a 120 x 80 px 'micrograph' of six tiles."""
+    tiles = [np.asarray(Image.open(p).convert("RGB"))
+             for p in sorted((image_folder / cls).glob("*.png"))[:6]]
+    Image.fromarray(np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])).save(path)
+
+
+def _tile_csv(path):
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_explain_tiles_writes_the_most_decisive_tiles_overlays(scaled_run, image_folder,
+                                                               tmp_path):
+    from medscope.api import predict
+
+    _wide(image_folder, "gamma", tmp_path / "wide.png")
+    small = sorted((image_folder / "alpha").glob("*.png"))[0]  # 40 px: classified whole
+    out = tmp_path / "tiles"
+    rows = predict(scaled_run, [tmp_path / "wide.png", small], tiles_dir=out, explain_tiles=2,
+                   precision="fp32", progress=False)
+    tiles = _tile_csv(out / "wide.tiles.csv")
+    call = f"prob_{rows[0]['prediction']}"
+    usable = [t for t in tiles if t["kept"] == "1" and t["unusual"] == "0"]
+    assert len(usable) >= 2 and list(tiles[0])[-1] == "gradcam"
+    ranked = sorted(usable, key=lambda t: -float(t[call]))
+    named = [t["gradcam"] for t in tiles if t["gradcam"]]
+    assert sorted(named) == sorted(f"wide.tile_x{t['x']}_y{t['y']}.gradcam.png"
+                                   for t in ranked[:2])
+    assert float(ranked[1][call]) >= max([float(t[call]) for t in ranked[2:]], default=0)
+    overlays = sorted(p.name for p in out.glob("*.gradcam.png"))
+    assert overlays == sorted(named)  # nothing for the image classified whole
+    for name in overlays:
+        with Image.open(out / name) as img:
+            assert img.size == (40, 40) and img.mode == "RGB"  # the tile's own size
+
+    many = predict(scaled_run, [tmp_path / "wide.png"], tiles_dir=tmp_path / "all",
+                   explain_tiles=100, precision="fp32", progress=False)[0]
+    assert len(list((tmp_path / "all").glob("*.gradcam.png"))) == many["tiles_kept"]
+    predict(scaled_run, [tmp_path / "wide.png"], tiles_dir=tmp_path / "none",
+            precision="fp32", progress=False)
+    assert not list((tmp_path / "none").glob("*.gradcam.png"))
+    assert "gradcam" not in _tile_csv(tmp_path / "none" / "wide.tiles.csv")[0]
+    with pytest.raises(MedscopeError, match="--tiles-dir"):
+        predict(scaled_run, [tmp_path / "wide.png"], explain_tiles=2, progress=False)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from medscope.cli import main
-from medscope.predict import predict_files
+from medscope.predict import collect_images, predict_files
 from medscope.predictor import dihedral_views
 
 
@@ -189,3 +189,11 @@ def test_both_backends_apply_the_checkpoint_temperature(run_copy, image_folder, 
                                    backend=backend))
         assert np.abs(got - expected).max() < 1e-5, backend
     assert json.loads((run_copy / "onnx" / "model.json").read_text())["temperature"] == 3.0
+
+
+def test_folders_are_searched_for_slides_too(tmp_path):
+    for name in ("b/s1.svs", "a/s2.NDPI", "a/m.png", "a/notes.txt", "a/.hidden.svs"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert collect_images([tmp_path]) == [tmp_path / "a" / "m.png", tmp_path / "a" / "s2.NDPI",
+                                          tmp_path / "b" / "s1.svs"]

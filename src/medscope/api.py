@@ -30,6 +30,7 @@ from medscope.options import (
     DataInfoOptions,
     DemoOptions,
     EvaluateOptions,
+    ExplainOptions,
     ModelsOptions,
     PredictOptions,
     ServeOptions,
@@ -172,26 +173,34 @@ def predict(source: Path | str | Sequence[Path | str], inputs: Sequence[Path | s
             progress: bool = True, tta: bool = False, top_k: int = 3,
             abstain_below: float | None = None, batch_size: int = 64, backend: str = "torch",
             ensemble: bool = False, tiles: str = "auto", tile_size: int | None = None,
-            aggregation: str = "mean", tiles_dir: Path | None = None) -> list[dict[str, Any]]:
+            aggregation: str = "mean", tiles_dir: Path | None = None,
+            explain_tiles: int = 0) -> list[dict[str, Any]]:
     """Classify image files and folders with a run, a checkpoint, or several averaged; one row
     per image (see :func:`medscope.predict.predict_files`, large images tiled), also written
-    to ``out_csv``."""
+    to ``out_csv``; ``explain_tiles`` N: Grad-CAM overlays of each tiled image's N most
+    decisive tiles in ``tiles_dir``."""
     opts = PredictOptions.check(precision=precision, device=device, tta=tta, top_k=top_k,
                                 abstain_below=abstain_below, batch_size=batch_size,
                                 backend=backend, ensemble=ensemble, tiles=tiles,
                                 tile_size=tile_size, aggregation=aggregation,
-                                tiles_dir=tiles_dir)
-    return predict_files(source, inputs, out_csv, progress=progress, **opts.model_dump())
+                                tiles_dir=tiles_dir, explain_tiles=explain_tiles)
+    explainer = None
+    if opts.explain_tiles:
+        from medscope.explain import tile_overlay as explainer
+    return predict_files(source, inputs, out_csv, progress=progress,
+                         tile_explainer=explainer, **opts.model_dump())
 
 
 def explain(run: Path | str, inputs: Sequence[Path | str], out: Path | str, *,
             method: str = "gradcam", target: str | None = None, layer: str | None = None,
-            progress: bool = False) -> list[dict[str, Any]]:
-    """Heat-map overlays (PNG) of what the model looks at, and explanations.csv, in ``out``."""
+            progress: bool = False, explain_tiles: int = 4) -> list[dict[str, Any]]:
+    """Heat-map overlays (PNG) of what the model looks at, and explanations.csv, in ``out``;
+    a large image (tiled as predict tiles it): its ``explain_tiles`` most decisive tiles."""
     from medscope.explain import explain_files
 
+    opts = ExplainOptions.check(explain_tiles=explain_tiles)
     return explain_files(run, inputs, out, method=method, target=target, layer=layer,
-                         progress=progress)
+                         progress=progress, **opts.model_dump())
 
 
 def export(run: Path | str, out: Path | str | None = None, *, opset: int | None = None,

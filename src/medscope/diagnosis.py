@@ -19,6 +19,7 @@ batches, and aggregated into the image's call by ``medscope.slides.aggregate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,10 +31,12 @@ from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, refer_flag
 from medscope.novelty import ood_checks, unusual
 from medscope.predictor import Classifier, model_outputs
+from medscope.run import atomic_write_bytes
 from medscope.slides.aggregate import LOW_CONFIDENCE, ReferRule, check_aggregation
 from medscope.slides.diagnose import SlideResult, diagnose
 from medscope.slides.outputs import write_heatmap, write_tiles_csv
-from medscope.slides.readers import WSI_EXTENSIONS
+from medscope.slides.readers import WSI_EXTENSIONS, open_reader
+from medscope.slides.tiling import TileRecord
 
 TILE_MODES = ("auto", "on", "off")
 TILE_FACTOR = 1.5  # auto tiles an image whose smaller side holds 1.5 training tiles or more
@@ -142,8 +145,58 @@ def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:
             **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)}}
 
 
-def write_tile_outputs(result: SlideResult, folder: Path, name: str) -> list[Path]:
-    """The per-tile CSV and the heat map of the called class for one image, in ``folder``."""
+def write_tile_outputs(result: SlideResult, folder: Path, name: str,
+                       overlays: dict[tuple[int, int], str] | None = None) -> list[Path]:
+    """The per-tile CSV and the heat map of the called class for one image, in ``folder``;
+    ``overlays`` (tile x, y -> file name): the tiles explained, listed in the CSV's
+    ``gradcam`` column (present whenever ``overlays`` is given)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_tiles_csv(result, folder / f"{name}.tiles.csv"),
+    return [write_tiles_csv(result, folder / f"{name}.tiles.csv", overlays),
             write_heatmap(result, folder / f"{name}.heatmap.png", result.label)]
+
+
+# Grad-CAM of a tile: (the model, the tile as read (H x W x 3 uint8), the class index) -> PNG
+# bytes of the overlay at the tile's size; ``medscope.explain.tile_overlay`` (a layer above).
+TileExplainer = Callable[[Classifier, np.ndarray, int], bytes]
+
+
+def decisive_tiles(result: SlideResult, n: int, target: int | None = None
+                   ) -> list[TileRecord]:
+    """The ``n`` tiles most supporting the image's call (or class ``target``): the aggregated
+    tiles (kept, not unusual) by their probability of that class, highest first (grid order
+    among equals); none when the image has no call and no target is given."""
+    index = result.label if target is None else target
+    if index is None or n < 1:
+        return []
+    usable = [t for t in result.tiles if t.kept and t.probs is not None and not t.unusual]
+    return sorted(usable, key=lambda t: -float(t.probs[index]))[:n]  # type: ignore[index]
+
+
+def tile_overlay_name(name: str, tile: TileRecord, method: str = "gradcam") -> str:
+    """``<image name>.tile_x<X>_y<Y>.<method>.png`` (level-0 pixels of the tile's corner)."""
+    return f"{name}.tile_x{tile.x}_y{tile.y}.{method}.png"
+
+
+def read_tiles(result: SlideResult, tiles: list[TileRecord]) -> list[np.ndarray]:
+    """The pixels of ``tiles`` of the image ``result`` diagnosed, as they were read (from the
+    pyramid level read, before the resize to the model input)."""
+    if not tiles:
+        return []
+    side = max(1, round(result.tile_size / result.downsample))
+    with open_reader(result.path, mpp=result.mpp) as reader:
+        if result.whole_image:
+            return [reader.read_region(0, 0, 0, result.width, result.height)]
+        return [reader.read_region(t.x, t.y, result.level, side, side) for t in tiles]
+
+
+def write_tile_explanations(result: SlideResult, model: Classifier, explainer: TileExplainer,
+                            n: int, folder: Path, name: str) -> dict[tuple[int, int], str]:
+    """Grad-CAM overlays of the ``n`` most decisive tiles of ``result`` written in ``folder``
+    (``tile_overlay_name``); returns tile x, y -> file name."""
+    chosen = decisive_tiles(result, n)
+    written: dict[tuple[int, int], str] = {}
+    for tile, pixels in zip(chosen, read_tiles(result, chosen), strict=True):
+        file_name = tile_overlay_name(name, tile)
+        atomic_write_bytes(folder / file_name, explainer(model, pixels, result.label or 0))
+        written[(tile.x, tile.y)] = file_name
+    return written

@@ -2,7 +2,12 @@
 
 
 class MedscopeError(Exception):
-    """A problem with the user's input (a path, a name, a value), not a bug in medscope."""
+    """A problem with the user's input (a path, a name, a value), not a bug in medscope.
+
+    ``quiet``: another process of the same torchrun job reports this error (rank 0 prints it
+    once for the whole job); the CLI then exits 2 without printing it again."""
+
+    quiet: bool = False
 
 
 def first_line(exc: BaseException) -> str:

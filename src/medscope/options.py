@@ -25,8 +25,8 @@ from medscope.config import (
 from medscope.errors import MedscopeError
 
 __all__ = ["AuditOptions", "CompareOptions", "DataInfoOptions", "DemoOptions",
-           "EvaluateOptions", "ModelsOptions", "OptionError", "PredictOptions", "ServeOptions",
-           "SynthOptions"]
+           "EvaluateOptions", "ExplainOptions", "ModelsOptions", "OptionError", "PredictOptions",
+           "ServeOptions", "SynthOptions"]
 
 GroupPattern = Annotated[str, AfterValidator(check_group_pattern)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -36,6 +36,9 @@ Aggregation = Literal["mean", "topk", "vote"]
 
 PRECISION_HELP = "auto: bf16 where the CPU/GPU supports it, else fp32; fp16: CUDA only"
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
+EXPLAIN_TILES_HELP = ("Grad-CAM overlays of the N tiles most supporting the call of each "
+                      "tiled image (highest probability of the called class), at the tile's "
+                      "size")
 
 
 class OptionError(MedscopeError):
@@ -107,6 +110,15 @@ class PredictOptions(_Options):
                                      "image's")
     tiles_dir: Path | None = Field(None, description="folder for each tiled image's per-tile "
                                    "CSV and heat map")
+    explain_tiles: int = Field(0, ge=0, description=EXPLAIN_TILES_HELP + "; written in "
+                               "--tiles-dir and named in the per-tile CSV's gradcam column")
+
+
+class ExplainOptions(_Options):
+    """``medscope explain`` / :func:`medscope.api.explain` (its other flags are plain)."""
+
+    explain_tiles: int = Field(4, ge=1, description=EXPLAIN_TILES_HELP + "; a large image is "
+                               "tiled as predict tiles it, never squashed")
 
 
 class ServeOptions(_Options):

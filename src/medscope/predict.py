@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,14 @@ from medscope.data.io import is_image_file
 from medscope.data.sources import Sample
 from medscope.diagnosis import (
     TILE_COLUMNS,
+    TileExplainer,
+    TilePlan,
     check_tiles,
     diagnose_path,
     tile_plan,
     tiled_row,
     wants_tiles,
+    write_tile_explanations,
     write_tile_outputs,
 )
 from medscope.errors import MedscopeError
@@ -31,16 +36,19 @@ from medscope.novelty import BLANK, DEGENERATE, UNLIKE_TRAINING, file_problem, o
 from medscope.predictor import Classifier, Predictor, checkpoint_stem, outputs_per_model
 from medscope.run import CvDir, atomic_write_csv, read_json
 from medscope.slides.aggregate import LOW_CONFIDENCE
+from medscope.slides.readers import WSI_EXTENSIONS
+from medscope.train.distributed import DistContext, init_distributed
 
 log = logging.getLogger(__name__)
 
 
 def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files as given, folders searched recursively for images; sorted, no duplicates."""
+    """Files as given, folders searched recursively for images and whole-slide files; sorted,
+    no duplicates."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            found += sorted(p for p in item.rglob("*") if p.is_file() and _is_input(p))
         elif item.is_file():
             found.append(item)
         else:
@@ -48,6 +56,11 @@ def collect_images(inputs: Sequence[Path | str]) -> list[Path]:
     if not found:
         raise MedscopeError(f"no images found in {', '.join(map(str, inputs))}")
     return list(dict.fromkeys(found))
+
+
+def _is_input(path: Path) -> bool:
+    return is_image_file(path) or (path.suffix.lower() in WSI_EXTENSIONS
+                                   and not path.name.startswith("."))
 
 
 PREDICT_CHUNK = 512  # images decoded at a time: memory stays bounded on big folders
@@ -71,6 +84,8 @@ def predict_files(
     tile_size: int | None = None,
     aggregation: str = "mean",
     tiles_dir: Path | None = None,
+    explain_tiles: int = 0,
+    tile_explainer: TileExplainer | None = None,
 ) -> list[dict[str, Any]]:
     """One row per image, in input order: file, predicted class, its probability, the top-k
     classes, ``refer_to_expert``, every class probability, and ``error`` for unreadable files
@@ -88,31 +103,128 @@ def predict_files(
     training images). Probabilities are calibrated by each model's temperature.
     ``tiles``/``tile_size``/``aggregation``: large images are tiled at the training scale
     (``medscope.diagnosis``); their rows add ``tiled``, tile counts and ``refer_reason``, and
-    ``tiles_dir`` gets each one's per-tile CSV and heat map.
-    """
+    ``tiles_dir`` gets each one's per-tile CSV and heat map, and with ``explain_tiles`` N the
+    ``tile_explainer``'s overlays (``explain.tile_overlay``) of its N most decisive tiles.
+    Under ``torchrun`` the inputs are shared out (``work_rounds``), and rank 0 writes
+    ``out_csv`` as one process would; a user error on any rank is raised on every rank."""
     _check_options(backend, abstain_below, tiles, aggregation, batch_size)
-    models = load_models(source, backend=backend, precision=precision, device=device,
-                         ensemble=ensemble)
-    top_k = max(1, min(int(top_k), len(models[0].classes)))
+    _check_explain(explain_tiles, tile_explainer, tiles_dir, backend,
+                   several=ensemble or not isinstance(source, str | Path) and len(source) > 1)
+    ctx = init_distributed(device)  # under torchrun: this rank's share; rank 0 writes
+    ctx.limit_cpu_threads()
+    models = _load_on_ranks(ctx, source, backend=backend, precision=precision,
+                            device=_rank_device(ctx, device), ensemble=ensemble)
     rules = rules_for([m.meta for m in models], abstain_below)
-    paths = collect_images(inputs)
-    plan = tile_plan(models, tiles, tile_size)
+    paths, plan = ctx.agree(lambda: (collect_images(inputs), tile_plan(models, tiles,
+                                                                        tile_size)))
     names = _tile_output_names(paths, [p for p in paths if wants_tiles(p, plan, tiles)])
-    bar = _progress_bar(len(paths), progress)
-    by_path = _whole_image_rows(models, [p for p in paths if p not in names], rules,
-                                top_k, tta, batch_size, bar)
-    for path, name in names.items():
-        result = diagnose_path(models, path, plan, tta=tta, batch_size=batch_size,
-                               aggregation=aggregation)
-        by_path[path] = tiled_row(result, rules, top_k)
-        if tiles_dir is not None:
-            write_tile_outputs(result, Path(tiles_dir), name)
-        bar.update(1)
-    bar.close()
-    rows = [by_path[p] for p in paths]
-    if out_csv is not None:
+    job = _Job(models, rules, max(1, min(int(top_k), len(models[0].classes))), tta,
+               batch_size, plan, aggregation, None if tiles_dir is None else Path(tiles_dir),
+               names, explain_tiles, tile_explainer)
+    rows = _run_job(ctx, job, paths, progress)
+    if out_csv is not None and ctx.is_main:
         _write_rows(out_csv, rows, models[0].classes, tiled=bool(names))
     return rows
+
+
+def _run_job(ctx: DistContext, job: _Job, paths: list[Path], progress: bool
+             ) -> list[dict[str, Any]]:
+    """Every input's row, in input order: each rank runs its unit of every round, and the
+    round's rows are gathered on every rank (the progress bar is rank 0's)."""
+    bar = _progress_bar(len(paths), progress and ctx.is_main)
+    by_path: dict[Path, dict[str, Any]] = {}
+    for units in work_rounds(paths, job.names, ctx.world_size):
+        mine = units[ctx.rank] if ctx.rank < len(units) else ()
+        for part in ctx.gather_results(partial(_run_unit, job, mine)):
+            by_path.update(part)
+            bar.update(len(part))
+    bar.close()
+    return [by_path[p] for p in paths]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every unit of a predict job needs (the same on every rank)."""
+
+    models: list[Classifier]
+    rules: Rules
+    top_k: int
+    tta: bool
+    batch_size: int
+    plan: TilePlan | None
+    aggregation: str
+    tiles_dir: Path | None
+    names: dict[Path, str]  # the tiled inputs and their outputs' names, decided for the job
+    explain_tiles: int = 0
+    tile_explainer: TileExplainer | None = None
+
+
+Unit = tuple[Path, ...] | Path  # images classified whole together, or one tiled image
+
+
+def work_rounds(paths: Sequence[Path], names: dict[Path, str], world: int
+                ) -> list[list[Unit]]:
+    """The job's work in rounds of at most one unit per rank (the same list on every rank):
+    the images classified whole in chunks of ``PREDICT_CHUNK`` per rank (strided over the
+    round's images), then the tiled images, one per rank and round; under torchrun the
+    largest files first, so that a round's ranks get work of similar size and wait little at
+    the round's exchange. Alone: the chunks and the tiled images in input order."""
+    whole = [p for p in paths if p not in names]
+    step = PREDICT_CHUNK * world
+    rounds: list[list[Unit]] = [[tuple(whole[i:i + step][r::world]) for r in range(world)]
+                                for i in range(0, len(whole), step)]
+    tiled = list(names)
+    if world > 1:
+        tiled.sort(key=lambda p: -_file_size(p))  # stable: input order among equal sizes
+    return rounds + [list(tiled[i:i + world]) for i in range(0, len(tiled), world)]
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _run_unit(job: _Job, unit: Unit) -> dict[Path, dict[str, Any]]:
+    """The rows of one unit of work (nothing for an empty one); a tiled image's per-tile CSV
+    and heat map are written here, by the rank that diagnosed it."""
+    if isinstance(unit, tuple):
+        return _whole_image_rows(job, list(unit)) if unit else {}
+    assert job.plan is not None
+    result = diagnose_path(job.models, unit, job.plan, tta=job.tta, batch_size=job.batch_size,
+                           aggregation=job.aggregation)
+    if job.tiles_dir is not None:
+        name, overlays = job.names[unit], None
+        if job.explain_tiles and job.tile_explainer is not None:
+            job.tiles_dir.mkdir(parents=True, exist_ok=True)
+            overlays = write_tile_explanations(result, job.models[0], job.tile_explainer,
+                                               job.explain_tiles, job.tiles_dir, name)
+        write_tile_outputs(result, job.tiles_dir, name, overlays)
+    return {unit: tiled_row(result, job.rules, job.top_k)}
+
+
+def _load_on_ranks(ctx: DistContext, source: Path | str | Sequence[Path | str], *,
+                   backend: str, **kwargs: Any) -> list[Classifier]:
+    """``load_models`` on every rank; an ONNX backend's export, made on demand into the run,
+    is made by rank 0 before the others read it."""
+    if backend == "torch" or not ctx.enabled:
+        return ctx.agree(lambda: load_models(source, backend=backend, **kwargs))
+    first = ctx.agree(lambda: load_models(source, backend=backend, **kwargs)
+                      if ctx.is_main else [])
+    return ctx.agree(lambda: first if ctx.is_main else
+                     load_models(source, backend=backend, **kwargs))
+
+
+def _rank_device(ctx: DistContext, device: str) -> str:
+    """Under torchrun with NCCL, each rank's own GPU (``cuda:LOCAL_RANK``)."""
+    if ctx.backend != "nccl":
+        return device
+    mine = f"cuda:{ctx.local_rank}"
+    if device not in ("auto", "cuda", mine):
+        log.warning("device %s ignored under torchrun: rank %d uses %s", device, ctx.rank,
+                    mine)
+    return mine
 
 
 def _check_options(backend: str, abstain_below: float | None, tiles: str, aggregation: str,
@@ -126,6 +238,24 @@ def _check_options(backend: str, abstain_below: float | None, tiles: str, aggreg
         raise MedscopeError(f"batch size {batch_size}: must be at least 1")
 
 
+def _check_explain(n: int, explainer: TileExplainer | None, tiles_dir: Path | None,
+                   backend: str, several: bool) -> None:
+    if n < 0:
+        raise MedscopeError(f"--explain-tiles {n}: must be at least 0")
+    if not n:
+        return
+    if tiles_dir is None:
+        raise MedscopeError("--explain-tiles: the overlays go with the tile outputs; give "
+                            "--tiles-dir DIR")
+    if backend != "torch":
+        raise MedscopeError(f"--explain-tiles: Grad-CAM needs the torch model, not --backend "
+                            f"{backend}")
+    if several:
+        raise MedscopeError("--explain-tiles: Grad-CAM explains one model, not an ensemble")
+    if explainer is None:
+        raise ValueError("explain_tiles needs a tile_explainer (medscope.explain.tile_overlay)")
+
+
 def _write_rows(out_csv: Path, rows: list[dict[str, Any]], classes: list[str], *,
                 tiled: bool) -> None:
     header = ["file", "prediction", "probability", "top_k", "refer_to_expert", "refer_reason",
@@ -133,25 +263,19 @@ def _write_rows(out_csv: Path, rows: list[dict[str, Any]], classes: list[str], *
     atomic_write_csv(out_csv, header, ([_fmt(r.get(h, "")) for h in header] for r in rows))
 
 
-def _whole_image_rows(models: list[Classifier], paths: list[Path], rules: Rules, top_k: int,
-                      tta: bool, batch_size: int, bar: Any) -> dict[Path, dict[str, Any]]:
-    """Rows of the images classified whole, decoded ``PREDICT_CHUNK`` at a time; an image that
-    cannot hold a specimen, or unlike the training images, is referred saying so."""
-    rows: dict[Path, dict[str, Any]] = {}
-    checks = ood_checks(models)
-    for start in range(0, len(paths), PREDICT_CHUNK):
-        chunk = paths[start:start + PREDICT_CHUNK]
-        kept, bad, each, feats = outputs_per_model(
-            models, [Sample(p, -1) for p in chunk], tta=tta, batch_size=batch_size,
-            features=[c is not None for c in checks])
-        flags = unusual(checks, feats)
-        reasons = [file_problem(chunk[i])
-                   or (UNLIKE_TRAINING if flags is not None and flags[j] else None)
-                   for j, i in enumerate(kept)]
-        rows.update(zip(chunk, chunk_rows(chunk, kept, bad, np.mean(each, axis=0), rules,
-                                          top_k, reasons), strict=True))
-        bar.update(len(chunk))
-    return rows
+def _whole_image_rows(job: _Job, chunk: list[Path]) -> dict[Path, dict[str, Any]]:
+    """Rows of images classified whole, decoded together (at most ``PREDICT_CHUNK``); an image
+    that cannot hold a specimen, or unlike the training images, is referred saying so."""
+    checks = ood_checks(job.models)
+    kept, bad, each, feats = outputs_per_model(
+        job.models, [Sample(p, -1) for p in chunk], tta=job.tta, batch_size=job.batch_size,
+        features=[c is not None for c in checks])
+    flags = unusual(checks, feats)
+    reasons = [file_problem(chunk[i])
+               or (UNLIKE_TRAINING if flags is not None and flags[j] else None)
+               for j, i in enumerate(kept)]
+    return dict(zip(chunk, chunk_rows(chunk, kept, bad, np.mean(each, axis=0), job.rules,
+                                      job.top_k, reasons), strict=True))
 
 
 def _tile_output_names(paths: list[Path], tiled: list[Path]) -> dict[Path, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from medscope.cli import main
 from medscope.explain import report_gradcam
 from medscope.explain.files import overlay_names
 from medscope.predictor import Predictor
+from tests.test_diagnosis import scaled_run  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -85,3 +87,25 @@ def test_report_gradcam_shows_the_most_confident_mistakes(trained_run, tmp_path,
     assert seen["wrong"] == [True, True] and seen["images"].shape == (2, 32, 32, 3)
     assert report_gradcam(predictor, pixels[:0], labels[:0], probs[:0], predictor.classes,
                           tmp_path / "none.png") is None
+
+
+def test_explain_tiles_a_large_image_instead_of_squashing_it(scaled_run, image_folder,  # noqa: F811
+                                                             tmp_path, capsys):
+    tiles = [np.asarray(Image.open(p).convert("RGB"))
+             for p in sorted((image_folder / "beta").glob("*.png"))[:6]]
+    wide = tmp_path / "wide.png"  # 120 x 80 px: six tiles of the run's 40 px training scale
+    Image.fromarray(np.vstack([np.hstack(tiles[:3]), np.hstack(tiles[3:])])).save(wide)
+    small = image_folder / "alpha" / "alpha_000.png"  # one tile's size: explained whole
+    out = tmp_path / "cams"
+    assert main(["explain", str(scaled_run), str(wide), str(small), "--out", str(out), "-q",
+                 "--explain-tiles", "3"]) == 0
+    assert "wrote 4 gradcam overlays" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "explanations.csv").open()))
+    assert [Path(r["file"]).name for r in rows] == ["alpha_000.png"] + ["wide.png"] * 3
+    assert len({r["overlay"] for r in rows[1:]}) == 3
+    for r in rows[1:]:
+        assert r["overlay"].startswith("wide.tile_x") and r["target"] == r["prediction"]
+        with Image.open(out / r["overlay"]) as img:
+            assert img.size == (40, 40)
+    with Image.open(out / "alpha_000_gradcam.png") as img:
+        assert img.size == (32, 32)  # the model's input, as before

@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MedscopeError as exc:
-        print(f"medscope: error: {_message(exc, args)}", file=sys.stderr)
+        if not exc.quiet:  # under torchrun, rank 0 alone reports an error all ranks share
+            print(f"medscope: error: {_message(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         from medscope.train.resumable import TrainingInterrupted

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medscope.cli._common import add_command
+from medscope.cli._common import Flags, add_command, add_options, option_values
+from medscope.options import ExplainOptions
+
+FLAGS: Flags = {"--explain-tiles": ("explain_tiles", {"metavar": "N"})}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,6 +24,7 @@ def add_parser(subparsers: Any) -> None:
                    help="class to explain (default: the predicted one)")
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="module name of the target layer (default: chosen per architecture)")
+    add_options(p, ExplainOptions, FLAGS)
     p.set_defaults(func=run)
 
 
@@ -28,7 +32,8 @@ def run(args: argparse.Namespace) -> None:
     from medscope import api
 
     rows = api.explain(args.run, args.inputs, args.out, method=args.method,
-                       target=args.target, layer=args.layer, progress=args.progress)
+                       target=args.target, layer=args.layer, progress=args.progress,
+                       **option_values(args, FLAGS))
     bad = sum(1 for r in rows if r["error"])
     print(f"wrote {len(rows) - bad} {args.method} overlays to {args.out} "
           f"({bad} unreadable; see {args.out / 'explanations.csv'})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ FLAGS: Flags = {
     "--tile-size": ("tile_size", {"metavar": "PX"}),
     "--aggregation": ("aggregation", {}),
     "--tiles-dir": ("tiles_dir", {"metavar": "DIR"}),
+    "--explain-tiles": ("explain_tiles", {"metavar": "N"}),
 }
 
 
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> None:
 
     rows = api.predict([args.run, *args.with_runs], args.inputs, args.out,
                        progress=args.progress, **option_values(args, FLAGS))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
+        return
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
         return

@@ -43,26 +43,31 @@ def image_row(result: SlideResult) -> dict[str, Any]:
     return row
 
 
-def tile_rows(result: SlideResult) -> tuple[list[str], list[list[Any]]]:
+def tile_rows(result: SlideResult, overlays: dict[tuple[int, int], str] | None = None
+              ) -> tuple[list[str], list[list[Any]]]:
     """(header, rows) of the per-tile CSV: position, kept or the drop reason, filter
-    statistics and the class probabilities of kept tiles."""
+    statistics and the class probabilities of kept tiles; with ``overlays`` (tile x, y ->
+    file name), a last ``gradcam`` column naming each explained tile's overlay."""
     names = class_names(result)
-    header = TILE_COLUMNS + [f"prob_{n}" for n in names]
+    header = TILE_COLUMNS + [f"prob_{n}" for n in names] + (["gradcam"] if overlays is not None
+                                                            else [])
     rows = []
     for t in result.tiles:
         stats = ["", "", ""] if t.stats is None else [
             f"{t.stats.dark_fraction:.4f}", f"{t.stats.tissue_fraction:.4f}",
             f"{t.stats.neighbour_corr:.4f}"]
         probs = [""] * len(names) if t.probs is None else [f"{p:.4f}" for p in t.probs]
+        extra = [] if overlays is None else [overlays.get((t.x, t.y), "")]
         rows.append([t.x, t.y, t.size, int(t.kept), t.verdict, t.detail, int(t.unusual),
-                     *stats, *probs])
+                     *stats, *probs, *extra])
     return header, rows
 
 
-def write_tiles_csv(result: SlideResult, path: Path | str) -> Path:
+def write_tiles_csv(result: SlideResult, path: Path | str,
+                    overlays: dict[tuple[int, int], str] | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header, rows = tile_rows(result)
+    header, rows = tile_rows(result, overlays)
     atomic_write_csv(path, header, rows)
     return path
 

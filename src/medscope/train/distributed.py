@@ -8,7 +8,10 @@ What is shared between ranks and how:
   ``--balance sampler``), re-seeded every epoch through ``set_epoch``;
 - gradients: ``DistributedDataParallel``;
 - validation: each rank predicts a strided shard (``range(rank, n, world)``, no padding), the
-  logits are gathered and put back in dataset order, so every image counts exactly once."""
+  logits are gathered and put back in dataset order, so every image counts exactly once.
+
+``medscope predict`` uses the same context to share its inputs out (``agree`` and
+``gather_results``: small Python objects and user errors exchanged between ranks)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import atexit
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -30,6 +34,7 @@ from medscope.core.runtime import Runtime, epoch_seed
 from medscope.errors import MedscopeError
 
 log = logging.getLogger("medscope")
+T = TypeVar("T")
 
 # A rank that dies leaves the others blocked in a collective: after this long they fail too, and
 # torchrun takes the job down. Generous, since rank 0 decodes the whole dataset while the others
@@ -116,6 +121,49 @@ class DistContext:
             return
         for buffer in model.buffers():
             dist.broadcast(buffer.data, src=0)
+
+    def agree(self, work: Callable[[], T]) -> T:
+        """``work()`` on this rank; a user error (``MedscopeError``) on any rank is raised on
+        every rank once all have finished their part, so no rank waits in a later collective
+        for a rank that gave up. Every rank must call it, in the same order."""
+        return self._exchange(work, share=False)[self.rank]
+
+    def gather_results(self, work: Callable[[], T]) -> list[T]:
+        """``work()`` on this rank, and every rank's result (picklable, small) in rank order
+        on every rank; errors as ``agree``. Alone: ``[work()]``."""
+        return self._exchange(work, share=True)
+
+    def _exchange(self, work: Callable[[], Any], share: bool) -> list[Any]:
+        if not self._live():
+            return [work()]
+        result, error = None, None
+        try:
+            result = work()
+        except MedscopeError as exc:
+            error = exc
+        parts: list[Any] = [None] * self.world_size
+        mine = (result if share else None, None if error is None else str(error))
+        dist.all_gather_object(parts, mine)
+        failed = [message for _, message in parts if message is not None]
+        if failed:
+            # The first failing rank's error, raised everywhere; printed by rank 0 alone.
+            raised = error if error is not None and str(error) == failed[0] \
+                else MedscopeError(failed[0])
+            raised.quiet = not self.is_main
+            raise raised
+        return [result if rank == self.rank else part
+                for rank, (part, _) in enumerate(parts)]
+
+    def limit_cpu_threads(self) -> None:
+        """On CPU ranks, at most (cores / processes on this node) torch threads each, so that
+        the ranks of one machine do not oversubscribe its cores (torchrun already sets
+        ``OMP_NUM_THREADS=1`` unless the user chose a number)."""
+        if not self.enabled or self.backend == "nccl":
+            return
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        share = max(1, (os.cpu_count() or 1) // max(1, local))
+        if torch.get_num_threads() > share:
+            torch.set_num_threads(share)
 
     def destroy(self) -> None:
         if self._live():
