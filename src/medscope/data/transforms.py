@@ -139,7 +139,7 @@ def channel_stats(pixels, max_images: int = 2000, seed: int = 0
     if len(pixels) > max_images:
         pick = np.sort(np.random.default_rng(seed).choice(len(pixels), max_images, replace=False))
         pixels = pixels[pick]
-    sample = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
+    sample = torch.from_numpy(np.array(pixels)).float() / 255.0  # a copy: a memmap is read-only
     flat = sample.reshape(-1, sample.shape[-1])
     std = flat.std(0).clamp_min(1e-3)
     return flat.mean(0).tolist(), std.tolist()
