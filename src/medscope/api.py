@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medscope.config import RunConfig, load_config
+from medscope.config import PretrainRunConfig, RunConfig, load_config
 from medscope.data.prepare import PreparedData
 from medscope.errors import MedscopeError
 from medscope.experiments.runner import run_recipe
@@ -42,6 +42,7 @@ from medscope.run import RunDir
 from medscope.train.engine import EpochEnd
 from medscope.workflows import ensemble as _ensemble
 from medscope.workflows.evaluation import evaluate_run
+from medscope.workflows.pretraining import pretrain_run, resume_pretrain_config
 from medscope.workflows.training import resume_config, train_run
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditResult", "Comparison", "Predictor", "audit", "cache_clear", "cache_info",
            "compare", "create_app", "cv", "data_info", "demo", "evaluate", "evaluate_ensemble",
-           "explain", "export", "list_models", "patches", "predict", "predict_files", "report",
-           "resume", "run_recipe", "serve", "synth", "train"]
+           "explain", "export", "list_models", "patches", "predict", "predict_files", "pretrain",
+           "report", "resume", "resume_pretrain", "run_recipe", "serve", "synth", "train"]
 
 
 # ---------------------------------------------------------------- training
@@ -76,6 +77,25 @@ def resume(out: Path | str, overrides: dict[str, Any] | None = None, *,
     (dotted keys, e.g. ``{"train.epochs": 30}``) change it, and each change is logged."""
     config, _ = resume_config(out, overrides)  # train_run logs each change
     return train_run(config, resume=True, progress=progress)
+
+
+def pretrain(config: PretrainRunConfig, *, progress: bool = True) -> RunDir:
+    """Self-supervised pretraining of ``config.model.name`` on the images of
+    ``config.data.paths`` (no labels), into the run directory ``config.out``; its backbone is
+    what ``train`` with ``model.pretrained: <that run>`` fine-tunes.
+
+        >>> from medscope.config import load_pretrain_config
+        >>> pre = pretrain(load_pretrain_config(None, {"data.paths": ["images"],
+        ...                                           "model.name": "resnet10t"}))
+    """
+    return pretrain_run(config, progress=progress)
+
+
+def resume_pretrain(out: Path | str, overrides: dict[str, Any] | None = None, *,
+                    progress: bool = True) -> RunDir:
+    """Continue the interrupted pretraining in ``out`` with its saved config; ``overrides``
+    (dotted keys, e.g. ``{"train.epochs": 200}``) change it, and each change is logged."""
+    return pretrain_run(resume_pretrain_config(out, overrides), resume=True, progress=progress)
 
 
 def cv(config: RunConfig, folds: int | None = None, *, progress: bool = True) -> Path:

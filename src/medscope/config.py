@@ -23,6 +23,8 @@ DataFormat = Literal["auto", "folder", "csv", "npz"]
 InChans = Literal[1, 3]
 IN_CHANS: tuple[int, ...] = get_args(InChans)
 TargetAccuracy = Annotated[float, Field(gt=0, le=1)]
+AugmentPreset = Literal["none", "flips", "microscopy", "keras-classic", "randaugment", "stain",
+                        "ssl"]
 
 
 def check_group_pattern(pattern: str) -> str:
@@ -63,8 +65,8 @@ class DataConfig(_Section):
         "train.seed (set it to vary initialisation on a fixed test set)")
     multilabel: bool | Literal["auto"] = Field(
         "auto", description="CSV labels: auto = multi-label when some label holds '|'")
-    augment: Literal["none", "flips", "microscopy", "keras-classic", "randaugment",
-                     "stain"] = Field("flips", description="augmentation preset")
+    augment: AugmentPreset = Field("flips", description="augmentation preset (ssl: the strong "
+                                   "views of self-supervised pretraining)")
     stain_norm: Literal["none", "reinhard"] = Field(
         "none", description="colour normalisation of every model input (after the training "
         "augmentation, before Normalize): reinhard = each image's L*a*b* means and stds mapped "
@@ -196,6 +198,82 @@ class RunConfig(_Section):
         return None if self.data.multilabel == "auto" else self.data.multilabel
 
 
+# ---------------------------------------------------------------- self-supervised pretraining
+
+
+class PretrainSection(_Section):
+    objective: Literal["simclr"] = Field(
+        "simclr", description="self-supervised objective: simclr = two augmented views of each "
+        "image pulled together, the batch's other images pushed apart (NT-Xent)")
+    temperature: float = Field(0.2, gt=0, le=10, description="NT-Xent temperature")
+    proj_dim: int = Field(128, ge=2, description="output size of the projection head")
+    proj_hidden: int = Field(512, ge=2, description="hidden size of the projection head")
+
+
+class PretrainDataConfig(_Section):
+    paths: list[Path] = Field(default_factory=list, description="folder of images without "
+                              "labels, at any depth (class folders are ignored); repeatable")
+    img_size: int = Field(64, ge=8, le=4096, description="pretraining resolution (square); "
+                          "fine-tune at the same side")
+    in_chans: InChans = Field(3, description="1 = grayscale, 3 = RGB")
+    augment: AugmentPreset = Field("ssl", description="augmentation preset of the two views")
+    cache: bool = Field(True, description="keep decoded images in a memory-mapped disk cache")
+    cache_dir: Path | None = Field(None, description="default $MEDSCOPE_CACHE or ~/.cache/medscope")
+    strict: bool = Field(False, description="stop at the first unreadable image instead of "
+                         "skipping it")
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    num_workers: int = Field(0, ge=0, description="data loader worker processes")
+
+
+class PretrainRunConfig(_Section):
+    """``medscope pretrain``: a backbone trained without labels, saved as a run directory
+    whose checkpoint ``train --pretrained`` takes. ``train`` is the classifier's schema (one
+    engine); where pretraining wants other defaults, ``PRETRAIN_TRAIN_DEFAULTS`` sets them."""
+
+    out: Path = Field(Path("runs/pretrain"), description="run directory to create")
+    track: str | None = Field(None, description="mirror the run to mlflow, mlflow:URI or "
+                              "tensorboard")
+    data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+
+
+# A contrastive objective learns from the other images of its batch (its negatives): batches
+# far larger than a classifier's, and more epochs; warm-up steadies the start at that batch.
+PRETRAIN_TRAIN_DEFAULTS: dict[str, Any] = {"epochs": 100, "batch_size": 256, "lr": 1e-3,
+                                           "warmup_epochs": 5}
+
+
+def load_pretrain_config(path: Path | None = None, overrides: dict[str, Any] | None = None
+                         ) -> PretrainRunConfig:
+    """Defaults (``PRETRAIN_TRAIN_DEFAULTS`` under the schema's), then the YAML file, then
+    ``overrides`` (dotted keys such as ``pretrain.temperature``)."""
+    raw: dict[str, Any] = {"train": dict(PRETRAIN_TRAIN_DEFAULTS)}
+    if path is not None:
+        path = resolve_recipe(path)
+        for section, values in read_yaml(path).items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return PretrainRunConfig.model_validate(raw)
+    except ValidationError as exc:
+        where = f"{path}: " if path else ""
+        raise MedscopeError(f"{where}invalid pretraining config: {_first_error(exc)}") from None
+
+
+def pretrain_default(dotted: str) -> Any:
+    """The default of a pretraining config key, as ``load_pretrain_config`` applies it."""
+    section, _, leaf = dotted.partition(".")
+    if section == "train" and leaf in PRETRAIN_TRAIN_DEFAULTS:
+        return PRETRAIN_TRAIN_DEFAULTS[leaf]
+    return describe_field(dotted, PretrainRunConfig).default
+
+
 def _shipped_recipes_dir() -> Path:
     # Package data, so that an installed wheel finds the recipes as an editable install does.
     # Wheels are installed unpacked (never imported from a zip), so the resource folder is a
@@ -251,7 +329,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def config_to_yaml(config: RunConfig) -> str:
+def config_to_yaml(config: RunConfig | PretrainRunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 

@@ -160,7 +160,7 @@ def _summaries(out: torch.Tensor, src: torch.Tensor) -> dict[str, np.ndarray]:
             "channel spread": (o.std(1).mean((1, 2)) - s.std(1).mean((1, 2))).numpy()}
 
 
-@pytest.mark.parametrize("preset", ["microscopy", "keras-classic", "stain"])
+@pytest.mark.parametrize("preset", ["microscopy", "keras-classic", "stain", "ssl"])
 @pytest.mark.slow
 def test_geometric_and_colour_statistics_match_per_image(preset):
     src = _patterned(400, 32, seed=5)

@@ -25,6 +25,7 @@ from medscope.cli import (
     models,
     patches,
     predict,
+    pretrain,
     report,
     run,
     serve,
@@ -37,8 +38,8 @@ from medscope.errors import MedscopeError
 __all__ = ["build_parser", "main"]
 
 # In the order `medscope --help` lists them.
-COMMANDS = (synth, patches, train, cv, run, evaluate, predict, models, data_info, cache, report,
-            demo, compare, explain, export, serve, audit)
+COMMANDS = (synth, patches, pretrain, train, cv, run, evaluate, predict, models, data_info, cache,
+            report, demo, compare, explain, export, serve, audit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,13 +4,17 @@ config's schema, and the config the user's flags, --set items and --config give.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# flag -> (config key, argparse extras)
+Options = dict[str, tuple[str, dict[str, Any]]]
 
 # Each training option once: flag -> (config key, argparse extras). Help text, choices and type
 # come from the config schema (``describe_field``); defaults stay None so that only flags the
 # user gives override the recipe (and, with --resume, the saved config).
-TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+TRAIN_OPTIONS: Options = {
     "--data": ("data.path", {}),
     "--format": ("data.format", {}),
     "--out": ("out", {}),
@@ -58,19 +62,26 @@ TRAIN_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
+def add_train_args(p: argparse.ArgumentParser, options: Options | None = None,
+                   schema: type | None = None, default_of: Callable[[str], Any] | None = None
+                   ) -> None:
+    """The flags of ``options`` (default: ``medscope train``'s) from ``schema`` (default: the
+    run config), ``--config`` and ``--set``; ``default_of(key)`` is the default the help shows
+    (default: the schema's)."""
     from medscope.config import describe_field
 
     p.add_argument("--config", type=Path,
                    help="YAML recipe: a file or the name of a shipped one (e.g. demo)")
-    for flag, (key, extra) in TRAIN_OPTIONS.items():
-        doc = describe_field(key)
+    for flag, (key, extra) in (options or TRAIN_OPTIONS).items():
+        doc = describe_field(key, schema)
         kwargs: dict[str, Any] = {"dest": dest(key), "default": None}
-        if "action" not in extra:
+        if extra.get("action", "append") == "append":
             kwargs["type"] = doc.type
             if doc.choices:
                 kwargs["choices"] = doc.choices
-        default = "" if doc.default is None or "action" in extra else f" (default {doc.default})"
+        shown = default_of(key) if default_of else doc.default
+        default = ("" if shown is None or "action" in extra or not isinstance(
+            shown, (int, float, str, Path)) else f" (default {shown})")
         p.add_argument(flag, help=f"{doc.help}{default} [{key}]", **kwargs, **extra)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.weight_decay=0.01 (repeatable)")
@@ -80,13 +91,15 @@ def dest(key: str) -> str:
     return "opt_" + key.replace(".", "_")
 
 
-def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def explicit_overrides(args: argparse.Namespace, options: Options | None = None
+                       ) -> dict[str, Any]:
     """The config keys the user set on the command line: training flags and --set items."""
     from medscope.config import parse_override
 
-    overrides = {key: getattr(args, dest(key)) for key, _ in TRAIN_OPTIONS.values()
+    overrides = {key: getattr(args, dest(key)) for key, _ in (options or TRAIN_OPTIONS).values()
                  if getattr(args, dest(key), None) is not None}
-    overrides = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    overrides = {k: [str(x) for x in v] if isinstance(v, list) else
+                 str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     overrides.update(parse_override(item) for item in args.set)
     return overrides
 

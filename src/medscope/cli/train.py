@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> None:
     from medscope import api
 
     if args.resume is not None:
-        result = api.resume(_run_to_resume(args), explicit_overrides(args),
+        result = api.resume(run_to_resume(args), explicit_overrides(args),
                             progress=args.progress)
     else:
         result = api.train(train_config(args), progress=args.progress)
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"run finished: {result.root}  (report: {result.report})")
 
 
-def _run_to_resume(args: argparse.Namespace) -> Path:
+def run_to_resume(args: argparse.Namespace) -> Path:
     """The run --resume continues: --resume RUN, or --out RUN --resume, not two different."""
     if args.resume is not True:  # --resume RUN
         if args.opt_out is not None and Path(args.opt_out) != Path(args.resume):

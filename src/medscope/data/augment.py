@@ -17,7 +17,11 @@ batch costs a handful of tensor ops instead of a Python call chain per image:
   matmuls and a rounding, but its cost is unmeasured);
 - ``keras-classic``: shear (degrees) x zoom x horizontal flip as one grid per batch;
 - ``randaugment``: each of the two rounds draws an op and a sign per sample; the samples that
-  drew the same (op, sign) are augmented together by torchvision's own RandAugment op.
+  drew the same (op, sign) are augmented together by torchvision's own RandAugment op;
+- ``ssl``: the strong views of contrastive pretraining (SimCLR's recipe, with the 90° turns
+  microscopy allows): a random resized crop (8-100 % of the area, aspect 3/4-4/3, bilinear;
+  up to 10 draws per sample as torchvision retries, else the whole image), the 8
+  orientations, colour jitter 0.4/0.4/0.4/0.1 on 80 %, grey on 20 % (RGB), 3x3 blur on 50 %.
 
 Random parameters are drawn on the CPU from the ``generator`` given (the loop reseeds it every
 epoch), so a batch augments identically on CPU and GPU and a resumed run repeats its epochs.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import RandAugment
 
 from medscope.data.stain import draw_stain_jitter, stain_colour
-from medscope.data.transforms import PRESETS
+from medscope.data.transforms import PRESETS, SSL_CROP_SCALE
 from medscope.errors import MedscopeError
 
 # The microscopy affine fill: "zeros" is v2.RandomAffine's black; "reflection" continues the
@@ -76,6 +81,8 @@ class BatchAugment:
             return self._keras_classic(images, g)
         if self.preset == "stain":
             return self._stain(images, g)
+        if self.preset == "ssl":
+            return self._ssl(images, g)
         return self._randaugment_batch(images, g)
 
     # ------------------------------------------------------------ presets
@@ -92,6 +99,23 @@ class BatchAugment:
         mix, offset, factors = (t.to(out.device) for t in draw_stain_jitter(len(out), g))
         colour = _compiled(stain_colour) if _compiles(out) else stain_colour
         return _random_blur(colour(out, mix, offset, factors), g)
+
+    def _ssl(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        # Two views of one image must share little but what the image is: crops that may not
+        # overlap, and colour changed enough that hue and brightness alone cannot pair them.
+        n, c, h, w = images.shape
+        _require_square(h, w, self.preset)
+        out = orient(random_resized_crop(images, SSL_CROP_SCALE, g),
+                     random_orientations(n, g))
+        jittered = (torch.rand(n, generator=g) < 0.8).nonzero().squeeze(1)
+        if len(jittered):
+            idx = jittered.to(out.device)
+            out[idx] = color_jitter(out[idx], 0.4, 0.4, 0.4, 0.1, g)
+        grey = (torch.rand(n, generator=g) < 0.2).nonzero().squeeze(1)
+        if c == 3 and len(grey):
+            idx = grey.to(out.device)
+            out[idx] = _gray(out[idx].float()).expand(-1, 3, -1, -1).to(torch.uint8)
+        return _random_blur(out, g, p=0.5, sigma=(0.1, 2.0))
 
     def _microscopy_geometry(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -140,12 +164,13 @@ class BatchAugment:
         return out
 
 
-def _random_blur(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """v2.RandomApply([GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2), in place."""
-    blurred = torch.rand(len(images), generator=g) < 0.2
+def _random_blur(images: torch.Tensor, g: torch.Generator, p: float = 0.2,
+                 sigma: tuple[float, float] = (0.1, 1.0)) -> torch.Tensor:
+    """v2.RandomApply([GaussianBlur(3, sigma=sigma)], p=p), in place."""
+    blurred = torch.rand(len(images), generator=g) < p
     if blurred.any():
         idx = blurred.nonzero().squeeze(1).to(images.device)
-        sigma = _uniform(len(idx), 0.1, 1.0, g)
+        sigma = _uniform(len(idx), *sigma, g)
         images[idx] = gaussian_blur3(images[idx], sigma)
     return images
 
@@ -154,6 +179,39 @@ def batch_augmentation(preset: str) -> BatchAugment | None:
     """The batched augmentation of a preset, or None for ``none``."""
     aug = BatchAugment(preset)
     return None if preset == "none" else aug
+
+
+# ---------------------------------------------------------------- resized crop
+
+_CROP_RATIO = (3 / 4, 4 / 3)
+_CROP_TRIES = 10
+
+
+def random_resized_crop(images: torch.Tensor, scale: tuple[float, float],
+                        g: torch.Generator) -> torch.Tensor:
+    """v2.RandomResizedCrop(scale, ratio 3/4-4/3) back to each image's own size, per sample:
+    area and log-aspect drawn up to 10 times until the crop fits (else the whole image), the
+    position uniform; bilinear, rounded back to uint8. In continuous coordinates (torchvision
+    rounds the crop to whole pixels first: a sub-pixel difference)."""
+    n, _, h, w = images.shape
+    area = torch.empty(n, _CROP_TRIES).uniform_(*scale, generator=g)
+    log_ratio = torch.empty(n, _CROP_TRIES).uniform_(*[math.log(r) for r in _CROP_RATIO],
+                                                     generator=g)
+    cw, ch = (area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt()
+    fits = (cw <= 1) & (ch <= 1)
+    first = fits.to(torch.int64).argmax(1, keepdim=True)
+    any_fit = fits.any(1)
+    cw = torch.where(any_fit, cw.gather(1, first).squeeze(1), torch.ones(n))
+    ch = torch.where(any_fit, ch.gather(1, first).squeeze(1), torch.ones(n))
+    # grid_sample's coordinates run from -1 to 1: the crop's centre lies within 1 - its size.
+    cx = (torch.rand(n, generator=g) * 2 - 1) * (1 - cw)
+    cy = (torch.rand(n, generator=g) * 2 - 1) * (1 - ch)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = cw, cx, ch, cy
+    grid = F.affine_grid(theta.to(images.device), [n, 1, h, w], align_corners=False)
+    out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------- orientation

@@ -83,7 +83,7 @@ def _inspect(sample: Sample) -> tuple[str, tuple[int, int], str, str | None]:
     try:
         read_image(sample.path, 32, 3)  # full decode (reduced scale for JPEG)
         if is_dicom(sample.path):
-            size, mode = _dicom_size(sample.path)
+            size, mode = dicom_size(sample.path)
         else:
             with Image.open(sample.path) as img:
                 size, mode = img.size, img.mode
@@ -110,7 +110,7 @@ def sample_digest(sample: Sample) -> str | None:
         return None
 
 
-def _dicom_size(path: Path) -> tuple[tuple[int, int], str]:
+def dicom_size(path: Path) -> tuple[tuple[int, int], str]:
     import pydicom
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)

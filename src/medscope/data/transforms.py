@@ -36,7 +36,21 @@ class RandomStainJitter(nn.Module):
         return stain_colour(img.unsqueeze(0), *draw_stain_jitter(1, None))[0]
 
 
-PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment", "stain")
+class SameSizeResizedCrop(nn.Module):
+    """v2.RandomResizedCrop back to the image's own size (the ``ssl`` preset's crop)."""
+
+    def __init__(self, scale: tuple[float, float]) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        crop = v2.RandomResizedCrop(tuple(img.shape[-2:]), scale=self.scale, antialias=False)
+        return crop(img)
+
+
+PRESETS = ("none", "flips", "microscopy", "keras-classic", "randaugment", "stain", "ssl")
+# The ``ssl`` preset's crop area (fraction of the image): SimCLR's 0.08-1.
+SSL_CROP_SCALE = (0.08, 1.0)
 
 
 def augmentation(preset: str) -> nn.Module:
@@ -69,6 +83,16 @@ def augmentation(preset: str) -> nn.Module:
             v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
             RandomStainJitter(),
             v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.0))], p=0.2),
+        ])
+    if preset == "ssl":
+        # SimCLR's views (crop, colour jitter on 80 %, grey on 20 %, blur) with the
+        # orientations microscopy allows; kept strong: the pretext task is pairing two views.
+        return v2.Compose([
+            SameSizeResizedCrop(SSL_CROP_SCALE),
+            v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), RandomRot90(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0))], p=0.5),
         ])
     raise MedscopeError(f"unknown augmentation preset {preset!r} (one of {', '.join(PRESETS)})")
 
@@ -115,7 +139,7 @@ def channel_stats(pixels, max_images: int = 2000, seed: int = 0
     if len(pixels) > max_images:
         pick = np.sort(np.random.default_rng(seed).choice(len(pixels), max_images, replace=False))
         pixels = pixels[pick]
-    sample = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
+    sample = torch.from_numpy(np.array(pixels)).float() / 255.0  # a copy: a memmap is read-only
     flat = sample.reshape(-1, sample.shape[-1])
     std = flat.std(0).clamp_min(1e-3)
     return flat.mean(0).tolist(), std.tolist()

@@ -77,7 +77,7 @@ def run_recipe(recipe: Recipe | Path | str, *, out: Path | None = None,
     for p in plan:  # every model, kwargs and freeze spec checked before any training
         check_model(p.config)
         if p.config.model.pretrained:
-            check_weights_source(p.config.model.pretrained)
+            check_weights_source(p.config.model.pretrained, p.config.model.name)
     for i, p in enumerate(plan, 1):
         _run_one(recipe, p, out, i, len(plan), progress)
         if recipe.tta and not p.folds:

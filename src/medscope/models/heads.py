@@ -6,6 +6,9 @@ model of the right family. Kept beside the registry (which applies them from the
   histology study's 1x1/2x2/4x4/8x8 comparison.
 - ``flatten_head``: a VGG's fc6/fc7 and pooled classifier become the Keras-style Flatten + Dense
   of the transfer-learning course.
+- ``add_projection_head``: the classifier becomes SimCLR's projection MLP for self-supervised
+  pretraining; it sits under the classifier's name, so ``load_pretrained`` leaves it out and a
+  fine-tuned model gets a new classifier on the pretrained backbone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from medscope.errors import MedscopeError
+from medscope.models.transfer import head_module_names
 
 HEAD_POOL_SIZES = (1, 2, 4, 8)
 VGG_POOLS = 5  # VGG halves the feature map five times (floor), 224 -> 7
@@ -94,4 +98,20 @@ def set_flatten_head(model: nn.Module, img_size: int) -> nn.Module:
     model.pre_logits = nn.Identity()
     model.head = FlattenHead(features, model.num_classes)
     model.head_hidden_size = features
+    return model
+
+
+def add_projection_head(model: nn.Module, out_dim: int, hidden: int) -> nn.Module:
+    """Replace ``model``'s classifier (one Linear layer) by SimCLR's projection head,
+    Linear -> BatchNorm -> ReLU -> Linear (Chen et al. 2020): the loss is taken on its output,
+    the backbone's features before it are what transfers."""
+    names = head_module_names(model)
+    clf = model.get_submodule(names[0]) if len(names) == 1 else None
+    if not isinstance(clf, nn.Linear):
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        raise MedscopeError(f"{arch or type(model).__name__}: cannot pretrain it (its "
+                            f"classifier {', '.join(names)} is not one Linear layer)")
+    projector = nn.Sequential(nn.Linear(clf.in_features, hidden), nn.BatchNorm1d(hidden),
+                              nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    model.set_submodule(names[0], projector)
     return model

@@ -104,7 +104,7 @@ def create_model(
     if pretrained:
         from medscope.models.transfer import load_pretrained
 
-        load_pretrained(model, pretrained, in_chans=in_chans)
+        load_pretrained(model, pretrained, in_chans=in_chans, architecture=name)
     return model
 
 

@@ -13,8 +13,11 @@ What the training engine calls::
 
 Signatures:
 
-- ``load_pretrained(model, source, in_chans=3) -> LoadReport``: ``source`` is a local file
-  (``.safetensors``, or a ``.pth/.pt/.bin`` state dict read with ``weights_only=True``) or a hub
+- ``load_pretrained(model, source, in_chans=3, architecture=None) -> LoadReport``: ``source`` is
+  a medscope run directory or checkpoint (its ``best``; a self-supervised run's backbone
+  without its projection head; another architecture than ``architecture`` is refused), a
+  local file (``.safetensors``, or a ``.pth/.pt/.bin`` state dict read with
+  ``weights_only=True``) or a hub
   id (``timm/resnet18.a1_in1k``, ``hf-hub:org/repo[@revision]``, ``resnet18.a1_in1k``, or
   ``imagenet`` for the model's default timm weights). Hub ids are served from the Hugging Face
   cache when it holds them (also with ``HF_HUB_OFFLINE=1``), else downloaded into it; the
@@ -47,6 +50,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from medscope.core.checkpoint import CheckpointMeta, read_meta
 from medscope.errors import MedscopeError
 
 log = logging.getLogger(__name__)
@@ -75,7 +79,8 @@ class FreezeReport:
 # --------------------------------------------------------------------------- loading
 
 
-def load_pretrained(model: nn.Module, source: str | os.PathLike, in_chans: int = 3) -> LoadReport:
+def load_pretrained(model: nn.Module, source: str | os.PathLike, in_chans: int = 3,
+                    architecture: str | None = None) -> LoadReport:
     """Load ``source`` into ``model`` in place (see module docstring for accepted sources).
 
     Classifier weights whose shape does not fit (other num_classes, head_pool) are dropped and
@@ -90,10 +95,11 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike, in_chans: int =
     ``checkpoint_filter_fn`` (``_apply_timm_filter``) and ``adapt_input_conv``; file reading is
     safetensors or ``torch.load(weights_only=True)``, as in timm's own ``load_state_dict``.
     """
-    path = _resolve_source(str(source), model)
+    path = _resolve_source(str(source), model, architecture)
     state = read_state_dict(path)
     state = _strip_prefixes(state, model)
     state = _apply_timm_filter(state, model)
+    state = _backbone_of_pretraining(state, model, source)
     report = LoadReport(source=str(source))
     target = model.state_dict()
 
@@ -200,10 +206,21 @@ def _apply_timm_filter(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     return state
 
 
-def check_weights_source(source: str) -> Path | None:
-    """The local weights file ``source`` names, None for a hub id; an error when it names a
-    file that is not there, or (offline) a hub repo the Hugging Face cache does not hold, so
-    that a training fails before its data is prepared. Cheap: nothing is read or downloaded."""
+def check_weights_source(source: str, architecture: str | None = None) -> Path | None:
+    """The local weights file ``source`` names (a run directory: its best checkpoint), None for
+    a hub id; an error when it names a file that is not there, a medscope checkpoint of another
+    architecture than ``architecture``, or (offline) a hub repo the Hugging Face cache does not
+    hold, so that a training fails before its data is prepared. Cheap: nothing is read or
+    downloaded but a checkpoint's JSON."""
+    found = medscope_checkpoint(source)
+    if found is not None:
+        weights, meta = found
+        if architecture is not None and meta.model != architecture:
+            what = "pretrained (self-supervised)" if is_pretraining(meta) else "trained"
+            raise MedscopeError(f"--pretrained {source}: {what} as {meta.model}, but this run's "
+                                f"model is {architecture}; use --model {meta.model}, or "
+                                f"pretrain {architecture}")
+        return weights
     path = Path(source).expanduser()
     if path.is_file():
         return path
@@ -219,8 +236,57 @@ def check_weights_source(source: str) -> Path | None:
     return None
 
 
-def _resolve_source(source: str, model: nn.Module) -> Path:
-    return check_weights_source(source) or _hub_weights(source, model)
+def _resolve_source(source: str, model: nn.Module, architecture: str | None) -> Path:
+    return check_weights_source(source, architecture) or _hub_weights(source, model)
+
+
+def medscope_checkpoint(source: str | os.PathLike) -> tuple[Path, CheckpointMeta] | None:
+    """(weights file, metadata) when ``source`` is a medscope run directory (its best
+    checkpoint) or one half of a checkpoint pair; None for any other source."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        best = path / "checkpoints" / "best.safetensors"
+        if not best.is_file():
+            raise MedscopeError(f"{path}: a folder without checkpoints/best.safetensors; "
+                                "--pretrained takes a run directory, a checkpoint or a "
+                                "weights file")
+        path = best
+    if path.suffix not in (".safetensors", ".json"):
+        return None
+    weights, meta_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not (weights.is_file() and meta_file.is_file()):
+        return None
+    try:
+        return weights, read_meta(meta_file)
+    except MedscopeError:  # a JSON beside that is not a medscope checkpoint's
+        return None
+
+
+def is_pretraining(meta: CheckpointMeta) -> bool:
+    """Whether a checkpoint holds a self-supervised backbone (``medscope pretrain``)."""
+    return isinstance(getattr(meta, "pretraining", None), dict)
+
+
+def _backbone_of_pretraining(state: dict[str, torch.Tensor], model: nn.Module,
+                             source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A self-supervised run's weights without its projection head (the classifier starts
+    new), its input statistics adopted as the model's (the trainer normalises with them);
+    any other source's ``state`` unchanged."""
+    found = medscope_checkpoint(source)
+    if found is None or not is_pretraining(found[1]):
+        return state
+    meta, head = found[1], tuple(head_module_names(model))
+    chans = model.state_dict()[_first_conv_weight_key(model)].shape[1]
+    mean, std = meta.mean, meta.std
+    if len(mean) != chans:  # grey fine-tuning of a colour backbone, or the reverse
+        mean, std = [sum(mean) / len(mean)] * chans, [sum(std) / len(std)] * chans
+    model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}),
+                            "mean": tuple(mean), "std": tuple(std)}
+    info = meta.pretraining
+    log.info("self-supervised backbone from %s (%s, %s epochs on %s images of %s px); the "
+             "projection head is left out, the classifier starts new", source,
+             info.get("objective"), info.get("epochs"), info.get("images"), meta.img_size)
+    return {k: v for k, v in state.items() if not _under(k, head)}
 
 
 # --------------------------------------------------------------------------- hub weights

@@ -177,6 +177,9 @@ Checkpoint = Callable[[nn.Module, torch.optim.Optimizer, FitState], None]
 
 # What augments a uint8 training batch on the device, drawing from the generator it is given.
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# How many of a training batch's outputs are right, for the history's train_accuracy:
+# (model outputs, targets) -> count (classification: ``n_correct``).
+Correct = Callable[[torch.Tensor, torch.Tensor], int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +196,12 @@ class FitInputs:
     ``augment``: batched augmentation of the uint8 training batches on the device, drawing from
     a generator reseeded every epoch; ``mix``: MixUp/CutMix of the normalised batch after it.
     ``train_size``: the side training batches are resized to in each epoch (from 0; None: as
-    loaded), for progressive resizing."""
+    loaded), for progressive resizing.
+    ``views``: each training image is augmented this many times independently per step, the
+    copies stacked batch after batch (2: the two views of a contrastive objective, image i's
+    at rows i and N + i); ``correct``: what the train_accuracy column counts (None: argmax
+    hits, or exact match for multi-label). Self-supervised pretraining passes both with its
+    own ``loss_fn`` and no ``val_loader``; the loop is the same."""
 
     model: nn.Module
     train_loader: DataLoader
@@ -210,6 +218,8 @@ class FitInputs:
     multilabel: bool = False
     dist: DistContext = field(default_factory=DistContext)
     progress: bool = True
+    views: int = 1
+    correct: Correct | None = None
 
 
 @dataclass(frozen=True)
@@ -231,12 +241,14 @@ def fit(inputs: FitInputs, state: FitState | None = None,
 
 
 def _concrete(inputs: FitInputs) -> FitInputs:
-    """``inputs`` with the defaults of loss and optimizer filled in and the normalisation and
-    loss on the device (class weights live there)."""
+    """``inputs`` with the defaults of loss, optimizer and accuracy count filled in and the
+    normalisation and loss on the device (class weights live there)."""
     device = inputs.runtime.device
     loss_fn = inputs.loss_fn or nn.CrossEntropyLoss(label_smoothing=inputs.cfg.label_smoothing)
+    multilabel = inputs.multilabel
     return replace(inputs, normalize=inputs.normalize.to(device), loss_fn=loss_fn.to(device),
-                   optimizer=inputs.optimizer or build_optimizer(inputs.model, inputs.cfg))
+                   optimizer=inputs.optimizer or build_optimizer(inputs.model, inputs.cfg),
+                   correct=inputs.correct or (lambda out, y: n_correct(out, y, multilabel)))
 
 
 class _Loop:
@@ -310,7 +322,7 @@ class _Loop:
     def _batch_ops(self, epoch: int) -> BatchOps:
         inputs = self.inputs
         size = inputs.train_size(epoch) if inputs.train_size else None
-        return BatchOps(inputs.augment, self.aug_generator, inputs.mix, size)
+        return BatchOps(inputs.augment, self.aug_generator, inputs.mix, size, inputs.views)
 
     def _validate(self) -> dict[str, float]:
         """The validated model's loss, accuracy and macro F1; {} without a validation split."""
@@ -418,15 +430,19 @@ class BatchOps:
     generator: torch.Generator | None = None
     mix: Callable | None = None
     size: int | None = None  # progressive resizing: this epoch's side
+    views: int = 1  # independently augmented copies of each image (contrastive pretraining)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
                  runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 batch from the loader -> (model input, targets) on the device: augmented on
-        uint8 where it is, normalised to float, resized (progressive resizing; normalising
-        is per-channel affine, so before or after is the same), then mixed (MixUp/CutMix blend
-        floats)."""
+        """uint8 batch from the loader -> (model input, targets) on the device: repeated
+        ``views`` times (each copy then draws its own augmentation), augmented on uint8 where
+        it is, normalised to float, resized (progressive resizing; normalising is per-channel
+        affine, so before or after is the same), then mixed (MixUp/CutMix blend floats)."""
         images = images.to(runtime.device, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
+        if self.views > 1:
+            images = images.repeat(self.views, 1, 1, 1)
+            labels = labels.repeat(self.views, *([1] * (labels.ndim - 1)))
         if self.augment is not None:
             images = self.augment(images, self.generator)
         images = normalize(runtime.to_input(images))
@@ -464,7 +480,7 @@ def _train_epoch(loop: _Loop, *, epoch: int, resume_at: EpochPosition | None,
             continue
         _update(loop, loss)
         loop.after_update(epoch, step)
-        pos.add(loss.item(), n_correct(logits.detach(), labels, inputs.multilabel), len(labels))
+        pos.add(loss.item(), inputs.correct(logits.detach(), labels), len(labels))
         pos.step = step + 1
         bar.set_postfix(loss=f"{pos.metrics()['loss']:.3f}")
         loop.after_step(pos)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from medscope.config import RunConfig
+from medscope.config import PretrainRunConfig, RunConfig
 from medscope.core.runtime import Runtime, select_runtime
 from medscope.errors import MedscopeError, first_line
 from medscope.models import create_model, is_known_model
@@ -39,14 +39,47 @@ def check_run_config(config: RunConfig, *, resume: bool = False) -> Runtime:
     check_progressive(config, model)
     check_disk(config, sum(p.numel() for p in model.parameters()))
     if config.model.pretrained:
-        check_weights_source(config.model.pretrained)
+        check_weights_source(config.model.pretrained, config.model.name)
     if config.train.unfreeze_at is not None and config.train.unfreeze_at > config.train.epochs:
         log.warning("train.unfreeze_at %d is after the last epoch (%d): the frozen layers never "
                     "train", config.train.unfreeze_at, config.train.epochs)
     return runtime
 
 
-def check_model(config: RunConfig) -> torch.nn.Module:
+def check_pretrain_config(config: PretrainRunConfig, *, resume: bool = False) -> Runtime:
+    """``check_run_config`` for ``medscope pretrain``: its folders, run directory, model (one
+    Linear classifier, which becomes the projection head), disk and settings; the runtime."""
+    from medscope.models.heads import add_projection_head
+
+    if not config.data.paths:
+        raise MedscopeError("no images given: pass --data DIR (repeatable)")
+    for folder in config.data.paths:
+        if not folder.is_dir():
+            raise MedscopeError(f"{folder}: not a folder (pretraining takes folders of images)")
+    RunDir(config.out).check_can_start(resume=resume)
+    runtime = select_runtime(config.train.device, config.train.precision,
+                             config.train.channels_last)
+    model = check_model(config)
+    with torch.device("meta"):
+        add_projection_head(model, config.pretrain.proj_dim, config.pretrain.proj_hidden)
+    check_progressive(config, model)
+    params = sum(p.numel() for p in model.parameters())
+    out = _existing_ancestor(config.out)
+    _check_writable(out, f"{config.out}: cannot write the run directory")
+    _check_free(out, {"checkpoints": checkpoint_bytes(params, config.train.optimizer,
+                                                      config.train.ema is not None)
+                      + RUN_FILES_BYTES}, "another --out")
+    if config.model.pretrained:
+        check_weights_source(config.model.pretrained, config.model.name)
+    for key, value, default in (("train.freeze", config.train.freeze, "none"),
+                                ("train.unfreeze_at", config.train.unfreeze_at, None),
+                                ("train.label_smoothing", config.train.label_smoothing, 0.0)):
+        if value != default:
+            raise MedscopeError(f"{key} {value}: a classifier's setting, not pretraining's")
+    return runtime
+
+
+def check_model(config: RunConfig | PretrainRunConfig) -> torch.nn.Module:
     """Build the model on the meta device (no memory, no weights) to check its name, kwargs,
     input size and freeze spec."""
     name = config.model.name
@@ -64,7 +97,7 @@ def check_model(config: RunConfig) -> torch.nn.Module:
     return model
 
 
-def check_progressive(config: RunConfig, model: torch.nn.Module) -> None:
+def check_progressive(config: RunConfig | PretrainRunConfig, model: torch.nn.Module) -> None:
     """Progressive resizing starts below ``data.img_size`` with a model that takes that size
     (one forward on the meta device: a flatten-to-FC head or a fixed-size ViT refuses it)."""
     side, full = config.train.progressive_from, config.data.img_size

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from medscope.config import RunConfig, config_to_yaml, load_config
+from medscope.config import PretrainRunConfig, RunConfig, config_to_yaml, load_config
 from medscope.core.checkpoint import CheckpointMeta, library_versions, previous_stem
 from medscope.core.runtime import Runtime, seed_everything, tune_backends
 from medscope.data.balance import class_counts, distribution_line
@@ -77,7 +77,7 @@ def train_run(config: RunConfig, *, resume: bool = False, progress: bool = True,
 def _train_run(config: RunConfig, dist: DistContext, *, resume: bool, progress: bool,
                callbacks: Sequence[EpochEnd] = ()) -> RunDir:
     runtime = dist.runtime_for(check_run_config(config, resume=resume))
-    _check_distributed(config, dist)
+    check_distributed(config, dist)
     tracker = make_tracker(config.track if dist.is_main else None)
     progress = progress and dist.is_main
     flush_denormals()
@@ -251,7 +251,7 @@ def remove_previous_pairs(run: RunDir) -> None:
 # ---------------------------------------------------------------- distributed (torchrun)
 
 
-def _check_distributed(config: RunConfig, dist: DistContext) -> None:
+def check_distributed(config: RunConfig | PretrainRunConfig, dist: DistContext) -> None:
     if dist.enabled and config.train.unfreeze_at is not None:
         # DDP syncs only the parameters that were trainable when it wrapped the model.
         raise MedscopeError(f"train.unfreeze_at {config.train.unfreeze_at}: not supported "
