@@ -117,6 +117,10 @@ class Predictor(MetaClassifier):
         stem = checkpoint_stem(source)
         runtime = select_runtime(device, precision)
         tensors, meta = load_checkpoint(stem)
+        if not meta.classes:  # `medscope pretrain` writes a backbone and a projection head
+            raise MedscopeError(f"{stem}.json: a self-supervised pretraining checkpoint (no "
+                                f"classes); fine-tune it first: medscope train --pretrained "
+                                f"{source} --data DIR")
         try:
             model = create_model(meta.model, num_classes=meta.num_classes,
                                  in_chans=meta.in_chans, img_size=meta.img_size,

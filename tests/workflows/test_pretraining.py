@@ -118,11 +118,15 @@ def _mixed(tmp_path: Path, odd: dict) -> Path:
     ("grey and RGB", "b.png: grey among colour images"),
     ("another architecture", "pretrained (self-supervised) as resnet10t, but this run's model "
                              "is simple_cnn"),
+    ("predict with a pretraining", "a self-supervised pretraining checkpoint (no classes); "
+                                   "fine-tune it first: medscope train --pretrained"),
 ])
 def test_bad_input_is_one_line_and_exit_2(case, message, pre, stripes, tmp_path, capsys):
     if case == "another architecture":
         args = _train_args(stripes, tmp_path / "ft", "--model", "simple_cnn",
                            "--pretrained", str(pre))
+    elif case == "predict with a pretraining":
+        args = ["predict", str(pre), str(stripes), "--out", str(tmp_path / "p.csv")]
     elif case == "no images":
         (tmp_path / "empty" / "sub").mkdir(parents=True)
         (tmp_path / "empty" / "sub" / "readme.txt").write_text("x")
