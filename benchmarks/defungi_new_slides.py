@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import SHARED_DATA, describe_machine  # noqa: E402
 
 RECIPE = "defungi-new-slides"
-ORDER = ("baseline", "stain-aug", "stain-norm", "microscopy")
+ORDER = ("baseline", "stain-aug", "stain-norm", "microscopy", "res96")
 GOALS = {"patch_accuracy_mean": 0.85, "group_accuracy_mean": 0.95, "budget_s_per_cv": 3 * 3600}
 
 
