@@ -31,3 +31,23 @@ def test_predictor_features_match_a_direct_hook(trained_run):
     features, logits = p.features_from_pixels(pixels, batch_size=2)
     assert features.shape == (5, 2 * 128) and logits.shape == (5, 3)
     assert np.allclose(logits, p.logits_from_pixels(pixels), atol=1e-5)
+
+
+def test_tta_reuses_the_identity_views_logits_when_given():
+    import numpy as np
+
+    from medscope.predictor import tta_logits
+
+    class Counting:  # a classifier whose logits are the mean of each colour channel
+        calls = 0
+
+        def logits_from_pixels(self, pixels, batch_size=64):
+            self.calls += 1
+            return pixels.reshape(len(pixels), -1, 3).mean(axis=1).astype(np.float32) \
+                + pixels[:, 0, 0, :]  # the corner pixel: differs between views
+
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 8, 8, 3), dtype=np.uint8)
+    plain, model = tta_logits(Counting(), pixels), Counting()
+    reused = tta_logits(model, pixels, identity=Counting().logits_from_pixels(pixels))
+    assert model.calls == 7
+    np.testing.assert_allclose(reused, plain, rtol=1e-6)

@@ -262,12 +262,18 @@ def dihedral_views(pixels: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for r in rotations for v in (r, r[:, :, ::-1])]
 
 
-def tta_logits(model: Classifier, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def tta_logits(model: Classifier, pixels: np.ndarray, batch_size: int = 64,
+               identity: np.ndarray | None = None) -> np.ndarray:
     """Test-time augmentation: a model's logits (before temperature) averaged over the 8
     dihedral views. Averaged as logits, not probabilities, so the temperature calibrates the
-    result once, and evaluation's before/after calibration figures stay defined."""
+    result once, and evaluation's before/after calibration figures stay defined.
+    ``identity``: the untransformed view's logits when the caller already has them (the
+    out-of-distribution check's forward pass), so that view is not run twice."""
     views = dihedral_views(pixels)
-    total = sum(np.asarray(model.logits_from_pixels(v, batch_size), np.float64) for v in views)
+    first = (np.asarray(identity, np.float64) if identity is not None
+             else np.asarray(model.logits_from_pixels(views[0], batch_size), np.float64))
+    total = first + sum(np.asarray(model.logits_from_pixels(v, batch_size), np.float64)
+                        for v in views[1:])
     return (total / len(views)).astype(np.float32)
 
 

@@ -101,7 +101,8 @@ def _scored(predictor: Predictor, pixels: np.ndarray, tta: bool
         return (tta_logits(predictor, pixels) if tta
                 else predictor.logits_from_pixels(pixels)), None
     features, logits = predictor.features_from_pixels(pixels)
-    return (tta_logits(predictor, pixels) if tta else logits), unusual(checks, [features])
+    return ((tta_logits(predictor, pixels, identity=logits) if tta else logits),
+            unusual(checks, [features]))
 
 
 def _evaluated_images(predictor: Predictor, run: RunDir, data_dir: Path | None,
