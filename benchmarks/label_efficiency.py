@@ -179,9 +179,20 @@ def label_subset_exclude(split: dict, fraction: float, seed: int, out: Path) -> 
         chosen.update(order[:max(1, math.ceil(fraction * len(order)))])
     left_out = [i for i, (g, a) in enumerate(zip(split["groups"], split["assign"], strict=True))
                 if a == "train" and g not in chosen]
+    # The copies the fixed split dropped, too: with part of the images excluded, the scan's
+    # duplicate rule would otherwise keep a copy whose twin is excluded, and it has no split.
+    dropped = sorted(_image_ids(split["data"]) - set(split["ids"]))
     path = out / f"exclude_{fraction:g}_seed{seed}.txt"
-    path.write_text("".join(f"{split['ids'][i]}\n" for i in left_out))
+    path.write_text("".join(f"{split['ids'][i]}\n" for i in left_out)
+                    + "".join(f"{d}\n" for d in dropped))
     return path
+
+
+def _image_ids(data: Path) -> set[str]:
+    from medscope.data.io import is_image_file
+
+    return {p.relative_to(data).as_posix() for p in Path(data).rglob("*")
+            if p.is_file() and is_image_file(p)}
 
 
 # ---------------------------------------------------------------- runs
@@ -225,7 +236,10 @@ def finetune(args: argparse.Namespace, split: dict, fraction: float, seed: int,
     if run.is_finished():
         return
     recipe = load_recipe(RECIPE)
+    # The fixed split was drawn with copies dropped: the same here, or a dropped copy has no
+    # split (a recipe may keep copies grouped instead).
     extra = {"data.split_file": str(split["path"]), "data.group_pattern": PATTERN,
+             "data.duplicates": "drop",
              "data.exclude": str(label_subset_exclude(split, fraction, seed, args.out)),
              "train.seed": seed, "model.pretrained": None if pre is None else str(pre)}
     config = experiment_config(recipe, recipe.experiment(EXPERIMENT), out=run.root,
