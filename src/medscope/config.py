@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -257,13 +257,7 @@ def load_pretrain_config(path: Path | None = None, overrides: dict[str, Any] | N
                 raw[section].update(values)
             else:
                 raw[section] = values
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
-    try:
-        return PretrainRunConfig.model_validate(raw)
-    except ValidationError as exc:
-        where = f"{path}: " if path else ""
-        raise MedscopeError(f"{where}invalid pretraining config: {_first_error(exc)}") from None
+    return _validated(PretrainRunConfig, raw, overrides, path, "pretraining config")
 
 
 def pretrain_default(dotted: str) -> Any:
@@ -307,13 +301,23 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         if "experiments" in raw:
             raise MedscopeError(f"{path}: a recipe of several experiments; run it with "
                                 f"`medscope run {path}`")
+    return _validated(RunConfig, raw, overrides, path, "config")
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def _validated(schema: type[_Config], raw: dict[str, Any], overrides: dict[str, Any] | None,
+               path: Path | None, what: str) -> _Config:
+    """``raw`` with the dotted ``overrides`` applied, validated as ``schema``; one line naming
+    the file for anything wrong (shared by run and pretraining configs)."""
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     try:
-        return RunConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         where = f"{path}: " if path else ""
-        raise MedscopeError(f"{where}invalid config: {_first_error(exc)}") from None
+        raise MedscopeError(f"{where}invalid {what}: {_first_error(exc)}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
