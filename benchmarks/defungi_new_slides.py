@@ -47,10 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/defungi_new_slides.py " + shlex.join(argv or sys.argv[1:])
     machine = describe_machine()
     print(f"# {RECIPE}: 5-fold CV grouped by micrograph\n{machine}")
-    for name in ([] if args.collect else args.only):
+    if args.collect:
+        write_results(args, command, machine)
+        return
+    for name in args.only:  # the results file after every experiment, as each one finishes
         run_experiment(args, name)
         write_results(args, command, machine)
-    write_results(args, command, machine)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
