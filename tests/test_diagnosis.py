@@ -106,6 +106,27 @@ def test_tile_size_overrides_the_recorded_scale(scaled_run):
     assert tile_plan(models, "off") is None
 
 
+def test_tissue_option_reads_tiles_only_on_specimen(scaled_run, image_folder, tmp_path):
+    """``tissue="on"`` (``--tissue on``) reads a micrograph's tiles only where the tissue
+    finder sees specimen; ``off`` (the micrograph default) reads the whole field and lets the
+    artifact filter drop the glass."""
+    tiles = _mosaic(image_folder, "beta", tmp_path / "m.png")
+    glass = np.full((40, 40, 3), 235, np.uint8)  # grey glass: unsaturated, never tissue
+    Image.fromarray(np.vstack([np.hstack([tiles[0], glass]), np.hstack([tiles[1], glass])])
+                    ).save(tmp_path / "half.png")
+    read = {}
+    for mode in ("off", "on"):
+        predict_files(scaled_run, [tmp_path / "half.png"], precision="fp32", progress=False,
+                      tissue=mode, tiles_dir=tmp_path / mode)
+        read[mode] = {(r["x"], r["y"]) for r in _tile_csv(tmp_path / mode / "half.tiles.csv")}
+    assert read["off"] == {("0", "0"), ("40", "0"), ("0", "40"), ("40", "40")}
+    assert read["on"] == {("0", "0"), ("0", "40")}
+    assert tile_plan(load_models(scaled_run, precision="fp32"), "auto", tissue="on") == \
+        TilePlan(40, 40, None, "on")
+    with pytest.raises(MedscopeError, match="--tissue 'always'"):
+        predict_files(scaled_run, [tmp_path / "half.png"], tissue="always", progress=False)
+
+
 def _wide(image_folder, cls, path):
     """Six of the class's 40 px images, 3 x 2: a 120 x 80 px 'micrograph' of six tiles."""
     tiles = [np.asarray(Image.open(p).convert("RGB"))

@@ -193,7 +193,7 @@ def predict(source: Path | str | Sequence[Path | str], inputs: Sequence[Path | s
             progress: bool = True, tta: bool = False, top_k: int = 3,
             abstain_below: float | None = None, batch_size: int = 64, backend: str = "torch",
             ensemble: bool = False, tiles: str = "auto", tile_size: int | None = None,
-            aggregation: str = "mean", tiles_dir: Path | None = None,
+            aggregation: str = "mean", tissue: str = "auto", tiles_dir: Path | None = None,
             explain_tiles: int = 0) -> list[dict[str, Any]]:
     """Classify image files and folders with a run, a checkpoint, or several averaged; one row
     per image (see :func:`medscope.predict.predict_files`, large images tiled), also written
@@ -202,7 +202,7 @@ def predict(source: Path | str | Sequence[Path | str], inputs: Sequence[Path | s
     opts = PredictOptions.check(precision=precision, device=device, tta=tta, top_k=top_k,
                                 abstain_below=abstain_below, batch_size=batch_size,
                                 backend=backend, ensemble=ensemble, tiles=tiles,
-                                tile_size=tile_size, aggregation=aggregation,
+                                tile_size=tile_size, aggregation=aggregation, tissue=tissue,
                                 tiles_dir=tiles_dir, explain_tiles=explain_tiles)
     explainer = None
     if opts.explain_tiles:

@@ -30,6 +30,7 @@ from PIL import Image
 from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, refer_flag
 from medscope.novelty import ood_checks, unusual
+from medscope.options import TILE_MODES, TISSUE_MODES
 from medscope.predictor import Classifier, model_outputs
 from medscope.run import atomic_write_bytes
 from medscope.slides.aggregate import LOW_CONFIDENCE, ReferRule, check_aggregation
@@ -38,30 +39,33 @@ from medscope.slides.outputs import write_heatmap, write_tiles_csv
 from medscope.slides.readers import WSI_EXTENSIONS, open_reader
 from medscope.slides.tiling import TileRecord
 
-TILE_MODES = ("auto", "on", "off")
 TILE_FACTOR = 1.5  # auto tiles an image whose smaller side holds 1.5 training tiles or more
 TILE_COLUMNS = ["tiled", "tiles_kept", "tiles_unusual", "tiles_dropped", "tiles_failed"]
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How a model's large images are cut: tile side and stride in source pixels, and the
-    training microns per pixel when recorded."""
+    """How a model's large images are cut: tile side and stride in source pixels, the
+    training microns per pixel when recorded, and where tiles are read (``tissue``: the
+    tissue finder's mode, ``medscope.slides.diagnose``)."""
 
     tile_px: int
     stride_px: int
     mpp: float | None = None
+    tissue: str = "auto"
 
 
-def check_tiles(tiles: str, aggregation: str = "mean") -> None:
+def check_tiles(tiles: str, aggregation: str = "mean", tissue: str = "auto") -> None:
     """The tiling options, refused with one line naming the option."""
     if tiles not in TILE_MODES:
         raise MedscopeError(f"--tiles {tiles!r}: choose from {', '.join(TILE_MODES)}")
+    if tissue not in TISSUE_MODES:
+        raise MedscopeError(f"--tissue {tissue!r}: choose from {', '.join(TISSUE_MODES)}")
     check_aggregation(aggregation)
 
 
-def tile_plan(models: list[Classifier], tiles: str, tile_size: int | None = None
-              ) -> TilePlan | None:
+def tile_plan(models: list[Classifier], tiles: str, tile_size: int | None = None,
+              tissue: str = "auto") -> TilePlan | None:
     """The plan for ``models`` (None: never tile). Tiling needs single-label models sharing one
     input size; ``tiles="on"`` without a recorded scale needs ``tile_size``."""
     if tiles == "off":
@@ -79,7 +83,7 @@ def tile_plan(models: list[Classifier], tiles: str, tile_size: int | None = None
                                 "--tile-size (source pixels per tile)")
         return None
     stride = scale.get("stride_px") if tile_size is None else None
-    return TilePlan(int(size), int(stride or size), scale.get("mpp"))
+    return TilePlan(int(size), int(stride or size), scale.get("mpp"), tissue)
 
 
 def wants_tiles(source: Path | BinaryIO, plan: TilePlan | None, tiles: str) -> bool:
@@ -119,7 +123,8 @@ def diagnose_path(models: list[Classifier], path: Path, plan: TilePlan, *, tta: 
     first = models[0]
     return diagnose(path, classify, plan.tile_px, first.img_size, classes=first.classes,
                     channels=first.in_chans, stride=plan.stride_px, aggregation=aggregation,
-                    rule=rule, train_mpp=plan.mpp, batch_size=batch_size)
+                    rule=rule, tissue=plan.tissue, train_mpp=plan.mpp,
+                    batch_size=batch_size)
 
 
 def tiled_row(result: SlideResult, rules: Rules, top_k: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from these schemas on every start, so nothing heavy may be imported here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,7 +32,13 @@ GroupPattern = Annotated[str, AfterValidator(check_group_pattern)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 PerClass = Annotated[int, Field(ge=1)]
 TileMode = Literal["auto", "on", "off"]
+TissueMode = Literal["auto", "on", "off"]
 Aggregation = Literal["mean", "topk", "vote"]
+# The choices as tuples for the layers below the API that check them again (diagnosis,
+# slides): written once, here.
+TILE_MODES: tuple[str, ...] = get_args(TileMode)
+TISSUE_MODES: tuple[str, ...] = get_args(TissueMode)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 PRECISION_HELP = "auto: bf16 where the CPU/GPU supports it, else fp32; fp16: CUDA only"
 DEVICE_HELP = "auto, cpu, cuda, cuda:N"
@@ -99,8 +105,8 @@ class PredictOptions(_Options):
         "images)")
     ensemble: bool = Field(False, description="RUN (and each --with) is a `medscope cv` "
                            "directory: average its fold models")
-    # The tiling of large images (medscope.diagnosis; its TILE_MODES and
-    # slides.aggregate.AGGREGATIONS check the same sets below the API).
+    # The tiling of large images (medscope.diagnosis; it and medscope.slides check the
+    # same TILE_MODES, TISSUE_MODES and AGGREGATIONS below the API).
     tiles: TileMode = Field("auto", description="large images (whole micrographs, slides) cut "
                             "into tiles at the training scale: auto = when an image is much "
                             "larger than the model's input")
@@ -108,6 +114,10 @@ class PredictOptions(_Options):
                                   "from the checkpoint's training scale)")
     aggregation: Aggregation = Field("mean", description="how tile probabilities make the "
                                      "image's")
+    tissue: TissueMode = Field("auto", description="tiles read only where the tissue finder "
+                               "(Otsu on saturation of a thumbnail) sees specimen: auto = for "
+                               "whole-slide files and images over 100 Mpx; off = every tile of "
+                               "the field")
     tiles_dir: Path | None = Field(None, description="folder for each tiled image's per-tile "
                                    "CSV and heat map")
     explain_tiles: int = Field(0, ge=0, description=EXPLAIN_TILES_HELP + "; written in "

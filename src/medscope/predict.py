@@ -83,6 +83,7 @@ def predict_files(
     tiles: str = "auto",
     tile_size: int | None = None,
     aggregation: str = "mean",
+    tissue: str = "auto",
     tiles_dir: Path | None = None,
     explain_tiles: int = 0,
     tile_explainer: TileExplainer | None = None,
@@ -101,13 +102,14 @@ def predict_files(
     ``backend="onnx"``: onnxruntime on the run's export (made into ``RUN/onnx`` if missing or
     stale); ``"onnx-int8"``: on its int8 export (``RUN/onnx-int8``, calibrated on the run's
     training images). Probabilities are calibrated by each model's temperature.
-    ``tiles``/``tile_size``/``aggregation``: large images are tiled at the training scale
-    (``medscope.diagnosis``); their rows add ``tiled``, tile counts and ``refer_reason``, and
-    ``tiles_dir`` gets each one's per-tile CSV and heat map, and with ``explain_tiles`` N the
+    ``tiles``/``tile_size``/``aggregation``/``tissue``: large images are tiled at the training
+    scale (``medscope.diagnosis``), where the tissue finder sees specimen (``tissue``); their
+    rows add ``tiled``, tile counts and ``refer_reason``, and ``tiles_dir`` gets each one's
+    per-tile CSV and heat map, and with ``explain_tiles`` N the
     ``tile_explainer``'s overlays (``explain.tile_overlay``) of its N most decisive tiles.
     Under ``torchrun`` the inputs are shared out (``work_rounds``), and rank 0 writes
     ``out_csv`` as one process would; a user error on any rank is raised on every rank."""
-    _check_options(backend, abstain_below, tiles, aggregation, batch_size)
+    _check_options(backend, abstain_below, (tiles, aggregation, tissue), batch_size)
     _check_explain(explain_tiles, tile_explainer, tiles_dir, backend,
                    several=ensemble or not isinstance(source, str | Path) and len(source) > 1)
     ctx = init_distributed(device)  # under torchrun: this rank's share; rank 0 writes
@@ -116,7 +118,7 @@ def predict_files(
                             device=_rank_device(ctx, device), ensemble=ensemble)
     rules = rules_for([m.meta for m in models], abstain_below)
     paths, plan = ctx.agree(lambda: (collect_images(inputs), tile_plan(models, tiles,
-                                                                        tile_size)))
+                                                                        tile_size, tissue)))
     names = _tile_output_names(paths, [p for p in paths if wants_tiles(p, plan, tiles)])
     job = _Job(models, rules, max(1, min(int(top_k), len(models[0].classes))), tta,
                batch_size, plan, aggregation, None if tiles_dir is None else Path(tiles_dir),
@@ -227,13 +229,13 @@ def _rank_device(ctx: DistContext, device: str) -> str:
     return mine
 
 
-def _check_options(backend: str, abstain_below: float | None, tiles: str, aggregation: str,
+def _check_options(backend: str, abstain_below: float | None, tiling: tuple[str, str, str],
                    batch_size: int) -> None:
     """Every option checked before any model is loaded."""
     if backend not in BACKENDS:
         raise MedscopeError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
     check_abstain_below(abstain_below)
-    check_tiles(tiles, aggregation)
+    check_tiles(*tiling)
     if batch_size < 1:
         raise MedscopeError(f"batch size {batch_size}: must be at least 1")
 

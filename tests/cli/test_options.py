@@ -39,6 +39,17 @@ def test_precision_choices_are_the_config_schemas_everywhere():
         assert _choices(command, dest) == expected, command
 
 
+def test_tiling_choices_are_one_constant():
+    from medscope.options import AGGREGATIONS, TILE_MODES, TISSUE_MODES
+
+    assert _choices(["predict"], "tiles") == TILE_MODES
+    assert _choices(["predict"], "tissue") == TISSUE_MODES
+    assert _choices(["predict"], "aggregation") == AGGREGATIONS
+    from medscope.slides import aggregate, diagnose
+
+    assert aggregate.AGGREGATIONS is AGGREGATIONS and diagnose.TISSUE_MODES is TISSUE_MODES
+
+
 def test_in_chans_choices_are_one_constant():
     assert _choices(["models"], "in_chans") == IN_CHANS
     assert _choices(["train"], "opt_data_in_chans") == IN_CHANS
@@ -67,6 +78,7 @@ def test_target_accuracy_follows_the_config_rule():
     (lambda tmp: api.predict(tmp / "norun", [tmp], abstain_below=2.0),
      "abstain_below 2.0: must be at most 1"),
     (lambda tmp: api.predict(tmp / "norun", [tmp], tiles="always"), "tiles 'always'"),
+    (lambda tmp: api.predict(tmp / "norun", [tmp], tissue="always"), "tissue 'always'"),
     (lambda tmp: api.serve([tmp / "norun"], port=70000), "port 70000: must be at most 65535"),
     (lambda tmp: api.create_app([tmp / "norun"], max_upload_mb=0),
      "max_upload_mb 0: must be greater than 0"),

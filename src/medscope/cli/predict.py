@@ -22,6 +22,7 @@ FLAGS: Flags = {
     "--tiles": ("tiles", {}),
     "--tile-size": ("tile_size", {"metavar": "PX"}),
     "--aggregation": ("aggregation", {}),
+    "--tissue": ("tissue", {}),
     "--tiles-dir": ("tiles_dir", {"metavar": "DIR"}),
     "--explain-tiles": ("explain_tiles", {"metavar": "N"}),
 }

@@ -35,8 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medscope.errors import MedscopeError
-
-AGGREGATIONS = ("mean", "topk", "vote")
+from medscope.options import AGGREGATIONS
 
 NO_USABLE_FIELD = "no usable field"
 UNLIKE_TRAINING = "unlike the training images"

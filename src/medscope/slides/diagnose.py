@@ -29,6 +29,7 @@ import numpy as np
 
 from medscope.data.patches import PatchFilter, background_colour, patch_stats, verdict
 from medscope.errors import MedscopeError
+from medscope.options import TISSUE_MODES
 from medscope.slides.aggregate import ReferRule, check_aggregation, decide
 from medscope.slides.readers import SlideReader, open_reader
 from medscope.slides.tiling import (
@@ -44,7 +45,6 @@ from medscope.slides.tissue import TissueMap, find_tissue, whole_field
 
 Classify = Callable[[np.ndarray], np.ndarray]
 DEGENERATE = "degenerate"
-TISSUE_MODES = ("auto", "on", "off")
 SLIDE_PIXELS = 100_000_000  # without a pyramid, an image past this is treated as a slide
 
 
@@ -109,7 +109,7 @@ def diagnose(source: SlideReader | Path | str, classify: Classify, tile_size: in
     for ``tissue``."""
     check_aggregation(aggregation)
     if tissue not in TISSUE_MODES:
-        raise MedscopeError(f"unknown tissue mode {tissue!r}; choose from auto, on, off")
+        raise MedscopeError(f"--tissue {tissue!r}: choose from {', '.join(TISSUE_MODES)}")
     if isinstance(source, (str, Path)):
         with open_reader(source, mpp=slide_mpp) as reader:
             return diagnose(reader, classify, tile_size, input_size, classes=classes,
