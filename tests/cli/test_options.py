@@ -119,6 +119,14 @@ def test_cli_shows_the_librarys_message_with_its_flag(tmp_path, capsys, argv, me
     assert not (tmp_path / "slides").exists()
 
 
+def test_under_torchrun_rank_0_alone_prints_a_bad_option(tmp_path, capsys, monkeypatch):
+    argv = ["predict", str(tmp_path / "RUN"), str(tmp_path), "--top-k", "0", "-q"]
+    for rank, printed in (("1", ""), ("0", "medscope: error: --top-k 0: must be at least 1")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == printed
+
+
 def test_flags_carry_the_schemas_defaults_and_help():
     args = build_parser().parse_args(["serve", "RUN"])
     fields = ServeOptions.model_fields

@@ -9,6 +9,7 @@ on every start, and ``medscope serve`` must set threading variables before torch
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except MedscopeError as exc:
-        if not exc.quiet:  # under torchrun, rank 0 alone reports an error all ranks share
+        if not _shared_by_ranks(exc):  # under torchrun, rank 0 alone reports those
             print(f"medscope: error: {_message(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
@@ -71,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
+
+
+def _shared_by_ranks(exc: MedscopeError) -> bool:
+    """Whether every torchrun rank raised ``exc`` and this one is not rank 0: an error the
+    ranks agreed on (``exc.quiet``), or a bad option value, which every rank's checks refuse
+    alike before any process group forms."""
+    from medscope.options import OptionError
+
+    other_rank = os.environ.get("RANK", "0") != "0"
+    return exc.quiet or (other_rank and isinstance(exc, OptionError))
 
 
 def _message(exc: MedscopeError, args: argparse.Namespace) -> str:
