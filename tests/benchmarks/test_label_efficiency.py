@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.benchmarks.test_scripts import run_script
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_quick_mode_writes_both_accuracies_per_fraction_and_the_gain(tmp_path):
     results, plot = tmp_path / "label_efficiency.json", tmp_path / "plot.png"
     args = ("--quick", "--out", str(tmp_path / "out"), "--results", str(results),
-            "--plot", str(plot))
+            "--plot", str(plot), "--protocols", "full", "lp-ft")
     run_script("label_efficiency.py", *args)
     found = json.loads(results.read_text())
     assert found["quick"] is True and "AVX512-BF16" in found["machine"]
@@ -29,6 +30,17 @@ def test_quick_mode_writes_both_accuracies_per_fraction_and_the_gain(tmp_path):
     gain = found["fractions"]["0.1"]["pretrained"]["accuracy_mean"] - \
         found["fractions"]["0.1"]["scratch"]["accuracy_mean"]
     assert found["gain_at_10pct"] == pytest.approx(100 * gain, abs=0.01)
+    # Both protocols ran; the headline is the one with the better validation macro-F1.
+    chosen = found["finetune"]["selected_protocol"]
+    ten = found["fractions"]["0.1"]
+    assert set(ten["by_protocol"]) == {"full", "lp-ft"} and ten["pretrained"]["protocol"] == chosen
+    val = {p: ten["by_protocol"][p]["val_f1_macro_mean"] for p in ("full", "lp-ft")}
+    one = found["fractions"]["1"]["by_protocol"]
+    val = {p: (val[p] + one[p]["val_f1_macro_mean"]) / 2 for p in val}
+    assert val[chosen] == max(val.values())
+    lpft = yaml.safe_load((tmp_path / "out" / "pretrained-lp-ft_0.1_seed0" / "config.yaml"
+                           ).read_text())["train"]
+    assert (lpft["freeze"], lpft["unfreeze_at"]) == ("backbone", lpft["epochs"] // 2 + 1)
     pre = found["pretraining"]
     assert pre["objective"] == "simclr" and pre["epochs_done"] == 1 and pre["wall_s"] > 0
     assert found["split"]["counts"]["test"]["micrographs"] > 0 and plot.stat().st_size > 0
