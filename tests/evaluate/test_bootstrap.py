@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from medscope.errors import MedscopeError
-from medscope.evaluate.bootstrap import _weighted_auc, bootstrap_ci
+from medscope.evaluate.bootstrap import _indicators, _resample_metrics, _weighted_auc, bootstrap_ci
 from medscope.evaluate.metrics import classification_metrics, multilabel_metrics
 
 CLASSES = ["a", "b", "c"]
@@ -27,6 +27,7 @@ def test_interval_contains_the_point_estimate():
     assert ci["level"] == 0.95 and ci["n_resamples"] == 300 and ci["grouped"] is False
     assert _inside(ci["accuracy"], m["accuracy"])
     assert _inside(ci["f1_macro"], m["f1_macro"])
+    assert _inside(ci["balanced_accuracy"], m["balanced_accuracy"])
     assert _inside(ci["roc_auc_macro"], m["roc_auc_macro"])
     for name in CLASSES:
         for key in ("sensitivity", "specificity"):
@@ -65,6 +66,22 @@ def test_weighted_auc_equals_sklearn_on_a_resample_with_ties():
         roc_auc_score(is_pos[idx], score[idx]))
 
 
+def test_resampled_balanced_accuracy_is_sklearns_even_with_a_class_drawn_out():
+    y, probs = _data(n=30)
+    truth, pred = _indicators(y, probs, False, None)
+    rng = np.random.default_rng(3)
+    weights = rng.multinomial(30, np.full(30, 1 / 30), size=20).astype(float)
+    weights[0, y == 2] = 0  # this resample holds no image of class c
+    got = _resample_metrics(weights, truth, pred, False)["balanced_accuracy"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns of a class predicted but absent
+        expected = [balanced_accuracy_score(y, probs.argmax(1), sample_weight=w)
+                    for w in weights]
+    assert got == pytest.approx(expected)
+
+
 def test_undefined_metrics_are_left_out_or_none():
     y, probs = _data(n=30)
     keep = y != 2  # class c never occurs: no AUC, no sensitivity for c
@@ -84,6 +101,7 @@ def test_multilabel_intervals():
     assert _inside(ci["accuracy"], m["accuracy"]) and _inside(ci["f1_macro"], m["f1_macro"])
     assert _inside(ci["roc_auc_macro"], m["roc_auc_macro"])
     assert ci["per_class"]["z"]["sensitivity"] is None
+    assert "balanced_accuracy" not in ci  # single-label only, as the point estimate
 
 
 def test_empty_input_is_a_user_error():

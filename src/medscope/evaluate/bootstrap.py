@@ -23,18 +23,19 @@ def bootstrap_ci(
     groups: Sequence[Any] | None = None, n_resamples: int = 1000, seed: int = 0,
     level: float = 0.95, thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """Percentile intervals of accuracy (exact match for multi-label), macro F1, macro ROC-AUC
-    and each class's sensitivity and specificity. A resample where a metric is undefined (a
-    class absent, say) is skipped for that metric; ``roc_auc_macro`` is left out when it is
-    undefined on the full data. Multi-label predictions use ``thresholds`` (0.5 by default)."""
+    """Percentile intervals of accuracy (exact match for multi-label), balanced accuracy
+    (single-label: the mean recall over the classes a resample holds, as sklearn's), macro F1,
+    macro ROC-AUC and each class's sensitivity and specificity. A resample where a metric is
+    undefined (a class absent, say) is skipped for that metric; ``roc_auc_macro`` is left out
+    when it is undefined on the full data. Multi-label predictions use ``thresholds`` (0.5 by default)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     if len(y_true) == 0:
         raise MedscopeError("bootstrap: no images to resample")
     if not 0 < level < 1:
         raise MedscopeError(f"bootstrap: level {level} must lie between 0 and 1")
     truth, pred = _indicators(y_true, probs, multilabel, thresholds)
-    draws = {"accuracy": [], "f1_macro": [], "roc_auc_macro": [], "sensitivity": [],
-             "specificity": []}
+    draws = {"accuracy": [], "balanced_accuracy": [], "f1_macro": [], "roc_auc_macro": [],
+             "sensitivity": [], "specificity": []}
     # as in the point estimates: multi-class AUC needs every class, multi-label averages the
     # labels that have both outcomes
     auc_labels = np.flatnonzero(truth.any(0) & (~truth).any(0))
@@ -48,7 +49,9 @@ def bootstrap_ci(
     stack = {k: np.concatenate(v) for k, v in draws.items() if v}
     out: dict[str, Any] = {"level": level, "n_resamples": n_resamples, "seed": seed,
                            "grouped": groups is not None}
-    for key in ("accuracy", "f1_macro", "roc_auc_macro"):
+    if multilabel:
+        stack.pop("balanced_accuracy", None)
+    for key in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro"):
         if key in stack:
             out[key] = _interval(stack[key], level)
     out["per_class"] = {
@@ -93,8 +96,11 @@ def _resample_metrics(w: np.ndarray, truth: np.ndarray, pred: np.ndarray, multil
     exact = (truth == pred).all(1) if multilabel else (truth & pred).any(1)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)  # sklearn's 0
+        sensitivity = tp / (tp + fn)  # NaN where undefined: skipped later
+        present = np.isfinite(sensitivity)
+        balanced = np.where(present, sensitivity, 0).sum(1) / present.sum(1)
         return {"accuracy": (w @ exact) / total, "f1_macro": f1.mean(1),
-                "sensitivity": tp / (tp + fn),  # NaN where undefined: skipped later
+                "balanced_accuracy": balanced, "sensitivity": sensitivity,
                 "specificity": tn / (tn + fp)}
 
 
