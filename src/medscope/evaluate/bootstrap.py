@@ -27,7 +27,8 @@ def bootstrap_ci(
     (single-label: the mean recall over the classes a resample holds, as sklearn's), macro F1,
     macro ROC-AUC and each class's sensitivity and specificity. A resample where a metric is
     undefined (a class absent, say) is skipped for that metric; ``roc_auc_macro`` is left out
-    when it is undefined on the full data. Multi-label predictions use ``thresholds`` (0.5 by default)."""
+    when it is undefined on the full data. Multi-label predictions use ``thresholds`` (0.5 by
+    default)."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     if len(y_true) == 0:
         raise MedscopeError("bootstrap: no images to resample")
