@@ -302,13 +302,19 @@ def load_models(source: Path | str | Sequence[Path | str], *, backend: str = "to
         raise MedscopeError("no model given: name at least one run directory or checkpoint")
     sources = [s for g in given for s in (fold_dirs(g) if ensemble else [Path(g)])]
     models = [_load_one(s, backend, precision, device) for s in sources]
+    check_same_labels(sources, models)
+    return models
+
+
+def check_same_labels(sources: Sequence[Path], models: Sequence[Any]) -> None:
+    """Models averaged together must share classes and the kind of labels: one line naming
+    the first that does not (``predict``, ``evaluate``'s ensembles and ``serve`` alike)."""
     ref = models[0]
     for src, model in zip(sources[1:], models[1:], strict=True):
         for what in ("classes", "multilabel"):
             if getattr(model, what) != getattr(ref, what):
                 raise MedscopeError(f"{src}: {what} {getattr(model, what)} differ from "
                                     f"{sources[0]}'s {getattr(ref, what)}; cannot ensemble")
-    return models
 
 
 def fold_dirs(cv_dir: Path | str) -> list[Path]:

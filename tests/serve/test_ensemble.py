@@ -74,6 +74,22 @@ def test_a_missing_member_is_one_line_naming_it(ensemble_dir, tmp_path):
         load_models([copy])
 
 
+def test_members_of_another_kind_of_labels_are_one_line_naming_them(ensemble_dir, tmp_path):
+    from medscope.core.checkpoint import read_meta, write_meta
+    from medscope.run import RunDir
+
+    copy = shutil.copytree(ensemble_dir, tmp_path / "mixed")
+    metrics = json.loads((copy / "metrics.json").read_text())
+    second = shutil.copytree(metrics["ensemble"]["runs"][1], tmp_path / "second")
+    best = RunDir(second).best
+    write_meta(best, read_meta(best).model_copy(update={"multilabel": True}))
+    metrics["ensemble"]["runs"][1], metrics["ensemble"]["from_here"][1] = str(second), None
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(MedscopeError, match=r"second: multilabel True differ from .*False; "
+                                            "cannot ensemble"):
+        load_models([copy])
+
+
 def test_an_ensemble_moved_with_its_members_finds_them(trained_run, image_folder, tmp_path,
                                                        monkeypatch):
     from medscope.api import evaluate_ensemble

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from medscope.data.io import BadImageError, open_image_bytes, read_image_bytes
-from medscope.diagnosis import TILE_MODES, TilePlan, tile_plan, wants_tiles
+from medscope.diagnosis import TilePlan, tile_plan, wants_tiles
 from medscope.errors import MedscopeError, first_line
 from medscope.evaluate.decisions import Rules, check_abstain_below, rules_for
 from medscope.novelty import (
@@ -46,6 +46,8 @@ from medscope.novelty import (
     ood_checks,
     unusual,
 )
+from medscope.options import TILE_MODES
+from medscope.predict import check_same_labels
 from medscope.predictor import Predictor, checkpoint_stem, model_outputs
 from medscope.run import RunDir, read_json
 from medscope.serve.slidedir import SlideDir, SlideRefused
@@ -298,10 +300,7 @@ def _served_ensemble(mid: str, source: Path, runs: Sequence[Path], abstain_below
             raise MedscopeError(f"{source}: ensemble member {run} not found (looked for it "
                                 "relative to the ensemble folder and to this one)")
     members = tuple(Predictor.load(run, device=device) for run in runs)
-    for run, member in zip(runs[1:], members[1:], strict=True):
-        if member.classes != members[0].classes:
-            raise MedscopeError(f"{source}: member {run} has classes {member.classes}, "
-                                f"not {members[0].classes}")
+    check_same_labels(runs, members)
     rules = rules_for([m.meta for m in members], abstain_below,
                       ensemble_metrics=read_json(RunDir(source).metrics))
     return ServedModel(mid, source, members[0], run_metrics(source), rules, members=members)
