@@ -2,7 +2,7 @@
 
     python benchmarks/slide_inference.py [--quick] [--size 40960] [--tile 500] [--input 224]
         [--model resnet10t] [--batch-size 32] [--workers 2] [--threads T] [--repeats 2]
-        [--slide FILE] [--keep-slide] [--out FILE]
+        [--precision auto|fp32|bf16] [--slide FILE] [--keep-slide] [--no-monai] [--out FILE]
 
 1. Writes a pyramidal TIFF (``--size`` px a side, JPEG tiles of 256 px, levels every 2x,
    0.25 µm/px) with tifffile, tile by tile from a procedural "tissue" (stained blobs over
@@ -18,7 +18,10 @@
    inference); peak RSS of (a) (goal < 2 GB).
    (c) MONAI, when installed: its whole-slide patch dataset on the same slide, level, patch
    size and model (see ``monai_patches``); the pipeline's speed-up over it (goal >= 2).
-The model is ``medscope.models.create_model(--model)`` with random weights: speed only.
+The model is ``medscope.models.create_model(--model)`` with random weights (speed only), run
+as ``medscope predict`` runs it (``--precision``, default auto: bf16 autocast + channels_last
+on a CPU with AVX512-BF16; runs before 2026-12-08 used fp32 NCHW, a slower model that hid more
+of the reading).
 ``--quick``: a 4096 px slide, 256 px tiles, 64 px input, to check the script runs.
 
 Results go to ``--out`` (JSON; default benchmarks/results/slide_inference.json, or
@@ -93,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="passes of the pipeline and of the bare forward (best)")
     ap.add_argument("--slide", type=Path, default=None, help="use this slide, write none")
     ap.add_argument("--keep-slide", action="store_true", help="keep the written slide")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="the model's, as `medscope predict --precision` (auto: bf16 where the "
+                    "CPU has it)")
+    ap.add_argument("--no-monai", action="store_true", help="skip the MONAI comparison")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.size = args.size or (4096 if args.quick else 40960)
@@ -184,21 +191,27 @@ def write_slide_in_child(path: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def make_classify(model_name: str, input_size: int):
-    """uint8 NHWC tiles -> softmax probabilities, the way a predictor would run them."""
+def make_classify(model_name: str, input_size: int, precision: str = "auto"):
+    """uint8 NHWC tiles -> softmax probabilities, the way a predictor runs them: the runtime
+    ``medscope predict`` picks for ``precision`` (auto: bf16 autocast + channels_last on a CPU
+    with AVX512-BF16, else fp32 channels_last)."""
     import torch
 
+    from medscope.core.runtime import select_runtime
     from medscope.models import create_model
 
-    model = create_model(model_name, num_classes=5, img_size=input_size).eval()
+    runtime = select_runtime("cpu", precision)
+    model = runtime.prepare(create_model(model_name, num_classes=5, img_size=input_size).eval())
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 
     def classify(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), runtime.autocast():
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
-            return torch.softmax(model((x - mean) / std), 1).numpy()
+            logits = model(runtime.to_input((x - mean) / std))
+            return torch.softmax(logits.float(), 1).numpy()
 
+    classify.runtime = runtime.describe()
     return classify
 
 
@@ -207,7 +220,7 @@ def measure(args: argparse.Namespace, slide: Path) -> dict:
     from medscope.slides.readers import open_reader
     from medscope.slides.tissue import find_tissue
 
-    classify = make_classify(args.model, args.input)
+    classify = make_classify(args.model, args.input, args.precision)
     classify(np.zeros((args.batch_size, args.input, args.input, 3), dtype=np.uint8))  # warm-up
     start = time.perf_counter()
     with open_reader(slide) as reader:
@@ -235,7 +248,7 @@ def measure(args: argparse.Namespace, slide: Path) -> dict:
         "model": {"name": args.model, "input_px": args.input, "tile_source_px": args.tile,
                   "batch_size": args.batch_size, "reader_threads": args.workers,
                   "repeats_best_of": args.repeats,
-                  "weights": "random"},
+                  "weights": "random", "runtime": classify.runtime},
         "tiles": {"grid": result.n_grid, "read": result.n_candidates, "kept": result.kept,
                   "dropped": result.dropped, "failed": result.failed,
                   "level_read": result.level},
@@ -248,8 +261,10 @@ def measure(args: argparse.Namespace, slide: Path) -> dict:
         "peak_rss_mib_before_pipeline": round(rss_before, 1),
         "peak_rss_mib_pipeline": round(rss_pipeline, 1), "goal_rss_mib": GOAL_RSS_MIB,
         "peak_rss_mib_end": round(peak_rss_mib(), 1),
-        "monai": monai_patches(slide, args, classify, result.level,
-                               round(result.tile_size / result.downsample), pipeline_s),
+        "monai": "not run: --no-monai" if args.no_monai else
+        monai_patches(slide, args, classify, result.level,
+                      round(result.tile_size / result.downsample), pipeline_s),
+        "omp": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")},
         "tiatoolbox": "not run: not installed",
     }
 
