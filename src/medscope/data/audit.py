@@ -25,7 +25,7 @@ from medscope.data.info import content_hash
 from medscope.data.io import BadImageError, array_to_image, open_image
 from medscope.data.sources import DataSource, Sample, npz_array
 from medscope.errors import MedscopeError
-from medscope.run import open_run_csv
+from medscope.run import CvDir, RunDir, open_run_csv
 
 # pHash (DCT of a 32x32 grey image, 64 bits) survives resizing, re-encoding and mild colour or
 # contrast changes, which average/difference hashes handle worse; it does not match flips or
@@ -184,13 +184,13 @@ def sample_splits(source: DataSource, run: Path | None) -> tuple[list[str], str]
         return splits, origin
     if not run.is_dir():
         raise MedscopeError(f"{run}: run or CV directory not found")
-    if (run / "oof_predictions.csv").is_file():
-        folds = _column(run / "oof_predictions.csv", "fold", ids, run)
+    if CvDir(run).oof_predictions.is_file():
+        folds = _column(CvDir(run).oof_predictions, "fold", ids, run)
         merged = [" · ".join(x for x in (s, f"fold {f}" if f else "") if x)
                   for s, f in zip(splits, folds, strict=True)]
         return merged, f"{origin}, and the folds of {run.name}"
-    if (run / "splits.csv").is_file():
-        return _column(run / "splits.csv", "split", ids, run), f"{run.name}/splits.csv"
+    if RunDir(run).splits.is_file():
+        return _column(RunDir(run).splits, "split", ids, run), f"{run.name}/splits.csv"
     raise MedscopeError(f"{run}: neither oof_predictions.csv (a `medscope cv` directory) nor "
                         "splits.csv (a run directory)")
 

@@ -25,7 +25,14 @@ from medscope.report.recipe import (
     read_history,
     write_recipe_markdown,
 )
-from medscope.run import RunDir, atomic_write_json, atomic_write_text, read_json
+from medscope.run import (
+    METRICS,
+    CvDir,
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from medscope.tracking import flatten
 from medscope.train.preflight import check_model
 from medscope.workflows.compare import compare_runs
@@ -177,7 +184,7 @@ def _run_one(recipe: Recipe, p: Planned, out: Path, i: int, n: int, progress: bo
         log.info("[%d/%d] %s: already finished in %s; skipped", i, n, p.exp.name, p.out)
         _warn_if_changed(p)
         return
-    resume = (p.out / "config.yaml").is_file() or (p.out / "cv_settings.json").is_file()
+    resume = RunDir(p.out).config.is_file() or CvDir(p.out).settings.is_file()
     p.status = "resumed" if resume else "trained"
     log.info("[%d/%d] %s: %s %s, %s, %s", i, n, p.exp.name,
              "resuming" if resume else "running", p.config.model.name, what, p.config.data.path)
@@ -189,7 +196,7 @@ def _run_one(recipe: Recipe, p: Planned, out: Path, i: int, n: int, progress: bo
 
 def _evaluate_tta(p: Planned, progress: bool) -> None:
     """RUN/eval-tta/metrics.json once per finished run (kept, like the run, when re-run)."""
-    if (p.out / TTA_DIR / "metrics.json").is_file():
+    if (p.out / TTA_DIR / METRICS).is_file():
         return
     log.info("%s: evaluating with test-time augmentation (8 views)", p.exp.name)
     evaluate_run(p.out, tta=True, progress=progress)
@@ -200,7 +207,7 @@ def _evaluate_ensemble(plan: list[Planned], target: Path, tta: bool, progress: b
     members. Members that do not share a test split leave a warning and the reason in
     ``target``/skipped.txt, not a failed recipe: their runs are still worth their report."""
     runs = [str(p.out) for p in plan if not p.folds]
-    metrics = target / "metrics.json"
+    metrics = target / METRICS
     if metrics.is_file() and read_json(metrics).get("ensemble", {}).get("runs") == runs:
         return
     if len(runs) < 2:
@@ -219,13 +226,13 @@ def _evaluate_ensemble(plan: list[Planned], target: Path, tta: bool, progress: b
 def _finished(p: Planned) -> bool:
     if not p.folds:
         return RunDir(p.out).is_finished()
-    return (p.out / "cv_summary.json").is_file() and all(
-        RunDir(p.out / f"fold_{k + 1}").is_finished() for k in range(p.folds))
+    return CvDir(p.out).summary.is_file() and all(
+        CvDir(p.out).fold(k + 1).is_finished() for k in range(p.folds))
 
 
 def _warn_if_changed(p: Planned) -> None:
     """A finished run is kept as it is; say so when the recipe now asks for something else."""
-    saved_path = p.out / ("config.yaml" if not p.folds else "fold_1/config.yaml")
+    saved_path = (RunDir(p.out) if not p.folds else CvDir(p.out).fold(1)).config
     if not saved_path.is_file():
         return
     from medscope.config import load_config
@@ -301,7 +308,7 @@ def tta_table(plan: list[Planned]) -> str:
     """Test accuracy and macro-F1 of each run without and with test-time augmentation."""
     rows = []
     for p in plan:
-        plain, tta = p.out / "metrics.json", p.out / TTA_DIR / "metrics.json"
+        plain, tta = p.out / METRICS, p.out / TTA_DIR / METRICS
         if p.folds or not (plain.is_file() and tta.is_file()):
             continue
         a, b = read_json(plain), read_json(tta)
@@ -327,9 +334,9 @@ def ensemble_table(out: Path, tta: bool) -> str:
         if (folder / SKIPPED).is_file():
             notes.append(f"Not evaluated{' with TTA' if suffix else ''}: "
                          f"{(folder / SKIPPED).read_text().strip()}")
-        if not (folder / "metrics.json").is_file():
+        if not (folder / METRICS).is_file():
             continue
-        m, label = read_json(folder / "metrics.json"), " (TTA)" if suffix else ""
+        m, label = read_json(folder / METRICS), " (TTA)" if suffix else ""
         for member in m["ensemble"]["members"]:
             rows.append(f"| {Path(member['run']).name}{label} | {member['accuracy']:.4f} | | "
                         f"{member['f1_macro']:.4f} | {m['n']} |")

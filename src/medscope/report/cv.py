@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medscope.report.html import _table
 from medscope.report.page import render_page
-from medscope.run import atomic_write_text
+from medscope.run import CvDir, atomic_write_text
 
 
 def render_cv_report(out: Path, title: str, header: Sequence[str],
@@ -37,7 +37,7 @@ def _heading(column: str, unit: str | None) -> str:
 
 
 def _fold_link(out: Path, k: int) -> str:
-    report = Path(out) / f"fold_{k}" / "report.html"
+    report = CvDir(out).fold(k).report
     if not report.is_file():
         return f"<li>fold {k}: no report</li>"
     return f'<li><a href="fold_{k}/report.html">fold {k}</a></li>'

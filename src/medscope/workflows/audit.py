@@ -27,6 +27,7 @@ from medscope.data.sources import DataSource, load_source
 from medscope.errors import MedscopeError
 from medscope.parallel import process_map
 from medscope.predictor import Predictor
+from medscope.run import RunDir
 
 
 def audit_data(path: Path | str, run: Path | str | None = None, *,
@@ -97,7 +98,7 @@ def _test_probs(source: DataSource, run: Path) -> tuple[np.ndarray, np.ndarray]:
     if predictor.classes != source.classes:
         raise MedscopeError(f"{run}: its classes {predictor.classes} differ from the data's "
                             f"{source.classes}")
-    rows = read_rows(run / "splits.csv", ("path", "split"))
+    rows = read_rows(RunDir(run).splits, ("path", "split"))
     test = {r["path"] for r in rows if r["split"] == "test"}
     index = np.array([i for i, s in enumerate(source.samples)
                       if source.sample_id(s) in test], dtype=np.int64)

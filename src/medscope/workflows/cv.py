@@ -26,6 +26,7 @@ from medscope.evaluate.metrics import classification_metrics
 from medscope.predictor import Predictor
 from medscope.report.cv import render_cv_report
 from medscope.run import (
+    CvDir,
     RunDir,
     atomic_write_csv,
     atomic_write_json,
@@ -75,7 +76,7 @@ def run_cv(config: RunConfig, folds: int, *, progress: bool = True) -> Path:
         dist.barrier()
         fold_config = config.model_copy(update={
             "out": fold_dir, "data": config.data.model_copy(update={"split_file": split_file})})
-        resume = (fold_dir / "config.yaml").is_file()
+        resume = RunDir(fold_dir).config.is_file()
         try:
             train_run(fold_config, resume=resume, progress=progress)
         except TrainingInterrupted as exc:
@@ -173,7 +174,7 @@ def write_summary(out: Path, config: RunConfig, folds: int) -> Path:
     columns and pooled over the out-of-fold groups."""
     rows, unit = [], None
     for k in range(folds):
-        m = read_json(out / f"fold_{k + 1}" / "metrics.json")
+        m = read_json(CvDir(out).fold(k + 1).metrics)
         rows.append({"fold": k + 1, "loss": m.get("log_loss"), "accuracy": m["accuracy"],
                      "f1_macro": m["f1_macro"], "roc_auc_macro": m.get("roc_auc_macro"),
                      "n": m["n"], **_group_columns(m.get("group_level"))})
