@@ -25,12 +25,12 @@ needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 SETTINGS = ["--device", "cpu", "--precision", "fp32", "--batch-size", "3"]
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1",
            "MEDSCOPE_DIST_TIMEOUT": "120"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "medscope", "predict", "-q", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+                           "--nproc_per_node", "2", *launcher, "-m", "medscope", "predict",
+                           "-q", *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -118,8 +118,11 @@ def test_a_bad_slide_on_one_rank_is_one_line_and_exit_2_on_every_rank(
     paths = collect_images([archive, broken])
     assert work_rounds(paths, {p: p.stem for p in (archive / "wide.png", broken)}, 2)[-1] == \
         [archive / "wide.png", broken]
+    # torchrun's agent stops the other workers as soon as it sees one fail (it looks every 0.1 s
+    # by default): looking every 5 s lets both ranks end on their own, so that each one's exit
+    # code shows it got the error (a rank left waiting would be stopped later, not exit 2).
     done = _torchrun(str(scaled_run), str(archive), str(broken), "--out",
-                     str(tmp_path / "A.csv"), *SETTINGS)
+                     str(tmp_path / "A.csv"), *SETTINGS, launcher=("--monitor-interval", "5"))
     errors = [line for line in (done.stdout + done.stderr).splitlines()
               if line.startswith("medscope: error:")]
     assert len(errors) == 1 and "broken.svs" in errors[0], done.stderr[-3000:]

@@ -103,12 +103,11 @@ def predict_files(
     stale); ``"onnx-int8"``: on its int8 export (``RUN/onnx-int8``, calibrated on the run's
     training images). Probabilities are calibrated by each model's temperature.
     ``tiles``/``tile_size``/``aggregation``/``tissue``: large images are tiled at the training
-    scale (``medscope.diagnosis``), where the tissue finder sees specimen (``tissue``); their
-    rows add ``tiled``, tile counts and ``refer_reason``, and ``tiles_dir`` gets each one's
-    per-tile CSV and heat map, and with ``explain_tiles`` N the
-    ``tile_explainer``'s overlays (``explain.tile_overlay``) of its N most decisive tiles.
-    Under ``torchrun`` the inputs are shared out (``work_rounds``), and rank 0 writes
-    ``out_csv`` as one process would; a user error on any rank is raised on every rank."""
+    scale where the tissue finder sees specimen (``medscope.diagnosis``); their rows add
+    ``tiled``, tile counts and ``refer_reason``; ``tiles_dir`` gets each one's per-tile CSV and
+    heat map, and with ``explain_tiles`` N the ``tile_explainer``'s overlays of its N most
+    decisive tiles. Under ``torchrun`` the inputs are shared out (``work_rounds``), and rank 0
+    writes ``out_csv`` as one process would; a user error on any rank is raised on every rank."""
     _check_options(backend, abstain_below, (tiles, aggregation, tissue), batch_size)
     _check_explain(explain_tiles, tile_explainer, tiles_dir, backend,
                    several=ensemble or not isinstance(source, str | Path) and len(source) > 1)
