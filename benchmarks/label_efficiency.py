@@ -395,16 +395,23 @@ def goal_met(gain: float | None, wall: float | None) -> bool | None:
 
 
 def plot(fractions: dict, path: Path) -> None:
+    """Test accuracy against the share of labels: scratch and each fine-tuning protocol (the
+    means as lines, each seed as a dot)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     xs = [100 * float(f) for f in fractions]
-    for arm, style in (("scratch", "o-"), ("pretrained", "s-")):
-        means = [row[arm]["accuracy_mean"] for row in fractions.values()]
-        ax.plot(xs, [np.nan if m is None else m for m in means], style, label=arm)
-        for x, row in zip(xs, fractions.values(), strict=True):
-            seeds = [v["accuracy"] for v in row[arm]["per_seed"].values()]
+    first = next(iter(fractions.values()))
+    arms = {"scratch": [row["scratch"] for row in fractions.values()]}
+    for protocol in first.get("by_protocol", {}):
+        arms[f"pretrained, {protocol}"] = [row["by_protocol"][protocol]
+                                           for row in fractions.values()]
+    for (label, cells), style in zip(arms.items(), ("o-", "s-", "^-", "d-"), strict=False):
+        means = [c["accuracy_mean"] for c in cells]
+        ax.plot(xs, [np.nan if m is None else m for m in means], style, label=label)
+        for x, cell in zip(xs, cells, strict=True):
+            seeds = [v["accuracy"] for v in cell["per_seed"].values()]
             ax.plot([x] * len(seeds), seeds, "k.", alpha=0.4)
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g} %" for x in xs])
