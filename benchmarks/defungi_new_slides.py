@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         write_results(args, command, machine)
         return
     for name in args.only:  # the results file after every experiment, as each one finishes
-        run_experiment(args, name)
+        try:
+            run_experiment(args, name)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGINT: resumable, one line, no traceback
+            print(f"interrupted in {name}: {exc or 'KeyboardInterrupt'}; the same command "
+                  "continues it (--collect writes the folds done so far)", file=sys.stderr)
+            raise SystemExit(130) from None
         write_results(args, command, machine)
 
 
