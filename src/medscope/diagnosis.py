@@ -30,11 +30,11 @@ from PIL import Image
 from medscope.errors import MedscopeError
 from medscope.evaluate.decisions import Rules, refer_flag
 from medscope.novelty import ood_checks, unusual
-from medscope.options import TILE_MODES, TISSUE_MODES
+from medscope.options import TILE_MODES
 from medscope.predictor import Classifier, model_outputs
 from medscope.run import atomic_write_bytes
 from medscope.slides.aggregate import LOW_CONFIDENCE, ReferRule, check_aggregation
-from medscope.slides.diagnose import SlideResult, diagnose
+from medscope.slides.diagnose import SlideResult, check_tissue, diagnose
 from medscope.slides.outputs import write_heatmap, write_tiles_csv
 from medscope.slides.readers import WSI_EXTENSIONS, open_reader
 from medscope.slides.tiling import TileRecord
@@ -59,8 +59,7 @@ def check_tiles(tiles: str, aggregation: str = "mean", tissue: str = "auto") -> 
     """The tiling options, refused with one line naming the option."""
     if tiles not in TILE_MODES:
         raise MedscopeError(f"--tiles {tiles!r}: choose from {', '.join(TILE_MODES)}")
-    if tissue not in TISSUE_MODES:
-        raise MedscopeError(f"--tissue {tissue!r}: choose from {', '.join(TISSUE_MODES)}")
+    check_tissue(tissue)
     check_aggregation(aggregation)
 
 

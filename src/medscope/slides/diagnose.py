@@ -108,8 +108,7 @@ def diagnose(source: SlideReader | Path | str, classify: Classify, tile_size: in
     this image (the file's own value when ``slide_mpp`` is None); see the module docstring
     for ``tissue``."""
     check_aggregation(aggregation)
-    if tissue not in TISSUE_MODES:
-        raise MedscopeError(f"--tissue {tissue!r}: choose from {', '.join(TISSUE_MODES)}")
+    check_tissue(tissue)
     if isinstance(source, (str, Path)):
         with open_reader(source, mpp=slide_mpp) as reader:
             return diagnose(reader, classify, tile_size, input_size, classes=classes,
@@ -141,6 +140,13 @@ def diagnose(source: SlideReader | Path | str, classify: Classify, tile_size: in
                     record.probs, record.unusual = p, bool(u)
             records += batch.records
     return _result(reader, records, grid, tmap, thumb, whole_image=False, **opts)
+
+
+def check_tissue(mode: str) -> str:
+    """The tissue finder's mode, refused with one line naming the option."""
+    if mode not in TISSUE_MODES:
+        raise MedscopeError(f"--tissue {mode!r}: choose from {', '.join(TISSUE_MODES)}")
+    return mode
 
 
 def run_classify(classify: Classify, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
