@@ -344,10 +344,9 @@ def arm_figures(args: argparse.Namespace, fraction: float, pre: Path | None,
 
 
 def best_val_f1(history: Path) -> float | None:
-    import csv
+    from medscope.report.recipe import read_history
 
-    with history.open() as fh:
-        values = [float(r["val_f1_macro"]) for r in csv.DictReader(fh) if r["val_f1_macro"]]
+    values = [r["val_f1_macro"] for r in read_history(history) if r["val_f1_macro"] is not None]
     return max(values) if values else None
 
 
